@@ -1,0 +1,306 @@
+"""Loading MusicGen from a published checkpoint, given one `--model` string.
+
+Accepted: a local folder in Hugging Face format (config.json + safetensors or .bin, sharded too, tokenizer files);
+a hub id such as `facebook/musicgen-small` (the local Hugging Face cache first, then the hub); a folder in Meta's
+audiocraft export format (`state_dict.bin` + `compression_state_dict.bin`); or `random-tiny`, a small random
+model for wiring tests that makes noise.
+
+Our LM is built empty (on the meta device) and takes the checkpoint's tensors directly, cast once to the target
+dtype: no transformers decoder is ever instantiated. T5 and EnCodec are transformers' own classes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from engine.codec import Codec
+from engine.devices import resolve_device, resolve_dtype
+from engine.errors import ModelNotFound, UserError
+from engine.lm import LMConfig, MusicGenLM
+from engine.model import MusicGen
+from engine.pattern import DelayPattern
+from engine.text import TextConditioner
+
+log = logging.getLogger(__name__)
+
+HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+META_FILES = ("state_dict.bin", "compression_state_dict.bin")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+DEC = "decoder.model.decoder."
+
+
+# ----------------------------------------------------------------------------------------------- where it is
+def resolve(spec: str, what: str = "model") -> Path:
+    """A local folder as given, or the snapshot folder of a hub id (cache first, then the network)."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelNotFound(f"--model {spec!r} is a file; give the folder that holds config.json and the weights")
+        return path
+    if spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", "", 1) or not HUB_ID.match(spec):
+        raise ModelNotFound(f"no {what} folder at {str(path)!r}: check the path, or give a hub id such as facebook/musicgen-small")
+    return _from_hub(spec, what)
+
+
+def _from_hub(repo_id: str, what: str) -> Path:
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception as cached_err:  # not in the cache: try the network
+        log.info("%s %s not in the local cache (%s); trying the hub", what, repo_id, type(cached_err).__name__)
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "state_dict.bin", "compression_state_dict.bin"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as err:
+        raise ModelNotFound(
+            f"{what} {repo_id!r} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and could not be "
+            f"downloaded ({type(err).__name__}). On a connected machine run `hf download {repo_id}` (or "
+            f"`huggingface-cli download {repo_id}`) and copy the cache here, or pass --model /path/to/folder"
+        ) from None
+
+
+# ------------------------------------------------------------------------------------------ reading weights
+def read_hf_tensors(folder: Path, prefixes: tuple[str, ...]) -> dict[str, Tensor]:
+    """Every tensor whose name starts with one of `prefixes`, from safetensors (sharded or not) or .bin."""
+    files = _weight_files(folder)
+    out: dict[str, Tensor] = {}
+    for f in files:
+        if f.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            try:
+                with safe_open(str(f), framework="pt", device="cpu") as st:
+                    for name in st.keys():
+                        if name.startswith(prefixes):
+                            out[name] = st.get_tensor(name)
+            except Exception as err:
+                raise UserError(f"{f} is not a readable safetensors file ({err}): download it again", code="no_model") from None
+        else:
+            state = _load_pickle(f)
+            out.update({k: v for k, v in state.items() if k.startswith(prefixes)})
+    return out
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    for name in HF_WEIGHTS:
+        p = folder / name
+        if not p.exists():
+            continue
+        if name.endswith(".index.json"):
+            try:
+                shards = sorted(set(json.loads(p.read_text())["weight_map"].values()))
+            except (ValueError, KeyError) as err:
+                raise UserError(f"{p} is not a valid shard index ({err})", code="no_model") from None
+            missing = [s for s in shards if not (folder / s).exists()]
+            if missing:
+                raise ModelNotFound(f"{folder} lists weight shards that are missing: {', '.join(missing)}")
+            return [folder / s for s in shards]
+        return [p]
+    raise ModelNotFound(
+        f"{folder} has a config.json but no weights (looked for {', '.join(HF_WEIGHTS)}): download the whole "
+        "model folder"
+    )
+
+
+def _load_pickle(path: Path) -> dict:
+    # Pickles can run code when loaded: weights_only refuses everything but tensors and plain containers.
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise UserError(f"{path} could not be loaded as a weights-only torch file ({err}); it is not trusted", code="no_model") from None
+
+
+def _read_config(folder: Path) -> dict:
+    p = folder / "config.json"
+    try:
+        cfg = json.loads(p.read_text())
+    except ValueError as err:
+        raise UserError(f"{p} is not valid JSON ({err}): download the model folder again", code="no_model") from None
+    if not isinstance(cfg, dict) or "decoder" not in cfg or "audio_encoder" not in cfg or "text_encoder" not in cfg:
+        raise UserError(f"{p} is not a MusicGen config (it needs decoder, text_encoder and audio_encoder sections)", code="no_model")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------- the LM's tensors
+def lm_config(decoder: dict, cross_attention: bool) -> LMConfig:
+    try:
+        return LMConfig(
+            dim=int(decoder["hidden_size"]),
+            n_layers=int(decoder["num_hidden_layers"]),
+            n_heads=int(decoder["num_attention_heads"]),
+            ffn_dim=int(decoder["ffn_dim"]),
+            n_codebooks=int(decoder["num_codebooks"]),
+            card=int(decoder.get("vocab_size", 2048)),
+            cross_attention=cross_attention,
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"the decoder config is missing or has a bad {err}", code="no_model") from None
+
+
+def lm_state_from_hf(sd: dict[str, Tensor], cfg: LMConfig) -> dict[str, Tensor]:
+    """Hugging Face decoder names -> ours (q, k, v fused; the K heads stacked)."""
+    try:
+        out = {f"embeddings.{k}.weight": sd[f"{DEC}embed_tokens.{k}.weight"] for k in range(cfg.n_codebooks)}
+        for n in range(cfg.n_layers):
+            src, dst = f"{DEC}layers.{n}.", f"layers.{n}."
+            a = src + "self_attn."
+            out[dst + "attn.wqkv.weight"] = torch.cat([sd[a + f"{p}_proj.weight"] for p in "qkv"])
+            out[dst + "attn.wo.weight"] = sd[a + "out_proj.weight"]
+            norms = {"norm1": "self_attn_layer_norm", "norm2": "final_layer_norm"}
+            if cfg.cross_attention:
+                c = src + "encoder_attn."
+                out[dst + "cross.wq.weight"] = sd[c + "q_proj.weight"]
+                out[dst + "cross.wkv.weight"] = torch.cat([sd[c + "k_proj.weight"], sd[c + "v_proj.weight"]])
+                out[dst + "cross.wo.weight"] = sd[c + "out_proj.weight"]
+                norms["norm_cross"] = "encoder_attn_layer_norm"
+            for ours, theirs in norms.items():
+                for p in ("weight", "bias"):
+                    out[f"{dst}{ours}.{p}"] = sd[f"{src}{theirs}.{p}"]
+            out[dst + "fc1.weight"] = sd[src + "fc1.weight"]
+            out[dst + "fc2.weight"] = sd[src + "fc2.weight"]
+        out["out_norm.weight"] = sd[DEC + "layer_norm.weight"]
+        out["out_norm.bias"] = sd[DEC + "layer_norm.bias"]
+        out["heads"] = torch.stack([sd[f"decoder.lm_heads.{k}.weight"] for k in range(cfg.n_codebooks)])
+    except KeyError as err:
+        raise UserError(f"the checkpoint lacks the decoder tensor {err}: it is incomplete or not MusicGen", code="no_model") from None
+    return out
+
+
+def build_lm(cfg: LMConfig, state: dict[str, Tensor], device: torch.device, dtype: torch.dtype) -> MusicGenLM:
+    with torch.device("meta"):
+        lm = MusicGenLM(cfg)
+    # Cast each tensor once on its way in; `assign` makes these the parameters (no second copy).
+    state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
+    try:
+        lm.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as err:
+        raise UserError(f"the checkpoint's decoder does not fit its config: {str(err).splitlines()[0]}", code="no_model") from None
+    return lm.eval().requires_grad_(False)  # inference only: no autograd bookkeeping
+
+
+def _linear(sd: dict[str, Tensor], name: str) -> torch.nn.Linear | None:
+    if f"{name}.weight" not in sd:
+        return None
+    w = sd[f"{name}.weight"].float()
+    proj = torch.nn.Linear(w.shape[1], w.shape[0], bias=f"{name}.bias" in sd)
+    with torch.no_grad():
+        proj.weight.copy_(w)
+        if proj.bias is not None:
+            proj.bias.copy_(sd[f"{name}.bias"].float())
+    return proj
+
+
+def _submodel(cls, config, sd: dict[str, Tensor], prefix: str, what: str):
+    model = cls(config)
+    state = {k[len(prefix):]: v.float() for k, v in sd.items() if k.startswith(prefix)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if m != "encoder.embed_tokens.weight"]  # tied to `shared` in T5
+    if missing or unexpected:
+        raise UserError(f"the checkpoint's {what} weights do not fit its config (missing {missing[:3]}, unexpected {unexpected[:3]})", code="no_model")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    return model.eval()
+
+
+# -------------------------------------------------------------------------------------------------- loading
+def load_model(spec: str, device: str = "auto", dtype: str = "float32") -> MusicGen:
+    """The MusicGen named by `spec` on `device` in `dtype` (T5 and EnCodec stay float32)."""
+    dev, dt = resolve_device(device), resolve_dtype(dtype)
+    if spec == "random-tiny":
+        from engine.tiny import random_tiny_state
+
+        log.warning("random-tiny: a RANDOM model for wiring tests. It makes noise, not music. Use --model facebook/musicgen-small for music.")
+        cfg, sd, tokenizer = random_tiny_state()
+        return _assemble("random-tiny", cfg, sd, tokenizer, dev, dt)
+    folder = resolve(spec)
+    if (folder / "config.json").exists():
+        from transformers import AutoTokenizer
+
+        cfg = _read_config(folder)
+        sd = read_hf_tensors(folder, ("decoder.", "enc_to_dec_proj.", "audio_enc_to_dec_proj.", "text_encoder.", "audio_encoder."))
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        except Exception as err:
+            raise UserError(f"{folder} has no usable tokenizer files ({type(err).__name__}): download the whole folder", code="no_model") from None
+        return _assemble(spec, cfg, sd, tokenizer, dev, dt)
+    if all((folder / f).exists() for f in META_FILES):
+        return _load_meta(spec, folder, dev, dt)
+    raise ModelNotFound(
+        f"{folder} is neither a Hugging Face MusicGen folder (config.json + weights) nor a Meta audiocraft export "
+        f"({' + '.join(META_FILES)})"
+    )
+
+
+def _assemble(name: str, cfg: dict, sd: dict[str, Tensor], tokenizer, device, dtype, t5=None, encodec=None) -> MusicGen:
+    """Build the pieces from Hugging Face-named tensors (T5 and EnCodec may come ready-made)."""
+    from transformers import EncodecConfig, EncodecModel, T5Config, T5EncoderModel
+
+    melody = cfg.get("model_type") == "musicgen_melody"
+    lmcfg = lm_config(cfg["decoder"], cross_attention=not melody)
+    lm = build_lm(lmcfg, lm_state_from_hf(sd, lmcfg), device, dtype)
+    channels = int(cfg["decoder"].get("audio_channels", 1))
+    if t5 is None:
+        t5 = _submodel(T5EncoderModel, T5Config.from_dict(cfg["text_encoder"]), sd, "text_encoder.", "T5 text encoder")
+    text = TextConditioner(tokenizer, t5.to(device), _to(_linear(sd, "enc_to_dec_proj"), device))
+    if encodec is None:
+        encodec = _submodel(EncodecModel, EncodecConfig.from_dict(cfg["audio_encoder"]), sd, "audio_encoder.", "EnCodec")
+    codec = Codec(encodec.to(device), channels, lmcfg.n_codebooks)
+    model = MusicGen(
+        name=name,
+        lm=lm,
+        pattern=DelayPattern.for_codebooks(lmcfg.n_codebooks, channels),
+        text=text,
+        codec=codec,
+        max_positions=int(cfg["decoder"].get("max_position_embeddings", 2048)),
+        info={"melody": melody, "config": cfg},
+    )
+    if melody:
+        from engine.melody import MelodyConditioner
+
+        model.melody = MelodyConditioner.from_hf(cfg, _to(_linear(sd, "audio_enc_to_dec_proj"), device))
+    log.info("loaded %s: %d layers, dim %d, %d codebooks, %d channel(s), on %s in %s", name, lmcfg.n_layers,
+             lmcfg.dim, lmcfg.n_codebooks, channels, device, str(dtype).replace("torch.", ""))
+    return model
+
+
+def _to(module, device):
+    return module.to(device) if module is not None else None
+
+
+def _load_meta(spec: str, folder: Path, device, dtype) -> MusicGen:
+    """Meta's export: LM weights renamed to Hugging Face's names; T5 and EnCodec resolved as Meta does."""
+    from transformers import AutoTokenizer, EncodecConfig, EncodecModel, T5EncoderModel
+
+    from engine.meta_format import read_meta_folder
+
+    ckpt = read_meta_folder(folder)
+    text_folder = resolve(ckpt.text_encoder_name, what="text encoder")
+    t5 = T5EncoderModel.from_pretrained(str(text_folder), dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(text_folder))
+    if ckpt.codec_state is not None:
+        encodec = EncodecModel(EncodecConfig(**ckpt.codec_config))
+        encodec.load_state_dict(ckpt.codec_state)
+    else:
+        encodec = EncodecModel.from_pretrained(str(resolve(ckpt.codec_pretrained, what="codec")), dtype=torch.float32)
+    c = ckpt.lm_config
+    cfg = {
+        "model_type": "musicgen_melody" if c.get("melody") else "musicgen",
+        "decoder": {
+            "hidden_size": c["hidden_size"], "num_hidden_layers": c["num_hidden_layers"],
+            "num_attention_heads": c["num_attention_heads"], "ffn_dim": c["ffn_dim"],
+            "num_codebooks": c["num_codebooks"], "vocab_size": c["vocab_size"],
+            "audio_channels": c.get("audio_channels", 1), "max_position_embeddings": 2048,
+        },
+        "text_encoder": t5.config.to_dict(),
+        "audio_encoder": encodec.config.to_dict(),
+        **{k: c[k] for k in ("num_chroma", "chroma_length") if k in c},
+    }
+    return _assemble(spec, cfg, ckpt.lm_state, tokenizer, device, dtype, t5=t5.eval(), encodec=encodec.eval())

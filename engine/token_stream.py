@@ -1,0 +1,173 @@
+"""Generating codes column by column: the delay pattern, the KV cache, prompts and sliding windows.
+
+A `TokenStream` is one generation. Each `step()` is one decoder call that settles one column of the delayed
+sequence and returns the frames that became complete (all K codebooks known). One-shot generation is the same
+stream run to its end, so chunked and one-shot generation give the same codes by construction.
+
+Windows: the model was trained on a bounded context (30 s). When a stream must go further it slides, as Meta's
+extended generation does: the current window is finished (its last frames completed with special tokens in
+the lower codebooks, exactly as a one-shot generation ends), then a new window re-prefills the last frames of
+the music (from a point chosen by the caller, e.g. a bar line) with positions restarting at 0. The frame
+history is never rewritten, so the code stream stays continuous.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from engine.errors import Cancelled
+from engine.lm import MusicGenLM
+from engine.pattern import DelayPattern
+from engine.sampling import SamplingSettings, guide, make_generator, resolve_seed, sample
+
+
+@dataclass
+class Conditioning:
+    """What the LM is conditioned on for one generation, batched [cond; uncond] when guidance is on."""
+
+    cross: Tensor | None = None  # projected text states [B, S, D] for cross-attention (text models)
+    prefix: Callable[[int], Tensor] | None = None  # melody models: window's first frame -> prefix [B, P, D]
+    batch: int = 1
+
+
+class TokenStream:
+    def __init__(
+        self,
+        lm: MusicGenLM,
+        pattern: DelayPattern,
+        settings: SamplingSettings,
+        cond: Conditioning,
+        *,
+        prompt: Tensor | None = None,
+        total_frames: int | None = None,
+        window_frames: int,
+        keep_frames: int,
+        align: Callable[[int], int] | None = None,
+        cancel: threading.Event | None = None,
+        max_prefix: int = 0,
+    ):
+        """
+        prompt: [K, P] codes to continue (teacher-forced, never overwritten, not returned).
+        total_frames: new frames to make; None streams until the caller stops.
+        window_frames: the most frames (prompt included) one window holds.
+        keep_frames: frames of music re-prefilled when the window slides.
+        align: maps the earliest frame a new window could start at to the frame it should start at (≥ it).
+        """
+        if keep_frames >= window_frames:
+            raise ValueError("keep_frames must be smaller than window_frames")
+        self.lm, self.pattern, self.settings, self.cond = lm, pattern, settings, cond
+        self.K, self.D = pattern.n_codebooks, pattern.max_delay
+        self.special = lm.cfg.special_token
+        self.device = lm.device
+        self.window_frames, self.keep_frames = window_frames, keep_frames
+        self.align = align or (lambda f: f)
+        self.cancel = cancel
+        self.seed = resolve_seed(settings.seed)
+        self.generator = make_generator(self.seed, self.device)
+
+        prompt = prompt if prompt is not None else torch.zeros(self.K, 0, dtype=torch.long)
+        if prompt.shape[0] != self.K:
+            raise ValueError(f"prompt has {prompt.shape[0]} codebooks, the model has {self.K}")
+        # Longer prompts than a window would leave no room: keep the most recent music.
+        prompt = prompt[:, max(0, prompt.shape[1] - keep_frames) :] if prompt.shape[1] >= window_frames else prompt
+        self.prompt_frames = prompt.shape[1]
+        self.history = torch.empty(self.K, max(64, 2 * self.prompt_frames + (total_frames or 0)), dtype=torch.long)
+        self.history[:, : self.prompt_frames] = prompt
+        self.n_final = self.prompt_frames  # frames of music known so far, prompt included
+        self.end = None if total_frames is None else self.prompt_frames + total_frames
+        self.last_logits: Tensor | None = None  # guided logits [K, V] of the latest step (for checks)
+        self.steps = 0
+
+        lm.setup_caches(cond.batch, max_prefix + pattern.columns(window_frames))
+        if cond.cross is not None:
+            lm.set_condition(cond.cross)
+        self._start_window(0)
+
+    @property
+    def done(self) -> bool:
+        return self.end is not None and self.n_final >= self.end
+
+    @property
+    def new_frames(self) -> int:
+        return self.n_final - self.prompt_frames
+
+    def codes(self, start: int = 0, stop: int | None = None) -> Tensor:
+        """Final frames [K, n] of the music, indexed from the first new frame (prompt excluded)."""
+        stop = self.new_frames if stop is None else stop
+        return self.history[:, self.prompt_frames + start : self.prompt_frames + stop]
+
+    def _start_window(self, origin: int) -> None:
+        self.origin = origin
+        self.win_prompt = self.n_final - origin  # frames already known inside this window
+        self.win_end = origin + self.window_frames if self.end is None else min(self.end, origin + self.window_frames)
+        n = self.win_end - origin
+        self.seq = self.pattern.interleave(self.history[:, origin : self.n_final], self.special, self.pattern.columns(n))
+        self.col = 0
+        self.prefix = self.cond.prefix(origin).to(self.lm.dtype) if self.cond.prefix is not None else None
+
+    def _slide(self) -> None:
+        earliest = max(0, self.n_final - self.keep_frames)
+        origin = min(max(self.align(earliest), earliest), self.n_final - 1)
+        self._start_window(origin)
+
+    @torch.inference_mode()
+    def step(self) -> Tensor:
+        """One decoder call. Returns the frames [K, n] (n = 0 or 1) that this call completed."""
+        if self.done:
+            return self.history[:, :0]
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled()
+        if self.col == self.seq.shape[1]:
+            self._slide()
+        B, P = self.cond.batch, 0 if self.prefix is None else self.prefix.shape[1]
+        if self.col == 0:
+            # Prefill: the prefix, the start column and every column the known frames fully decide.
+            n_cols = self.win_prompt + 1
+            tokens = self.seq[None, :, :n_cols].expand(B, -1, -1).to(self.device)
+            h = self.lm.embed(tokens)
+            if self.prefix is not None:
+                h = torch.cat([self.prefix, h], dim=1)
+            first = 0
+        else:
+            n_cols = 1
+            h = self.lm.embed(self.seq[None, :, self.col - 1 : self.col].expand(B, -1, -1).to(self.device))
+            first = P + self.col - 1
+        input_pos = torch.arange(first, first + h.shape[1], device=self.device)
+        logits = self.lm(h, input_pos, kv_len=first + h.shape[1])[:, :, -1]  # [B, K, V]
+        if self.col == 0:
+            self.col = n_cols
+        guided = guide(logits, self.settings.cfg)
+        self.last_logits = guided[0]
+        tokens = sample(guided, self.settings, self.generator)[0].cpu()
+        self.steps += 1
+        return self._settle_column(tokens)
+
+    def _settle_column(self, tokens: Tensor) -> Tensor:
+        col = self.col
+        for k, f in enumerate(self.pattern.frame_at(col)):
+            # Known frames (prompt, history) and frames outside the window keep what the column holds.
+            if self.win_prompt <= f and self.origin + f < self.win_end:
+                self.seq[k, col] = tokens[k]
+        self.col += 1
+        f = col - 1 - self.D  # the window's frame whose last codebook this column settled
+        if f < self.win_prompt or self.origin + f >= self.win_end:
+            return self.history[:, :0]
+        if self.n_final >= self.history.shape[1]:
+            self.history = torch.cat([self.history, torch.empty_like(self.history)], dim=1)
+        for k, d in enumerate(self.pattern.delays):
+            self.history[k, self.n_final] = self.seq[k, f + 1 + d]
+        self.n_final += 1
+        return self.history[:, self.n_final - 1 : self.n_final]
+
+    def run(self, on_frames: Callable[[int], None] | None = None) -> Tensor:
+        """Step to the end (requires total_frames); returns the new codes [K, total]."""
+        assert self.end is not None, "an endless stream has no end to run to"
+        while not self.done:
+            if self.step().shape[1] and on_frames is not None:
+                on_frames(self.new_frames)
+        return self.codes()

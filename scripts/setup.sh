@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Idempotent setup for a fresh machine: system packages (when root), a venv in .venv, the project and its deps.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  need=()
+  for p in libportaudio2 jackd2 liblo-tools libsndfile1; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "setup: apt-get install ${need[*]}" >&2
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+fi
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+stamp=.venv/.setup-stamp
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
+  # A pinned torch takes the local CPU wheel here; unpinned would pull the CUDA build (gigabytes).
+  python -c "import torch" 2>/dev/null || python -m pip install -q --disable-pip-version-check "torch==${TORCH_VERSION:-2.13.0}"
+  python -m pip install -q --disable-pip-version-check -e ".[test]"
+  touch "$stamp"
+fi
