@@ -282,15 +282,17 @@ def _load_meta(spec: str, folder: Path, device, dtype) -> MusicGen:
     from engine.meta_format import read_meta_folder
 
     ckpt = read_meta_folder(folder)
-    text_folder = resolve(ckpt.text_encoder_name, what="text encoder")
+    c = ckpt.lm_cfg
+    text_folder = resolve(c["text_encoder"], what="text encoder")
     t5 = T5EncoderModel.from_pretrained(str(text_folder), dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(text_folder))
+    if c.get("text_encoder_in_state"):  # a fine-tuned T5 shipped inside the LM state replaces the named one
+        t5 = _submodel(T5EncoderModel, t5.config, ckpt.lm_state, "text_encoder.", "T5 text encoder")
     if ckpt.codec_state is not None:
-        encodec = EncodecModel(EncodecConfig(**ckpt.codec_config))
+        encodec = EncodecModel(EncodecConfig(**ckpt.codec_cfg))
         encodec.load_state_dict(ckpt.codec_state)
     else:
         encodec = EncodecModel.from_pretrained(str(resolve(ckpt.codec_pretrained, what="codec")), dtype=torch.float32)
-    c = ckpt.lm_config
     cfg = {
         "model_type": "musicgen_melody" if c.get("melody") else "musicgen",
         "decoder": {

@@ -76,9 +76,13 @@ def open_stream(
     window = min(window_frames or model.max_frames, model.max_frames)
     keep = keep_frames if keep_frames is not None else int(window * KEEP_FRACTION)
     keep = max(1, min(keep, window - 1))
-    max_prefix = model.prefix_frames + (64 if model.melody is not None else 0)
+    cond = make_conditioning(model, prompt, settings, melody)
+    max_prefix = cond.prefix(0).shape[1] if cond.prefix is not None else 0
+    # A long text prompt on a melody model takes positions from the window.
+    window = max(2, min(window, model.max_positions - max_prefix - model.pattern.columns(0)))
+    keep = max(1, min(keep, window - 1))
     return TokenStream(
-        model.lm, model.pattern, settings, make_conditioning(model, prompt, settings, melody),
+        model.lm, model.pattern, settings, cond,
         prompt=prompt_codes, total_frames=frames, window_frames=window, keep_frames=keep, align=align,
         cancel=cancel, max_prefix=max_prefix,
     )

@@ -67,7 +67,32 @@ def tiny_reference_model(config, seed: int = 0):
         for name, p in model.decoder.named_parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 0.3 if "embed" in name else 0.15)
+        _seed_codebooks(model.audio_encoder, seed)
     return model
+
+
+def _seed_codebooks(encodec, seed: int) -> None:
+    """transformers initializes EnCodec's codebooks to zeros: every input would encode to code 0 and every code
+    decode to the same audio. Seed each residual codebook from the encoder's own outputs on noise (as EnCodec's
+    k-means initialization does), so that codes vary with the audio and audio varies with the codes."""
+    g = torch.Generator().manual_seed(seed)
+    noise = 0.3 * torch.randn(1, 1, 32000 * 4, generator=g)
+    # A random encoder's output is nearly constant (its biases dominate): centre it and give it unit spread.
+    last = encodec.encoder.layers[-1].conv
+    out = encodec.encoder(noise)[0]
+    last.bias.sub_(out.mean(1))
+    last.bias.div_(out.std(1))
+    last.parametrizations.weight.original0.div_(out.std(1)[:, None, None])
+    residual = encodec.encoder(noise)[0].T  # [frames, dim]
+    for layer in encodec.quantizer.layers:
+        picks = residual[torch.randint(0, residual.shape[0], (layer.codebook.embed.shape[0],), generator=g)]
+        spread = residual.std(0, keepdim=True) * torch.randn(picks.shape, generator=g)
+        layer.codebook.embed.copy_(picks + spread)
+        residual = residual - layer.codebook.embed[layer.codebook.quantize(residual)]
+    # Likewise the decoder's biases drown what the codes say: without them its output follows the codes.
+    for name, p in encodec.decoder.named_parameters():
+        if name.endswith("conv.bias"):
+            p.zero_()
 
 
 def random_tiny_state(seed: int = 0):

@@ -47,3 +47,16 @@ def stereo_model(tiny_stereo):
     from engine.checkpoint import load_model
 
     return load_model(str(tiny_stereo[0]), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def tiny_melody(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-melody")
+    return folder, save_tiny_checkpoint(folder, melody=True)
+
+
+@pytest.fixture(scope="session")
+def melody_model(tiny_melody):
+    from engine.checkpoint import load_model
+
+    return load_model(str(tiny_melody[0]), device="cpu", dtype="float32")

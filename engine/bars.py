@@ -1,0 +1,235 @@
+"""Exact tempo and bar arithmetic: how many samples a bar, a beat or N bars last, and where bar lines fall.
+
+Everything is kept as `Fraction` and rounded only when a sample index is needed, so bar k starts at the same
+sample whatever sizes the audio was cut into (a running float sum of chunk lengths drifts; this does not).
+
+Beats are quarter notes, as in Live's song time: a bar of num/den holds num * 4 / den beats.
+
+Rounding rule (one for the whole module): a fractional sample position rounds half up, i.e. floor(x + 1/2).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Union
+
+from engine.errors import UserError
+
+Number = Union[int, float, str, Fraction]
+
+MIN_BPM = Fraction(1)
+MAX_BPM = Fraction(999)  # Live's own upper limit; anything above is a typo (e.g. 1200 for 120.0)
+MAX_SIGNATURE_PART = 32
+CODEC_FRAME_RATE = 50  # MusicGen's EnCodec: 32 kHz / hop 640
+CODEC_HOP = 640
+
+
+def exact(value: Number, what: str = "value") -> Fraction:
+    """A number as an exact Fraction. Floats go through their shortest decimal repr, so 123.456 means
+    123456/1000 (what the user typed or Live printed), not the nearest binary double."""
+    if isinstance(value, bool):
+        raise UserError(f"{what} must be a number, got {value!r}")
+    if isinstance(value, (Fraction, int)):
+        return Fraction(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise UserError(f"{what} must be a finite number, got {value!r}")
+        return Fraction(repr(value))
+    if isinstance(value, str):
+        try:
+            result = Fraction(value.strip())
+        except (ValueError, ZeroDivisionError):
+            raise UserError(f"{what} must be a decimal number like 120 or 97.5, got {value!r}") from None
+        return result
+    raise UserError(f"{what} must be a number, got {type(value).__name__} {value!r}")
+
+
+def round_half_up(x: Fraction) -> int:
+    """The module's one rounding rule: floor(x + 1/2). A pure function of x, so equal positions round equally."""
+    return math.floor(x + Fraction(1, 2))
+
+
+def parse_bpm(value: Number) -> Fraction:
+    """A tempo in beats per minute from "97", 97.0, "123.456" or a Fraction; rejects non-positive, NaN, inf
+    and values outside MIN_BPM..MAX_BPM."""
+    try:
+        bpm = exact(value, "tempo (bpm)")
+    except UserError as e:
+        raise UserError(f"{e}; give the song tempo in beats per minute, e.g. 120") from None
+    if not MIN_BPM <= bpm <= MAX_BPM:
+        raise UserError(
+            f"tempo {value!r} bpm is out of range; give a tempo between {MIN_BPM} and {MAX_BPM} bpm"
+        )
+    return bpm
+
+
+def _check_signature(numerator: int, denominator: int) -> None:
+    for name, part in (("numerator", numerator), ("denominator", denominator)):
+        if isinstance(part, bool) or not isinstance(part, int):
+            raise UserError(f"time signature {name} must be an integer, got {part!r}")
+    if not 1 <= numerator <= MAX_SIGNATURE_PART:
+        raise UserError(f"time signature numerator {numerator} is out of range; use 1 to {MAX_SIGNATURE_PART}")
+    # Powers of two only: that is what a notated (and Live's) time signature allows.
+    if not 1 <= denominator <= MAX_SIGNATURE_PART or denominator & (denominator - 1):
+        raise UserError(f"time signature denominator {denominator} must be 1, 2, 4, 8, 16 or 32")
+
+
+def parse_time_signature(text: str) -> tuple[int, int]:
+    """"7/8" -> (7, 8). Spaces around the parts are allowed."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not match:
+        raise UserError(f"time signature must look like 4/4 or 7/8, got {text!r}")
+    numerator, denominator = int(match.group(1)), int(match.group(2))
+    _check_signature(numerator, denominator)
+    return numerator, denominator
+
+
+def _check_sample_rate(sample_rate: int) -> None:
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
+        raise UserError(f"sample rate must be a positive integer (e.g. 32000), got {sample_rate!r}")
+
+
+@dataclass(frozen=True)
+class Tempo:
+    """A tempo and time signature. `bpm` may be given as a string, int, float or Fraction; it is stored as an
+    exact Fraction."""
+
+    bpm: Fraction
+    numerator: int = 4
+    denominator: int = 4
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bpm", parse_bpm(self.bpm))
+        _check_signature(self.numerator, self.denominator)
+
+    @property
+    def beats_per_bar(self) -> Fraction:
+        """Quarter notes per bar: 7/8 -> 7/2."""
+        return Fraction(self.numerator * 4, self.denominator)
+
+    def samples_per_beat(self, sample_rate: int) -> Fraction:
+        _check_sample_rate(sample_rate)
+        return 60 * sample_rate / self.bpm
+
+    def samples_per_bar(self, sample_rate: int) -> Fraction:
+        return self.samples_per_beat(sample_rate) * self.beats_per_bar
+
+    def bar_start_sample(self, k: int, sample_rate: int) -> int:
+        """First sample of bar k (bar 0 starts at sample 0): round_half_up(k * samples_per_bar)."""
+        return round_half_up(k * self.samples_per_bar(sample_rate))
+
+    def bars_to_samples(self, bars: Number, sample_rate: int) -> int:
+        """Length of `bars` bars in samples. For whole bars this is bar_start_sample(n), so audio cut at those
+        samples is exactly n bars and loops without drift."""
+        return round_half_up(exact(bars, "bars") * self.samples_per_bar(sample_rate))
+
+    def beats_to_samples(self, beats: Number, sample_rate: int) -> int:
+        return round_half_up(exact(beats, "beats") * self.samples_per_beat(sample_rate))
+
+    def samples_to_beats(self, samples: int, sample_rate: int) -> Fraction:
+        return Fraction(samples) / self.samples_per_beat(sample_rate)
+
+    def seconds_per_bar(self) -> Fraction:
+        return 60 * self.beats_per_bar / self.bpm
+
+    def next_bar_beat(self, song_beats: Number, inclusive: bool = True) -> Fraction:
+        """The song beat of the next bar line at or after `song_beats` (strictly after if not inclusive).
+        Bar lines are at multiples of beats_per_bar from song beat 0, as in Live with one time signature."""
+        beats = exact(song_beats, "song position (beats)")
+        bars = beats / self.beats_per_bar
+        k = math.ceil(bars) if inclusive else math.floor(bars) + 1
+        return k * self.beats_per_bar
+
+
+def frames_for_samples(samples: int, frame_rate: int = CODEC_FRAME_RATE, hop: int = CODEC_HOP) -> int:
+    """Codec frames needed to cover `samples` samples (ceil). The codec runs at frame_rate frames/s of `hop`
+    samples each, i.e. at frame_rate * hop samples per second."""
+    if frame_rate <= 0 or hop <= 0:
+        raise UserError(f"codec frame rate and hop must be positive, got {frame_rate} and {hop}")
+    if samples < 0:
+        raise UserError(f"sample count must not be negative, got {samples}")
+    sample_rate = frame_rate * hop
+    return math.ceil(Fraction(samples * frame_rate, sample_rate))
+
+
+_STATES_TEMPO = re.compile(r"(?<![a-z])(bpm|beats per minute)(?![a-z])", re.IGNORECASE)
+
+
+def format_bpm(bpm: Fraction) -> str:
+    """120 -> "120", 123.456 -> "123.456" (at most 3 decimals)."""
+    if bpm.denominator == 1:
+        return str(bpm.numerator)
+    return f"{float(bpm):.3f}".rstrip("0").rstrip(".")
+
+
+def tempo_text(prompt: str, tempo: Tempo, enabled: bool = True) -> str:
+    """The text prompt with the tempo appended ("lo-fi keys" -> "lo-fi keys, 120 bpm"): MusicGen's training
+    descriptions often carry a bpm, so stating it nudges generation toward the song tempo. Left alone when
+    disabled or when the prompt already states a tempo."""
+    if not enabled or _STATES_TEMPO.search(prompt):
+        return prompt
+    stem = prompt.strip().rstrip(",;").rstrip()
+    suffix = f"{format_bpm(tempo.bpm)} bpm"
+    return f"{stem}, {suffix}" if stem else suffix
+
+
+@dataclass(frozen=True)
+class ChunkPosition:
+    """Where one chunk of a stream lies: its first sample, its length, the song beat of its first sample, and
+    the bar lines inside it as (bar index, sample offset within the chunk)."""
+
+    start_sample: int
+    num_samples: int
+    start_beat: Fraction
+    bar_lines: tuple[tuple[int, int], ...]
+
+
+class BarClock:
+    """Positions of consecutive chunks of one stream. Sample 0 of the stream plays at song beat `start_beat`;
+    bar line k (song bar k, at beat k * beats_per_bar) falls at sample
+    round_half_up((k * beats_per_bar - start_beat) * samples_per_beat), a pure function of k, so the chunk
+    sizes never move a bar line."""
+
+    def __init__(self, tempo: Tempo, sample_rate: int, start_beat: Number = 0):
+        _check_sample_rate(sample_rate)
+        self.tempo = tempo
+        self.sample_rate = sample_rate
+        self.start_beat = exact(start_beat, "start beat")
+        self.position = 0  # samples handed out so far
+        self._next_bar = self._first_bar_at_or_after(0)
+
+    def bar_sample(self, k: int) -> int:
+        """Stream sample at which song bar k starts (negative if before the stream)."""
+        beats = k * self.tempo.beats_per_bar - self.start_beat
+        return round_half_up(beats * self.tempo.samples_per_beat(self.sample_rate))
+
+    def beat_at(self, sample: int) -> Fraction:
+        return self.start_beat + self.tempo.samples_to_beats(sample, self.sample_rate)
+
+    def _first_bar_at_or_after(self, sample: int) -> int:
+        # Estimate from the beat, then fix up: rounding can put the estimate off by one either way.
+        k = math.ceil(self.beat_at(sample) / self.tempo.beats_per_bar)
+        while self.bar_sample(k - 1) >= sample:
+            k -= 1
+        while self.bar_sample(k) < sample:
+            k += 1
+        return k
+
+    def advance(self, num_samples: int) -> ChunkPosition:
+        """Position of the next `num_samples` samples of the stream; moves the clock past them."""
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
+            raise UserError(f"chunk size must be a non-negative integer number of samples, got {num_samples!r}")
+        start, end = self.position, self.position + num_samples
+        lines = []
+        while (at := self.bar_sample(self._next_bar)) < end:
+            lines.append((self._next_bar, at - start))
+            self._next_bar += 1
+        self.position = end
+        return ChunkPosition(start, num_samples, self.beat_at(start), tuple(lines))
+
+    def samples_to_next_bar(self) -> int:
+        """Samples from the current position to the next bar line (0 if the position is on one)."""
+        return self.bar_sample(self._next_bar) - self.position

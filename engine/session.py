@@ -1,0 +1,192 @@
+"""A streaming session: audio out chunk by chunk while the LM generates, on the bar lines of the song.
+
+The token stream settles one frame per decoder call; the streaming decoder turns settled frames into final audio
+at a bounded cost per chunk; the session cuts that audio at chunk boundaries. Boundaries in bars are exact:
+chunk j starts at round(j x bars_per_chunk x samples_per_bar), a pure function of j, so bar lines never drift
+however the audio was cut. Nothing is recomputed between chunks: the KV cache lives as long as the stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from engine.bars import Tempo, tempo_text
+from engine.errors import UserError
+from engine.generate import check_seconds, frames_for_seconds, open_stream
+from engine.model import MusicGen
+from engine.sampling import SamplingSettings
+from engine.stream_decode import StreamingDecoder
+
+log = logging.getLogger(__name__)
+
+PROMPT_DECODE_CONTEXT = 25  # prompt frames decoded (and discarded) first so new audio joins the prompt seamlessly
+
+
+@dataclass
+class Chunk:
+    index: int
+    audio: np.ndarray  # [channels, samples] float32
+    start_sample: int  # from the first sample of new audio
+    start_beat: Fraction | None  # beats from the start of new audio (None without a tempo)
+    beats: Fraction | None
+    last: bool
+
+
+def resample(wav: np.ndarray, sr: int, target: int) -> np.ndarray:
+    if sr == target:
+        return wav.astype(np.float32)
+    import librosa
+
+    return librosa.resample(wav.astype(np.float32), orig_sr=sr, target_sr=target, axis=-1)
+
+
+class StreamSession:
+    """One streaming request. Iterate it for `Chunk`s; `cancel()` from any thread stops it within one step.
+
+    Length: `seconds`, or `bars` with a `tempo`, or neither for endless (until cancelled or `stop()`).
+    Chunks: `chunk_bars` (needs a tempo) or `chunk_seconds`.
+    """
+
+    def __init__(
+        self,
+        model: MusicGen,
+        prompt: str,
+        settings: SamplingSettings = SamplingSettings(),
+        *,
+        seconds: float | None = None,
+        bars: float | None = None,
+        tempo: Tempo | None = None,
+        chunk_seconds: float | None = None,
+        chunk_bars: float | None = None,
+        audio_prompt: tuple[np.ndarray, int] | None = None,
+        melody: np.ndarray | None = None,
+        context_seconds: float | None = None,
+        keep_seconds: float | None = None,
+        tempo_in_prompt: bool = True,
+    ):
+        self.model, self.tempo = model, tempo
+        sr = model.sample_rate
+        if (bars is not None or chunk_bars is not None) and tempo is None:
+            raise UserError("a length in bars needs a tempo (bpm and time signature)", code="bad_args")
+        if bars is not None and seconds is not None:
+            raise UserError("give the length in seconds or in bars, not both", code="bad_args")
+        for name, v in (("bars", bars), ("chunk_bars", chunk_bars), ("chunk_seconds", chunk_seconds),
+                        ("context_seconds", context_seconds)):
+            if v is not None and not (v > 0 and v < 1e6):
+                raise UserError(f"{name} must be a positive number, got {v!r}", code="bad_args")
+        if bars is not None:
+            self.total_samples = tempo.bars_to_samples(Fraction(bars), sr)
+        elif seconds is not None:
+            self.total_samples = round(seconds * sr)
+        else:
+            self.total_samples = None  # endless
+        if self.total_samples is not None:
+            check_seconds(model, self.total_samples / sr, slide=context_seconds is not None)
+        self._beat = None  # exact song beat of chunk boundary j, when chunks are in bars
+        if chunk_bars is not None:
+            self._boundary = lambda j: tempo.bars_to_samples(Fraction(chunk_bars) * j, sr)
+            self._beat = lambda j: Fraction(chunk_bars) * j * tempo.beats_per_bar
+        else:
+            step = Fraction(chunk_seconds if chunk_seconds is not None else 1.0).limit_denominator(10**6) * sr
+            self._boundary = lambda j: round(step * j)
+
+        self.prompt_text = tempo_text(prompt, tempo, enabled=tempo_in_prompt) if tempo is not None else prompt
+        prompt_codes = None
+        if audio_prompt is not None:
+            wav, wav_sr = audio_prompt
+            wav = resample(np.atleast_2d(wav), wav_sr, sr)
+            if wav.shape[-1] < model.hop:
+                raise UserError("the audio prompt is shorter than one codec frame (20 ms)", code="bad_audio")
+            prompt_codes = model.codec.encode(torch.from_numpy(wav))
+        self.prompt_frames = 0 if prompt_codes is None else prompt_codes.shape[1]
+        self.prompt_codes = prompt_codes
+
+        window = model.max_frames if context_seconds is None else min(model.max_frames, frames_for_seconds(model, context_seconds))
+        keep = None if keep_seconds is None else frames_for_seconds(model, keep_seconds)
+        self.cancel_event = threading.Event()
+        frames = None if self.total_samples is None else -(-self.total_samples // model.hop)
+        self.stream = open_stream(model, self.prompt_text, settings, frames=frames, prompt_codes=prompt_codes,
+                                  melody=melody, window_frames=window, keep_frames=keep, align=self._align,
+                                  cancel=self.cancel_event)
+        self.seed = self.stream.seed
+        self.decoder = StreamingDecoder(model.codec.model, channels=model.channels)
+        self._buf = np.zeros((model.channels, 0), np.float32)  # decoded new audio not yet handed out
+        self._skip = 0
+        if prompt_codes is not None:
+            # Decode the end of the prompt first so the new audio continues it without a seam; drop its samples.
+            ctx = prompt_codes[:, -PROMPT_DECODE_CONTEXT:]
+            self._skip = ctx.shape[1] * model.hop
+            self._feed(self.decoder.push(ctx))
+        self._stop = False
+
+    def _feed(self, audio: np.ndarray) -> None:
+        cut = min(self._skip, audio.shape[1])
+        self._skip -= cut
+        if audio.shape[1] > cut:
+            self._buf = np.concatenate([self._buf, audio[:, cut:]], axis=1)
+
+    # Window slides start on a bar line when a tempo is known (frame of the first bar line at or after `frame`).
+    def _align(self, frame: int) -> int:
+        if self.tempo is None:
+            return frame
+        hop, sr, P = self.model.hop, self.model.sample_rate, self.prompt_frames
+        spb = self.tempo.samples_per_bar(sr)
+        k = int((Fraction(frame - P) * hop) // spb)
+        while P + round(self.tempo.bar_start_sample(k, sr) / hop) < frame:
+            k += 1
+        return P + round(self.tempo.bar_start_sample(k, sr) / hop)
+
+    def cancel(self) -> None:
+        """Stop from any thread; iteration raises `engine.errors.Cancelled` within one decoder step."""
+        self.cancel_event.set()
+
+    def stop(self) -> None:
+        """End an endless stream gracefully after the chunk in progress."""
+        self._stop = True
+
+    @property
+    def steps(self) -> int:
+        return self.stream.steps
+
+    def __iter__(self) -> Iterator[Chunk]:
+        emitted, j, finished = 0, 0, False  # samples of new audio handed out; chunk index; stream over
+        while True:
+            end = self._boundary(j + 1)
+            if self.total_samples is not None:
+                end = min(end, self.total_samples)
+            while emitted + self._buf.shape[1] < end and not finished:
+                if self.stream.done:
+                    self._feed(self.decoder.flush())
+                    finished = True
+                else:
+                    frames = self.stream.step()
+                    if frames.shape[1]:
+                        self._feed(self.decoder.push(frames))
+            n = min(end - emitted, self._buf.shape[1])
+            last = self.total_samples is not None and emitted + n >= self.total_samples
+            if n > 0:
+                yield self._chunk(j, self._buf[:, :n], emitted, last, on_boundary=emitted + n == end)
+                self._buf = self._buf[:, n:]
+                emitted += n
+                j += 1
+            if last or self._stop or (finished and self._buf.shape[1] == 0):
+                return
+
+    def _chunk(self, index: int, audio: np.ndarray, start: int, last: bool, on_boundary: bool) -> Chunk:
+        sr = self.model.sample_rate
+        beat = beats = None
+        if self._beat is not None:  # bar chunks: the exact beats of their bar lines, not of rounded samples
+            beat = self._beat(index)
+            end = self._beat(index + 1) if on_boundary else self.tempo.samples_to_beats(start + audio.shape[1], sr)
+            beats = end - beat
+        elif self.tempo is not None:
+            beat = self.tempo.samples_to_beats(start, sr)
+            beats = self.tempo.samples_to_beats(start + audio.shape[1], sr) - beat
+        return Chunk(index, np.ascontiguousarray(audio, dtype=np.float32), start, beat, beats, last)

@@ -1,0 +1,75 @@
+"""A Meta (audiocraft) export of the same weights loads to the same model: same greedy tokens."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from engine.checkpoint import load_model
+from engine.generate import open_stream
+from engine.sampling import SamplingSettings
+from engine.tiny import tiny_tokenizer
+from tests.meta_checkpoint import write_meta_checkpoint
+
+
+def _cache_entry(cache, repo_id, save):
+    snap = cache / ("models--" + repo_id.replace("/", "--")) / "snapshots" / ("b" * 40)
+    snap.mkdir(parents=True)
+    save(snap)
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text("b" * 40)
+
+
+@pytest.mark.parametrize("codec_form", ["full", "pretrained"])
+def test_meta_export_gives_the_same_tokens(codec_form, tmp_path, monkeypatch, tiny_mono, mono_model):
+    import huggingface_hub.constants as hc
+
+    _, ref = tiny_mono
+    cache = tmp_path / "hub"
+    # Meta's export names its T5 (e.g. 't5-base') and, in one form, its codec; both resolve like hub ids.
+    _cache_entry(cache, "test-org/tiny-t5", lambda d: (ref.text_encoder.save_pretrained(d), tiny_tokenizer().save_pretrained(d)))
+    if codec_form == "pretrained":
+        _cache_entry(cache, "facebook/encodec_32khz", ref.audio_encoder.save_pretrained)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+
+    sd = ref.state_dict()
+    decoder_state = {k: v for k, v in sd.items() if k.startswith(("decoder.", "enc_to_dec_proj."))}
+    folder = tmp_path / "meta"
+    if codec_form == "full":
+        write_meta_checkpoint(folder, decoder_state, ref.config.decoder, text_encoder_name="test-org/tiny-t5",
+                              encodec_state=ref.audio_encoder.state_dict(), encodec_config=ref.config.audio_encoder,
+                              pretrained_name=None)
+    else:
+        write_meta_checkpoint(folder, decoder_state, ref.config.decoder, text_encoder_name="test-org/tiny-t5",
+                              pretrained_name="facebook/encodec_32khz")
+    assert sorted(p.name for p in folder.iterdir()) == ["compression_state_dict.bin", "state_dict.bin"]
+
+    meta = load_model(str(folder), device="cpu")
+    greedy = SamplingSettings(greedy=True)
+    ours = open_stream(meta, "lo fi piano", greedy, frames=100).run()
+    # Meta ships fp16 weights: compare with the HF-format model given the same fp16-rounded weights.
+    rounded = load_model(str(tiny_mono[0]), device="cpu")
+    with torch.no_grad():
+        for p in rounded.lm.parameters():
+            p.copy_(p.half().float())
+        rounded.text.proj.weight.copy_(rounded.text.proj.weight.half().float())
+        rounded.text.proj.bias.copy_(rounded.text.proj.bias.half().float())
+    expected = open_stream(rounded, "lo fi piano", greedy, frames=100).run()
+    assert torch.equal(ours, expected)
+    wav = torch.randn(1, 6400) * 0.2
+    assert torch.equal(meta.codec.encode(wav), mono_model.codec.encode(wav))
+
+
+def test_meta_export_without_its_t5_says_so(tmp_path, monkeypatch, tiny_mono):
+    import huggingface_hub.constants as hc
+
+    _, ref = tiny_mono
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    sd = {k: v for k, v in ref.state_dict().items() if k.startswith(("decoder.", "enc_to_dec_proj."))}
+    write_meta_checkpoint(tmp_path / "meta", sd, ref.config.decoder, text_encoder_name="test-org/tiny-t5")
+    with pytest.raises(Exception, match="test-org/tiny-t5"):
+        load_model(str(tmp_path / "meta"), device="cpu")
