@@ -182,7 +182,10 @@ MESSAGES: tuple[Message, ...] = (
             (REQ, Arg("index", "i", "chunk number, from 0", 0, INT32_MAX), WAV_PATH,
              Arg("start_beat", "f", "where the chunk starts, in beats from the start of the result", 0, None),
              Arg("beats", "f", "chunk length in beats", 0, None)),
-            "One streamed piece of a result, a whole number of bars long."),
+            "One streamed piece of a result, a whole number of bars long.",
+            optional=(Arg("song_beat", "f", "the song beat (Live's song time) the chunk belongs on: for a jam, the "
+                          "first bar line after /jam/start plus start_beat; sent once the bridge has had /transport",
+                          0, None),)),
     Message("/done", "out",
             (REQ, WAV_PATH, Arg("seconds", "f", "length of the result in seconds", 0, None),
              Arg("bars", "f", "length of the result in bars", 0, None)),

@@ -1,0 +1,322 @@
+"""`musicgen-bridge bench`: how fast generation runs here, ours against transformers' `generate`.
+
+Everything runs on a model of musicgen-small's shape (decoder: dim 1024, 24 layers, 16 heads, ffn 4096,
+4 codebooks; the full-size 32 kHz EnCodec; a one-layer T5 of width 768, since T5 runs once per request) with
+random weights, so it needs no download. The checkpoint is written once, in Hugging Face format and fp32 like
+the published one, to a cache folder; every row then loads it in a fresh subprocess, so that the peak RSS of a
+row is what that configuration costs from disk to the last step.
+
+Rows: transformers' `generate` (fp32, bf16), ours (fp32, bf16, int8), and the streaming EnCodec decode.
+Columns: decoder steps per second (50 steps = 1 s of audio), real-time factor (steps/s / 50; above 1 keeps up),
+time to first audio (ours: until the first 1 s chunk is out of a streaming session; transformers: generation
+of the whole request plus its decode, since `generate` returns nothing before the end), peak RSS, and the LM's
+own memory (weights + KV cache). Guidance is on (batch 2), top-k 250, as Meta's defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+FRAME_RATE = 50
+ROWS = ("hf-fp32", "hf-bf16", "ours-fp32", "ours-bf16", "ours-int8", "decode")
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8"}
+PROMPT = "warm lo fi hip hop with soft drums and piano 90 bpm"
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "musicgen-bridge" / "bench-small"
+
+
+# ------------------------------------------------------------------------------------------- the model
+def musicgen_codec_config():
+    """facebook/encodec_32khz's config: the codec inside every MusicGen checkpoint."""
+    from transformers import EncodecConfig
+
+    return EncodecConfig(
+        audio_channels=1, sampling_rate=32000, target_bandwidths=[2.2], num_filters=64, upsampling_ratios=[8, 5, 4, 4],
+        num_lstm_layers=2, num_residual_layers=1, codebook_size=2048, codebook_dim=128, hidden_size=128,
+        kernel_size=7, last_kernel_size=7, residual_kernel_size=3, dilation_growth_rate=2, compress=2,
+        norm_type="weight_norm", pad_mode="reflect", normalize=False, use_causal_conv=False,
+        use_conv_shortcut=False, trim_right_ratio=1.0, chunk_length_s=None, overlap=None,
+    )
+
+
+def small_shape_config(n_layers: int = 24):
+    """transformers' MusicgenConfig of musicgen-small's decoder shape, a one-layer T5 768 wide, the real codec."""
+    from transformers import MusicgenConfig, MusicgenDecoderConfig, T5Config
+
+    from engine.tiny import WORDS
+
+    t5 = T5Config(vocab_size=len(WORDS) + 3, d_model=768, d_kv=64, d_ff=768, num_layers=1, num_heads=12,
+                  decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    decoder = MusicgenDecoderConfig(vocab_size=2048, hidden_size=1024, num_hidden_layers=n_layers, num_attention_heads=16,
+                                    ffn_dim=4096, num_codebooks=4, max_position_embeddings=2048, audio_channels=1)
+    return MusicgenConfig(text_encoder=t5.to_dict(), audio_encoder=musicgen_codec_config().to_dict(), decoder=decoder.to_dict())
+
+
+def small_shape_model(n_layers: int = 24, seed: int = 0):
+    """transformers' model of the small shape with random weights (fp32)."""
+    import torch
+    from transformers import MusicgenForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = MusicgenForConditionalGeneration(small_shape_config(n_layers)).eval()
+    with torch.no_grad():  # codebooks start at zero in transformers; spread them so that codes decode differently
+        for layer in model.audio_encoder.quantizer.layers:
+            layer.codebook.embed.normal_(0.0, 10.0)
+    return model
+
+
+def ensure_checkpoint(folder: Path) -> Path:
+    """The small-shape checkpoint in Hugging Face format (written once; about 1.9 GB)."""
+    folder = Path(folder)
+    if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
+        return folder
+    from engine.tiny import tiny_tokenizer
+
+    print(f"writing the small-shape checkpoint to {folder} (once) ...", file=sys.stderr, flush=True)
+    tmp = folder.with_name(folder.name + ".partial")
+    small_shape_model().save_pretrained(tmp)
+    tiny_tokenizer().save_pretrained(tmp)
+    tmp.rename(folder)
+    return folder
+
+
+# --------------------------------------------------------------------------------------------- memory
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM), in MB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1e3
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # kB on Linux
+
+
+def lm_bytes(lm) -> int:
+    """Weights and buffers (KV cache included) of our LM; prepacked tensors counted by their elements."""
+    tensors = list(lm.parameters()) + list(lm.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+# ---------------------------------------------------------------------------------------------- workers
+def _settings():
+    from engine.sampling import SamplingSettings
+
+    return SamplingSettings(top_k=250, cfg=3.0, temperature=1.0, seed=1234)
+
+
+def worker_ours(folder: Path, dtype: str, steps: int) -> dict:
+    import torch
+
+    from engine.checkpoint import load_model
+    from engine.generate import open_stream
+    from engine.session import StreamSession
+
+    base = rss_mb()
+    t0 = time.perf_counter()
+    model = load_model(str(folder), device="cpu", dtype=dtype)
+    load_s, loaded = time.perf_counter() - t0, rss_mb()
+
+    # Time to first audio: a streaming session's first 1 s chunk (T5, prefill, steps, codec decode). Also warms up.
+    t0 = time.perf_counter()
+    session = StreamSession(model, PROMPT, _settings(), seconds=2.0, chunk_seconds=1.0)
+    next(iter(session))
+    ttfa = time.perf_counter() - t0
+    session.cancel()
+
+    # Steps/s: the token stream alone (T5 and codec excluded), `steps` decoder calls.
+    frames = steps - model.pattern.max_delay
+    t0 = time.perf_counter()
+    stream = open_stream(model, PROMPT, _settings(), frames=frames)
+    t1 = time.perf_counter()
+    stream.run()
+    gen_s = time.perf_counter() - t1
+    return {
+        "steps": stream.steps, "steps_per_s": stream.steps / gen_s, "cond_s": t1 - t0, "ttfa_s": ttfa,
+        "load_s": load_s, "rss_base_mb": base, "rss_loaded_mb": loaded, "peak_rss_mb": peak_rss_mb(),
+        "lm_mb": lm_bytes(model.lm) / 1e6, "threads": torch.get_num_threads(),
+    }
+
+
+def worker_transformers(folder: Path, dtype: str, steps: int) -> dict:
+    import torch
+    from transformers import AutoTokenizer, MusicgenForConditionalGeneration
+
+    base = rss_mb()
+    t0 = time.perf_counter()
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    model = MusicgenForConditionalGeneration.from_pretrained(str(folder), dtype=torch_dtype).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    load_s, loaded = time.perf_counter() - t0, rss_mb()
+    kw = dict(do_sample=True, top_k=250, guidance_scale=3.0)
+    with torch.inference_mode():
+        # Time to first audio: `generate` hands nothing out before its end, so the earliest audio is a 1 s request
+        # (50 frames + 3 delay steps) decoded whole. Also the warm-up.
+        t0 = time.perf_counter()
+        model.generate(**tokenizer([PROMPT], return_tensors="pt"), **kw, max_new_tokens=FRAME_RATE + 3)
+        ttfa = time.perf_counter() - t0
+        decode = model.audio_encoder.decode
+        model.audio_encoder.decode = lambda codes, *a, **k: decode(codes[..., :1], *a, **k)  # steps only, no codec
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        model.generate(**tokenizer([PROMPT], return_tensors="pt"), **kw, max_new_tokens=steps)
+        gen_s = time.perf_counter() - t0
+    return {
+        "steps": steps, "steps_per_s": steps / gen_s, "ttfa_s": ttfa, "load_s": load_s,
+        "rss_base_mb": base, "rss_loaded_mb": loaded, "peak_rss_mb": peak_rss_mb(), "lm_mb": None,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def worker_decode(chunks: int) -> dict:
+    """Streaming EnCodec decode of 1 s chunks on the full-size codec (benchmarks/stream_decode.py's setup)."""
+    import torch
+    from transformers import EncodecModel
+
+    from engine.stream_decode import StreamingDecoder
+
+    torch.manual_seed(0)
+    codec = EncodecModel(musicgen_codec_config()).eval()
+    with torch.no_grad():
+        for layer in codec.quantizer.layers:
+            layer.codebook.embed.normal_(0.0, 10.0)
+    codes = torch.randint(0, 2048, (4, chunks * FRAME_RATE), generator=torch.Generator().manual_seed(1))
+    decoder = StreamingDecoder(codec, 1)
+    times = []
+    for i in range(0, codes.shape[1], FRAME_RATE):
+        t0 = time.perf_counter()
+        decoder.push(codes[:, i : i + FRAME_RATE])
+        times.append(time.perf_counter() - t0)
+    steady = times[1:] or times
+    return {"ms_per_chunk": statistics.median(steady) * 1e3, "first_chunk_ms": times[0] * 1e3, "chunks": len(times),
+            "latency_ms": decoder.latency_ms, "peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads()}
+
+
+def _worker_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("row", choices=ROWS)
+    p.add_argument("--folder", type=Path)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--threads", type=int)
+    a = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(a.threads)
+    logging.basicConfig(level=logging.WARNING)
+    if a.row == "decode":
+        out = worker_decode(max(3, a.steps // FRAME_RATE))
+    else:
+        who, dt = a.row.split("-")
+        fn = worker_ours if who == "ours" else worker_transformers
+        out = fn(a.folder, DTYPES[dt], a.steps)
+    print("BENCH-RESULT " + json.dumps(out), flush=True)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ driver
+def run_row(row: str, folder: Path, steps: int, threads: int, timeout: float = 1800) -> dict:
+    """One row in a fresh subprocess (so its peak RSS is its own); returns the worker's figures."""
+    cmd = [sys.executable, "-m", "bridge.bench", "--worker", row, "--folder", str(folder), "--steps", str(steps),
+           "--threads", str(threads)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=str(Path(__file__).resolve().parents[1]))
+    for line in proc.stdout.splitlines():
+        if line.startswith("BENCH-RESULT "):
+            return json.loads(line[len("BENCH-RESULT "):])
+    raise RuntimeError(f"bench row {row} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+def machine() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        name = next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
+    except (OSError, StopIteration):
+        import platform
+
+        name = platform.processor() or platform.machine()
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    extra = [f for f in ("avx512_bf16", "amx_bf16", "avx512_vnni") if f in flags]
+    return f"{name}, {os.cpu_count()} cores" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def format_table(results: dict[str, dict]) -> str:
+    lines = ["| row | steps/s | real-time factor | time to first audio (s) | peak RSS (MB) | LM weights+KV (MB) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for row, r in results.items():
+        if row == "decode":
+            continue
+        lm = f"{r['lm_mb']:.0f}" if r.get("lm_mb") else "-"
+        lines.append(f"| {row} | {r['steps_per_s']:.1f} | {r['steps_per_s'] / FRAME_RATE:.2f} | {r['ttfa_s']:.2f} | "
+                     f"{r['peak_rss_mb']:.0f} | {lm} |")
+    if "decode" in results:
+        d = results["decode"]
+        lines += ["", "| streaming decode (full-size EnCodec, 1 s chunks) | ms per chunk | first chunk ms | holdback ms | peak RSS (MB) |",
+                  "|---|---:|---:|---:|---:|",
+                  f"| decode | {d['ms_per_chunk']:.1f} | {d['first_chunk_ms']:.1f} | {d['latency_ms']:.0f} | {d['peak_rss_mb']:.0f} |"]
+    return "\n".join(lines)
+
+
+def add_bench_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("bench", help="measure generation speed and memory on this machine (no download)",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from: {', '.join(ROWS)} (default: all)")
+    p.add_argument("--steps", type=int, default=250, help="decoder steps per row (default 250 = 5 s of audio)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where the small-shape checkpoint is kept")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.set_defaults(func=run_bench)
+    return p
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    bad = [r for r in rows if r not in ROWS]
+    if bad:
+        print(f"unknown row(s) {', '.join(bad)}: choose from {', '.join(ROWS)}", file=sys.stderr)
+        return 2
+    if args.steps < 8:
+        print("--steps must be at least 8", file=sys.stderr)
+        return 2
+    threads = args.threads or os.cpu_count() or 1
+    folder = ensure_checkpoint(args.cache_dir) if any(r != "decode" for r in rows) else args.cache_dir
+    print(f"machine: {machine()}; {threads} threads; {args.steps} steps per row; small shape, random weights, guidance on",
+          flush=True)
+    results = {}
+    for row in rows:
+        print(f"  {row} ...", file=sys.stderr, flush=True)
+        results[row] = run_row(row, folder, args.steps, threads)
+    print(format_table(results))
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(), "threads": threads, "steps": args.steps, "rows": results}, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:
+        return _worker_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="musicgen-bridge")
+    add_bench_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["bench", *argv])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
