@@ -161,11 +161,11 @@
 					"presentation_rect": [258.0, 4.0, 80.0, 15.0],
 					"saved_attribute_attributes": {
 						"valueof": {
-							"parameter_enum": ["default", "lofi", "house", "ambient", "cinematic", "drums"],
+							"parameter_enum": ["acoustic-folk", "ambient-pad", "boom-bap", "cinematic", "drum-and-bass", "dub-reggae", "house-groove", "jazz-trio", "lofi-keys", "synthwave", "techno-drums"],
 							"parameter_initial": [0],
 							"parameter_initial_enable": 1,
 							"parameter_longname": "Preset",
-							"parameter_mmax": 5,
+							"parameter_mmax": 10,
 							"parameter_shortname": "Preset",
 							"parameter_type": 2
 						}

@@ -43,6 +43,11 @@ function parseNotes(result) {
   return result && result.notes ? result.notes : [];
 }
 
+// What the device remembers about a request it waits for.
+function newPending(kind) {
+  return { kind: kind, anchor: null, shift: 0, chunks: [] };
+}
+
 function clamp(v, lo, hi) {
   return Math.max(lo, Math.min(hi, v));
 }
@@ -73,10 +78,12 @@ function Bridge(env) {
   this.settings = { prompt: "", bars: 4, melody: "none" };
   this.params = {}; // /set values chosen in the UI, resent when the engine (re)appears
   this.nextId = 1;
-  this.pending = {}; // req -> { kind, anchor, chunks: [{ start, beats }] }
+  // req -> { kind, anchor, shift, chunks: [{ beat, beats }] }: see onChunk for anchor and shift.
+  this.pending = {};
   this.jamReq = null;
   this.humRecording = false;
   this.melodyFilePath = null;
+  this.presetAsked = null; // the preset name sent last, until the bridge acknowledges it
 
   this.transport = { playing: 0, bpm: 120, num: 4, den: 4 };
   this.songBeats = 0;
@@ -217,9 +224,7 @@ Bridge.prototype.at = function (beat, fn) {
 
 Bridge.prototype.shiftSchedule = function (delta) {
   for (var i = 0; i < this.scheduled.length; i++) this.scheduled[i].beat += delta;
-  for (var req in this.pending) {
-    if (this.pending[req].anchor !== null) this.pending[req].anchor += delta;
-  }
+  for (var req in this.pending) this.pending[req].shift += delta;
 };
 
 // The patch calls this on every eighth note (metro 8n @quantize 8n): run what is due, report bar lines.
@@ -248,8 +253,11 @@ Bridge.prototype.setParam = function (name, value) {
   this.send("/set", [name, value]);
 };
 
+// The menu's items are the bridge's preset names (presets/*.json; scripts/build_amxd.py writes them into the
+// patch). The bridge answers /ack -1 /preset, or /error -1 not_found for a name it does not have.
 Bridge.prototype.setPreset = function (name) {
-  if (name) this.send("/preset", [String(name)]);
+  if (!name) return;
+  if (this.send("/preset", [String(name)])) this.presetAsked = String(name);
 };
 
 // quiet: only remember the choice (restoring a saved set must not start the microphone or open a dialog).
@@ -339,7 +347,7 @@ Bridge.prototype.generate = function () {
   if (!this.prepareMelody()) return null;
   var req = this.nextReq();
   if (!this.send("/generate", [req, this.settings.prompt, this.settings.bars])) return null;
-  this.pending[req] = { kind: "generate", anchor: null, chunks: [] };
+  this.pending[req] = newPending("generate");
   this.status("#" + req + " generating " + this.settings.bars + " bars ...");
   return req;
 };
@@ -373,7 +381,7 @@ Bridge.prototype.continueTrack = function () {
     self.later(function () {
       if (self.epoch !== epoch) return; // Stop was pressed meanwhile
       if (!self.send("/continue", [req, path, bars, bars])) return;
-      self.pending[req] = { kind: "continue", anchor: null, chunks: [] };
+      self.pending[req] = newPending("continue");
       self.status("#" + req + " continuing the recording by " + bars + " bars ...");
     }, WRITE_SETTLE_MS);
   });
@@ -392,7 +400,7 @@ Bridge.prototype.jam = function (on) {
       return null;
     }
     this.jamReq = req;
-    this.pending[req] = { kind: "jam", anchor: null, chunks: [] };
+    this.pending[req] = newPending("jam");
     this.status("#" + req + " jamming ...");
     return req;
   }
@@ -478,12 +486,17 @@ var HANDLERS = {
   },
   "/ack": function (args) {
     if (this.pending[args[0]]) this.status("#" + args[0] + " accepted (" + args[1] + ")");
+    else if (args[0] === -1 && args[1] === "/preset" && this.presetAsked) {
+      this.status("preset " + this.presetAsked + " loaded");
+      this.presetAsked = null;
+    }
   },
   "/progress": function (args) {
     if (this.pending[args[0]]) this.status("#" + args[0] + " " + Math.round(args[1] * 100) + "%");
   },
   "/chunk": function (args) {
-    this.onChunk(args[0], args[1], maxPath(args[2]), args[3], args[4]);
+    // args[5], song_beat, is optional: the bridge sends it once it has had /transport.
+    this.onChunk(args[0], args[1], maxPath(args[2]), args[3], args[4], args[5]);
   },
   "/done": function (args) {
     this.onDone(args[0], maxPath(args[1]), args[2], args[3]);
@@ -532,9 +545,13 @@ Bridge.prototype.tick = function () {
   }
 };
 
-// Streamed pieces play back to back from the first bar line after the first one arrives, alternating between
-// two players so that loading one never disturbs the other.
-Bridge.prototype.onChunk = function (req, index, path, startBeat, beats) {
+// Streamed pieces play back to back, alternating between two players so that loading one never disturbs the
+// other. Each chunk has a place in the song:
+// - song_beat, when the bridge sends it: the bridge knows the transport (it had /transport) and says which song
+//   beat the chunk belongs on, so the device and the bridge's own audio output (--audio-device) agree;
+// - otherwise start_beat from an anchor: the first bar line after the first chunk arrives.
+// `shift` is what the device added since: jumps of the playhead (shiftSchedule) and late chunks.
+Bridge.prototype.onChunk = function (req, index, path, startBeat, beats, songBeat) {
   var p = this.pending[req];
   if (!p) return; // cancelled or stopped: drop it
   if (!this.transport.playing) {
@@ -544,20 +561,26 @@ Bridge.prototype.onChunk = function (req, index, path, startBeat, beats) {
   }
   var self = this;
   var now = this.currentBeats();
-  if (p.anchor === null) p.anchor = this.nextBarLine(now);
-  var when = p.anchor + startBeat;
+  var beat;
+  if (songBeat !== undefined) {
+    beat = songBeat;
+  } else {
+    if (p.anchor === null) p.anchor = this.nextBarLine(now) - p.shift;
+    beat = p.anchor + startBeat;
+  }
+  var when = beat + p.shift;
   if (when < now) {
     // Late: start at the next bar line and move the whole stream along with it so later chunks stay in order.
     var delay = this.nextBarLine(now) - when;
-    p.anchor += delay;
+    p.shift += delay;
     when += delay;
     this.status("#" + req + " chunk " + index + " arrived late; playback moved by " + delay + " beats");
   }
-  p.chunks[index] = { start: startBeat, beats: beats };
+  p.chunks[index] = { beat: beat, beats: beats };
   var slot = index % 2;
   var previous = p.chunks[index - 1];
   // This player is free once chunk index-2 has finished, i.e. when chunk index-1 starts.
-  var loadAt = index >= 2 && previous ? p.anchor + previous.start : -Infinity;
+  var loadAt = index >= 2 && previous ? previous.beat + p.shift : -Infinity;
   var load = function () { self.ui("buf" + slot, "replace", path); };
   if (loadAt > now) this.at(loadAt, load);
   else load();

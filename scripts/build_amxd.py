@@ -6,9 +6,12 @@ An .amxd is a small binary header followed by the patcher JSON:
 protocol_table.js) and protocol.json are referenced by name, not embedded: keep them next to the .amxd, or open
 the device in Max and Freeze it to get one self-contained file.
 
-The output depends only on the .maxpat text (line endings normalised), so rebuilding gives the same bytes:
-    python scripts/build_amxd.py            # write the .amxd
-    python scripts/build_amxd.py --check    # exit 1 if the committed .amxd is stale
+The output depends only on the .maxpat text (line endings normalised), so rebuilding gives the same bytes.
+
+The Preset menu lists the presets the bridge ships (presets/*.json, as bridge/presets.py lists them): the build
+first writes those names into the menu of the .maxpat, so adding or renaming a preset only needs a rebuild.
+    python scripts/build_amxd.py            # update the Preset menu in the .maxpat, write the .amxd
+    python scripts/build_amxd.py --check    # exit 1 if the .maxpat menu or the committed .amxd is stale
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ import struct
 import sys
 from pathlib import Path
 
-DEVICE_DIR = Path(__file__).resolve().parent.parent / "max_for_live"
+ROOT = Path(__file__).resolve().parent.parent
+DEVICE_DIR = ROOT / "max_for_live"
 SOURCE = DEVICE_DIR / "MusicGenBridge.maxpat"
 TARGET = DEVICE_DIR / "MusicGenBridge.amxd"
+PRESET_MENU = "Preset"  # varname of the live.menu whose items are preset names
 
 AUDIO_EFFECT = b"aaaa"
 log = logging.getLogger("build_amxd")
@@ -50,21 +55,96 @@ def parse_amxd(data: bytes) -> tuple[bytes, dict]:
     return data[8:12], json.loads(data[32:].decode("utf-8"))
 
 
+def preset_names(folder: Path | None = None) -> list[str]:
+    """The names `/preset` accepts: bridge/presets.py's own listing of the shipped presets/ folder (not
+    $MUSICGEN_BRIDGE_PRESETS, which is one user's setting). That module needs neither torch nor the venv."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from bridge import presets
+
+    names = presets.list_presets(folder or presets.PRESETS_DIR)
+    if not names:
+        raise ValueError(f"no presets in {folder or presets.PRESETS_DIR}: the Preset menu would be empty")
+    return names
+
+
+def preset_menu(patcher: dict) -> dict:
+    """The `valueof` attributes of the Preset live.menu in a .maxpat dict."""
+    menus = [b["box"] for b in patcher["patcher"]["boxes"]
+             if b["box"]["maxclass"] == "live.menu" and b["box"].get("varname") == PRESET_MENU]
+    if len(menus) != 1:
+        raise ValueError(f"expected one live.menu named {PRESET_MENU!r}, found {len(menus)}")
+    return menus[0]["saved_attribute_attributes"]["valueof"]
+
+
+def set_preset_menu(patcher: dict, names: list[str]) -> bool:
+    """Make the Preset menu's items `names` (in place); True if anything changed."""
+    values = preset_menu(patcher)
+    wanted = {"parameter_enum": list(names), "parameter_mmax": len(names) - 1}
+    if values.get("parameter_initial", [0])[0] >= len(names):
+        wanted["parameter_initial"] = [0]
+    changed = any(values.get(k) != v for k, v in wanted.items())
+    values.update(wanted)
+    return changed
+
+
+def format_maxpat(value, indent: int = 0) -> str:
+    """JSON in the .maxpat's layout (tabs; one key per line; lists of plain values on one line), so that a
+    rewritten patch differs from the committed one only where it changed."""
+    pad = "\t" * indent
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        items = [f"{pad}\t{json.dumps(k, ensure_ascii=False)}: {format_maxpat(v, indent + 1)}"
+                 for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(value, list):
+        if all(not isinstance(v, (dict, list)) for v in value):
+            return "[" + ", ".join(json.dumps(v, ensure_ascii=False) for v in value) + "]"
+        items = [f"{pad}\t{format_maxpat(v, indent + 1)}" for v in value]
+        return "[\n" + ",\n".join(items) + "\n" + pad + "]"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def synced_maxpat(text: str, names: list[str]) -> str:
+    """The .maxpat text with its Preset menu listing `names` (the same text when it already does)."""
+    patcher = json.loads(text)
+    if not set_preset_menu(patcher, names):
+        return text
+    return format_maxpat(patcher) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=SOURCE)
     parser.add_argument("--out", type=Path, default=TARGET)
-    parser.add_argument("--check", action="store_true", help="only check that --out is up to date")
+    parser.add_argument("--presets", type=Path, default=None,
+                        help="folder of preset .json files for the Preset menu (default: the shipped presets/)")
+    parser.add_argument("--check", action="store_true",
+                        help="only check that the Preset menu and --out are up to date")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    data = build_amxd(args.source.read_text(encoding="utf-8"))
+    text = args.source.read_text(encoding="utf-8")
+    try:
+        names = preset_names(args.presets)
+        synced = synced_maxpat(text, names)
+        data = build_amxd(synced)
+    except ValueError as exc:  # no presets, no Preset menu, a patch that is not JSON
+        log.error("%s", exc)
+        return 1
     if args.check:
-        if not args.out.exists() or args.out.read_bytes() != data:
-            log.error("%s is stale: run python scripts/build_amxd.py", args.out)
+        stale = [p for p, ok in ((args.source, synced == text),
+                                 (args.out, args.out.exists() and args.out.read_bytes() == data)) if not ok]
+        for path in stale:
+            log.error("%s is stale: run python scripts/build_amxd.py", path)
+        if stale:
             return 1
         log.info("%s is up to date", args.out)
         return 0
+    if synced != text:
+        args.source.write_text(synced, encoding="utf-8")
+        log.info("wrote the Preset menu of %s: %s", args.source, ", ".join(names))
     args.out.write_bytes(data)
     log.info("wrote %s (%d bytes)", args.out, len(data))
     return 0

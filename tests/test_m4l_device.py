@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bridge import protocol
+from bridge.presets import PRESETS_DIR, list_presets, load_preset
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVICE = ROOT / "max_for_live"
@@ -227,3 +228,62 @@ def test_buffers_are_private_to_each_device_instance(boxes):
     for name in ("buffer~", "groove~", "record~"):
         for box in objects(boxes, name):
             assert box["text"].split()[1].startswith("---"), box["text"]
+
+
+# --- the Preset menu: the presets the bridge ships ---
+
+def preset_menu_items(maxpat_text: str) -> list[str]:
+    patch = json.loads(maxpat_text)["patcher"]
+    (menu,) = [b["box"] for b in patch["boxes"]
+               if b["box"]["maxclass"] == "live.menu" and b["box"].get("varname") == "Preset"]
+    return menu["saved_attribute_attributes"]["valueof"]["parameter_enum"]
+
+
+def test_preset_menu_is_exactly_the_shipped_presets():
+    # The menu sends its item as `/preset ITEM`; the bridge only knows the files in presets/. A preset added,
+    # renamed or removed without `python scripts/build_amxd.py` fails here.
+    items = preset_menu_items(MAXPAT.read_text(encoding="utf-8"))
+    assert items == list_presets(PRESETS_DIR), "run: python scripts/build_amxd.py"
+    for name in items:
+        load_preset(name, PRESETS_DIR)  # /preset accepts it (raises UserError otherwise)
+    (menu,) = [b for b in json.loads(MAXPAT.read_text(encoding="utf-8"))["patcher"]["boxes"]
+               if b["box"].get("varname") == "Preset"]
+    assert menu["box"]["saved_attribute_attributes"]["valueof"]["parameter_mmax"] == len(items) - 1
+
+
+def test_build_check_passes_for_the_committed_files():
+    assert load_build_script().main(["--check"]) == 0
+
+
+def test_maxpat_layout_is_what_the_build_writes():
+    # The build rewrites the .maxpat when the menu changes; with the same layout the diff is only the menu.
+    build = load_build_script()
+    text = MAXPAT.read_text(encoding="utf-8")
+    assert build.format_maxpat(json.loads(text)) + "\n" == text
+
+
+def test_build_puts_a_new_preset_into_the_menu(tmp_path):
+    build = load_build_script()
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    for path in PRESETS_DIR.glob("*.json"):
+        (presets / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    (presets / "zz-test.json").write_text(json.dumps({"name": "zz-test", "prompt": "test, {bpm} bpm"}))
+    source, out = tmp_path / "device.maxpat", tmp_path / "device.amxd"
+    original = MAXPAT.read_text(encoding="utf-8")
+    source.write_text(original, encoding="utf-8")
+    out.write_bytes(AMXD.read_bytes())
+    argv = ["--source", str(source), "--out", str(out), "--presets", str(presets)]
+
+    assert build.main(argv + ["--check"]) == 1, "the new preset makes the menu stale"
+    assert build.main(argv) == 0
+    rebuilt = source.read_text(encoding="utf-8")
+    assert preset_menu_items(rebuilt) == list_presets(presets) and "zz-test" in preset_menu_items(rebuilt)
+    kind, patch = build.parse_amxd(out.read_bytes())
+    assert patch == json.loads(rebuilt)
+    assert build.main(argv + ["--check"]) == 0
+    # Nothing but the menu changed: taking the preset out again gives the original text back.
+    (presets / "zz-test.json").unlink()
+    assert build.main(argv) == 0
+    assert source.read_text(encoding="utf-8") == original
+    assert out.read_bytes() == AMXD.read_bytes()

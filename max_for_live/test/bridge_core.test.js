@@ -220,6 +220,85 @@ test("a late chunk moves the stream to the next bar line", () => {
   assert.match(d.ui("status")[0][0], /late/);
 });
 
+// The bridge adds song_beat to /chunk once it knows the transport: the song beat the chunk belongs on, which
+// need not be the first bar line after the chunk arrives (the bridge picks it when the jam starts).
+test("jam chunks with song_beat play on the song beat the bridge names", () => {
+  const d = started();
+  d.live.setSong("is_playing", 1);
+  d.tickAt(1);
+  const req = d.bridge.jam(true);
+  d.clear();
+  d.bridge.receive("/chunk", [req, 0, "/out/j0.wav", 0, 4, 8]);
+  d.bridge.receive("/chunk", [req, 1, "/out/j1.wav", 4, 4, 12]);
+  d.bridge.receive("/chunk", [req, 2, "/out/j2.wav", 8, 4, 16]);
+  assert.deepEqual(d.ui("buf0"), [["replace", "/out/j0.wav"]]);
+  assert.deepEqual(d.ui("buf1"), [["replace", "/out/j1.wav"]]);
+  d.tickAt(4);
+  assert.equal(d.ui("play0").length, 0, "not on the next bar line (4): the bridge said 8");
+  d.tickAt(7.5);
+  assert.equal(d.ui("play0").length, 0);
+  d.tickAt(8);
+  assert.deepEqual(d.ui("play0"), [["loop", 0], ["startloop"]]);
+  assert.equal(d.ui("buf0").length, 1, "player 0 still plays chunk 0");
+  d.tickAt(12);
+  assert.deepEqual(d.ui("play1"), [["loop", 0], ["startloop"]]);
+  assert.deepEqual(d.ui("buf0").at(-1), ["replace", "/out/j2.wav"], "loaded once chunk 1 has started");
+  d.tickAt(16);
+  assert.equal(d.ui("play0").length, 4);
+});
+
+test("jam chunks without song_beat start on the next bar line after the first arrives", () => {
+  const d = started();
+  d.live.setSong("is_playing", 1);
+  d.tickAt(5);
+  const req = d.bridge.jam(true);
+  d.clear();
+  d.bridge.receive("/chunk", [req, 0, "/out/j0.wav", 0, 4]);
+  d.bridge.receive("/chunk", [req, 1, "/out/j1.wav", 4, 4]);
+  d.tickAt(8);
+  assert.deepEqual(d.ui("play0"), [["loop", 0], ["startloop"]]);
+  d.tickAt(11.5);
+  assert.equal(d.ui("play1").length, 0);
+  d.tickAt(12);
+  assert.deepEqual(d.ui("play1"), [["loop", 0], ["startloop"]]);
+});
+
+test("a jump of the playhead moves song_beat chunks along with it", () => {
+  const d = started();
+  d.live.setSong("is_playing", 1);
+  d.tickAt(2);
+  const req = d.bridge.jam(true);
+  d.bridge.receive("/chunk", [req, 0, "/out/j0.wav", 0, 4, 8]);
+  d.live.setSong("current_song_time", 0); // rewind by 2 beats: keep the chunk 6 beats from now
+  d.clear();
+  // The bridge's song_beat was fixed when the jam started; later chunks move by the same 2 beats.
+  d.bridge.receive("/chunk", [req, 1, "/out/j1.wav", 4, 4, 12]);
+  d.tickAt(5.5);
+  assert.equal(d.ui("play0").length, 0);
+  d.tickAt(6);
+  assert.deepEqual(d.ui("play0"), [["loop", 0], ["startloop"]]);
+  d.tickAt(9.5);
+  assert.equal(d.ui("play1").length, 0);
+  d.tickAt(10);
+  assert.deepEqual(d.ui("play1"), [["loop", 0], ["startloop"]]);
+});
+
+test("a late song_beat chunk moves the rest of the jam to the next bar line", () => {
+  const d = started();
+  d.live.setSong("is_playing", 1);
+  d.tickAt(9);
+  const req = d.bridge.jam(true);
+  d.clear();
+  d.bridge.receive("/chunk", [req, 0, "/out/j0.wav", 0, 4, 8]); // due at 8, it is 9 already
+  assert.match(d.ui("status").at(-1)[0], /late; playback moved by 4 beats/);
+  d.bridge.receive("/chunk", [req, 1, "/out/j1.wav", 4, 4, 12]);
+  d.tickAt(12);
+  assert.deepEqual(d.ui("play0"), [["loop", 0], ["startloop"]]);
+  assert.equal(d.ui("play1").length, 0, "chunk 1 keeps its place after chunk 0");
+  d.tickAt(16);
+  assert.deepEqual(d.ui("play1"), [["loop", 0], ["startloop"]]);
+});
+
 test("Continue records the track on bar lines, writes a WAV and sends /continue", () => {
   const d = started();
   d.live.setSong("is_playing", 1);
@@ -355,8 +434,10 @@ test("UI settings go to the bridge as /set and /preset", () => {
   d.clear();
   d.bridge.setParam("cfg", 4.5);
   d.bridge.setParam("top_k", 200);
-  d.bridge.setPreset("lofi");
-  assert.deepEqual(d.osc(), [["/set", "cfg", 4.5], ["/set", "top_k", 200], ["/preset", "lofi"]]);
+  d.bridge.setPreset("lofi-keys");
+  assert.deepEqual(d.osc(), [["/set", "cfg", 4.5], ["/set", "top_k", 200], ["/preset", "lofi-keys"]]);
+  d.bridge.receive("/ack", [-1, "/preset"]);
+  assert.equal(d.ui("status").at(-1)[0], "preset lofi-keys loaded");
   d.clear();
   d.bridge.setParam("cfg", NaN);
   d.bridge.setParam("top_k", 5000);

@@ -114,7 +114,7 @@ test("parameter values restored while loading are applied once Live is ready, qu
   context.param("top_k", 100);
   context.bars(4);
   context.melody(3); // audio file: must not open a dialog while the set loads
-  context.preset("lofi"); // the bridge keeps its own preset
+  context.preset("lofi-keys"); // the bridge keeps its own preset
   assert.equal(outlets.length, 0);
   context.init();
   const sent = outlets.filter((o) => o[0] === 0).map((o) => o.slice(1));

@@ -2,7 +2,8 @@
 // that talk to a bridge (a fake one here; the real `musicgen-bridge serve` in integration tests).
 //
 //   const dev = await startUdpDevice({ port: 9000, replyPort: 0 });  // replyPort 0: any free port
-//   dev.bridge.generate(); ... dev.patch (patch commands received), dev.live (FakeLive); await dev.close();
+//   dev.bridge.generate(); ... dev.patch (patch commands received), dev.sent / dev.received (OSC out / in),
+//   dev.live (FakeLive); await dev.close();
 "use strict";
 
 const dgram = require("node:dgram");
@@ -20,6 +21,7 @@ function startUdpDevice({ host, port, replyPort, live } = {}) {
   const socket = dgram.createSocket("udp4");
   const patch = []; // patch commands (non-OSC outputs), as [name, ...args]
   const received = []; // OSC messages from the bridge, decoded
+  const sent = []; // OSC messages to the bridge, as { address, types, args }
   live = live || new FakeLive();
   const bridge = core.createBridge({
     protocol,
@@ -31,6 +33,7 @@ function startUdpDevice({ host, port, replyPort, live } = {}) {
       }
       // Max decides int or float by the value; here the table decides, as the bridge expects.
       const types = protocol.types(name, "in", args);
+      sent.push({ address: name, types, args });
       socket.send(osc.encode(name, types, args), port, host);
     },
     later: (fn, ms) => setTimeout(fn, ms),
@@ -48,6 +51,7 @@ function startUdpDevice({ host, port, replyPort, live } = {}) {
         live,
         patch,
         received,
+        sent,
         replyPort: socket.address().port,
         close: () => new Promise((done) => socket.close(done)),
       });
