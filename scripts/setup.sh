@@ -16,9 +16,11 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 stamp=.venv/.setup-stamp
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
-  # A pinned torch takes the local CPU wheel here; unpinned would pull the CUDA build (gigabytes).
-  python -c "import torch" 2>/dev/null || python -m pip install -q --disable-pip-version-check "torch==${TORCH_VERSION:-2.13.0}"
-  python -m pip install -q --disable-pip-version-check -e ".[test]"
+  echo "setup: installing Python packages into .venv (log: .venv/setup.log)" >&2
+  log=.venv/setup.log
+  pipi() { python -m pip install -q --disable-pip-version-check "$@" >>"$log" 2>&1 || { cat "$log" >&2; exit 1; }; }
+  # A pinned torch takes the local CPU wheel where one is provided; unpinned would pull the CUDA build (gigabytes).
+  python -c "import torch" 2>/dev/null || pipi "torch==${TORCH_VERSION:-2.13.0}"
+  pipi -e ".[test]"
   touch "$stamp"
 fi
