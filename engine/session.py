@@ -27,6 +27,9 @@ from engine.stream_decode import StreamingDecoder
 log = logging.getLogger(__name__)
 
 PROMPT_DECODE_CONTEXT = 25  # prompt frames decoded (and discarded) first so new audio joins the prompt seamlessly
+# Each decoder push re-runs the codec's synthesis stage over its context and holdback (~30 ms at full size on a
+# laptop CPU): settled frames are pushed in groups, and at once when a chunk can be completed.
+DECODE_EVERY_FRAMES = 25
 
 
 @dataclass
@@ -126,6 +129,12 @@ class StreamSession:
             self._feed(self.decoder.push(ctx))
         self._stop = False
 
+    def _push(self, n: int) -> None:
+        """Decode the last `n` settled frames of the stream."""
+        if n:
+            total = self.stream.new_frames
+            self._feed(self.decoder.push(self.stream.codes(total - n, total)))
+
     def _feed(self, audio: np.ndarray) -> None:
         cut = min(self._skip, audio.shape[1])
         self._skip -= cut
@@ -157,18 +166,25 @@ class StreamSession:
 
     def __iter__(self) -> Iterator[Chunk]:
         emitted, j, finished = 0, 0, False  # samples of new audio handed out; chunk index; stream over
+        pending = 0  # settled frames not yet pushed to the decoder
+        hop, dec = self.model.hop, self.decoder
         while True:
             end = self._boundary(j + 1)
             if self.total_samples is not None:
                 end = min(end, self.total_samples)
             while emitted + self._buf.shape[1] < end and not finished:
                 if self.stream.done:
+                    self._push(pending)
                     self._feed(self.decoder.flush())
                     finished = True
-                else:
-                    frames = self.stream.step()
-                    if frames.shape[1]:
-                        self._feed(self.decoder.push(frames))
+                    continue
+                pending += self.stream.step().shape[1]
+                # Push when the chunk can be completed (the decoder keeps `holdback` frames back) or enough waits.
+                ready = (dec.frames_received + pending - dec.holdback - dec.frames_emitted) * hop - self._skip
+                covers = emitted + self._buf.shape[1] + ready >= end
+                if pending and (covers or pending >= DECODE_EVERY_FRAMES):
+                    self._push(pending)
+                    pending = 0
             n = min(end - emitted, self._buf.shape[1])
             last = self.total_samples is not None and emitted + n >= self.total_samples
             if n > 0:

@@ -172,6 +172,16 @@ def test_decode_cost_per_chunk_is_flat(mono_model):
     assert max(decoded) <= max(decoded[:10]) + 1  # frames decoded per push do not grow with position
 
 
+def test_settled_frames_are_decoded_in_groups(mono_model):
+    # One decoder push re-runs the codec over its context: pushing frame by frame would cost ~50x per second.
+    session = StreamSession(mono_model, PROMPT, SamplingSettings(seed=5), seconds=3.0, chunk_seconds=1.0)
+    pushes, original = [], session.decoder.push
+    session.decoder.push = lambda codes: (pushes.append(codes.shape[1]), original(codes))[1]
+    chunks = list(session)
+    assert len(chunks) == 3 and sum(pushes) == 150
+    assert len(pushes) <= 3 * len(chunks)
+
+
 @pytest.mark.parametrize("kwargs,expect", [
     (dict(bars=2), "needs a tempo"),
     (dict(seconds=1, bars=2, tempo=Tempo(120, 4, 4)), "not both"),
