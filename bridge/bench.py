@@ -26,7 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-log = logging.getLogger(__name__)
 
 FRAME_RATE = 50
 ROWS = ("hf-fp32", "hf-bf16", "ours-fp32", "ours-bf16", "ours-int8", "decode")

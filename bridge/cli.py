@@ -26,7 +26,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="facebook/musicgen-small",
                    help="a local folder (Hugging Face or Meta format), a hub id, or random-tiny (noise, for wiring tests)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (T5 stays float32)")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16, or int8 (int8 weights, CPU only); T5 stays float32")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("protocol", help="print the OSC protocol (messages, settings, errors) as JSON")
     pr.set_defaults(func=cmd_protocol)
+
+    from bridge.bench import add_bench_parser
+
+    add_bench_parser(sub)
 
     c = sub.add_parser("chroma", help="write the one-hot chroma a melody model would see, to check a melody")
     c.add_argument("input", help=".wav (or other audio) or .mid")

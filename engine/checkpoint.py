@@ -11,8 +11,10 @@ dtype: no transformers decoder is ever instantiated. T5 and EnCodec are transfor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -68,25 +70,70 @@ def _from_hub(repo_id: str, what: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ reading weights
-def read_hf_tensors(folder: Path, prefixes: tuple[str, ...]) -> dict[str, Tensor]:
-    """Every tensor whose name starts with one of `prefixes`, from safetensors (sharded or not) or .bin."""
+def read_hf_tensors(folder: Path, prefixes: tuple[str, ...], convert=None) -> dict[str, Tensor]:
+    """Every tensor whose name starts with one of `prefixes`, from safetensors (sharded or not) or .bin.
+
+    `convert(name, tensor)`, when given, is applied to each tensor as it is read, so that a narrower copy never
+    waits for the whole checkpoint at full width (peak memory).
+    """
     files = _weight_files(folder)
+    convert = convert or (lambda name, t: t)
     out: dict[str, Tensor] = {}
     for f in files:
         if f.suffix == ".safetensors":
-            from safetensors import safe_open
-
             try:
-                with safe_open(str(f), framework="pt", device="cpu") as st:
-                    for name in st.keys():
-                        if name.startswith(prefixes):
-                            out[name] = st.get_tensor(name)
+                for name, tensor in _read_safetensors(f, prefixes):
+                    out[name] = convert(name, tensor)
             except Exception as err:
                 raise UserError(f"{f} is not a readable safetensors file ({err}): download it again", code="no_model") from None
         else:
             state = _load_pickle(f)
-            out.update({k: v for k, v in state.items() if k.startswith(prefixes)})
+            out.update({k: convert(k, v) for k, v in state.items() if k.startswith(prefixes)})
     return out
+
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
+def _read_safetensors(path: Path, prefixes: tuple[str, ...]):
+    """Yield (name, tensor) for the tensors whose names start with `prefixes`, one at a time, with plain reads.
+
+    The safetensors package maps the whole file into memory, and every page it touched counts in the process's
+    resident memory for as long as any tensor from it lives: reading a 2 GB fp32 checkpoint into bf16 would peak
+    at the file's size on top of the model. Plain reads of one tensor at a time leave only what is kept.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if not 2 <= n <= size - 8:
+            raise ValueError("bad header length")
+        header = json.loads(f.read(n))
+        base = 8 + n
+        for name, info in header.items():
+            if name == "__metadata__" or not name.startswith(prefixes):
+                continue
+            dtype = SAFETENSORS_DTYPES[info["dtype"]]
+            shape = [int(d) for d in info["shape"]]
+            start, end = (int(o) for o in info["data_offsets"])
+            numel = math.prod(shape)
+            if not (0 <= start <= end and base + end <= size and end - start == numel * dtype.itemsize):
+                raise ValueError(f"tensor {name} lies outside the file or does not fit its shape")
+            raw = torch.empty(end - start, dtype=torch.uint8)
+            f.seek(base + start)
+            if f.readinto(raw.numpy()) != end - start:
+                raise ValueError(f"tensor {name} is truncated")
+            yield name, raw.view(dtype).reshape(shape)
+
+
+DECODER_LINEAR = re.compile(r"^decoder\..*(_proj|fc1|fc2|lm_heads\.\d+)\.weight$")
+
+
+def _narrow_decoder_linears(dtype: torch.dtype):
+    """A `read_hf_tensors` converter: decoder linear weights straight to `dtype`, everything else as stored."""
+    return lambda name, t: t.to(dtype) if t.is_floating_point() and DECODER_LINEAR.match(name) else t
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -146,44 +193,60 @@ def lm_config(decoder: dict, cross_attention: bool) -> LMConfig:
 
 
 def lm_state_from_hf(sd: dict[str, Tensor], cfg: LMConfig) -> dict[str, Tensor]:
-    """Hugging Face decoder names -> ours (q, k, v fused; the K heads stacked)."""
+    """Hugging Face decoder names -> ours (q, k, v fused; the K heads stacked), taken out of `sd` as they go
+    (each fused original is freed at once: peak memory)."""
     try:
-        out = {f"embeddings.{k}.weight": sd[f"{DEC}embed_tokens.{k}.weight"] for k in range(cfg.n_codebooks)}
+        out = {f"embeddings.{k}.weight": sd.pop(f"{DEC}embed_tokens.{k}.weight") for k in range(cfg.n_codebooks)}
         for n in range(cfg.n_layers):
             src, dst = f"{DEC}layers.{n}.", f"layers.{n}."
             a = src + "self_attn."
-            out[dst + "attn.wqkv.weight"] = torch.cat([sd[a + f"{p}_proj.weight"] for p in "qkv"])
-            out[dst + "attn.wo.weight"] = sd[a + "out_proj.weight"]
+            out[dst + "attn.wqkv.weight"] = torch.cat([sd.pop(a + f"{p}_proj.weight") for p in "qkv"])
+            out[dst + "attn.wo.weight"] = sd.pop(a + "out_proj.weight")
             norms = {"norm1": "self_attn_layer_norm", "norm2": "final_layer_norm"}
             if cfg.cross_attention:
                 c = src + "encoder_attn."
-                out[dst + "cross.wq.weight"] = sd[c + "q_proj.weight"]
-                out[dst + "cross.wkv.weight"] = torch.cat([sd[c + "k_proj.weight"], sd[c + "v_proj.weight"]])
-                out[dst + "cross.wo.weight"] = sd[c + "out_proj.weight"]
+                out[dst + "cross.wq.weight"] = sd.pop(c + "q_proj.weight")
+                out[dst + "cross.wkv.weight"] = torch.cat([sd.pop(c + "k_proj.weight"), sd.pop(c + "v_proj.weight")])
+                out[dst + "cross.wo.weight"] = sd.pop(c + "out_proj.weight")
                 norms["norm_cross"] = "encoder_attn_layer_norm"
             for ours, theirs in norms.items():
                 for p in ("weight", "bias"):
-                    out[f"{dst}{ours}.{p}"] = sd[f"{src}{theirs}.{p}"]
-            out[dst + "fc1.weight"] = sd[src + "fc1.weight"]
-            out[dst + "fc2.weight"] = sd[src + "fc2.weight"]
-        out["out_norm.weight"] = sd[DEC + "layer_norm.weight"]
-        out["out_norm.bias"] = sd[DEC + "layer_norm.bias"]
-        out["heads"] = torch.stack([sd[f"decoder.lm_heads.{k}.weight"] for k in range(cfg.n_codebooks)])
+                    out[f"{dst}{ours}.{p}"] = sd.pop(f"{src}{theirs}.{p}")
+            out[dst + "fc1.weight"] = sd.pop(src + "fc1.weight")
+            out[dst + "fc2.weight"] = sd.pop(src + "fc2.weight")
+        out["out_norm.weight"] = sd.pop(DEC + "layer_norm.weight")
+        out["out_norm.bias"] = sd.pop(DEC + "layer_norm.bias")
+        out["heads.weight"] = torch.cat([sd.pop(f"decoder.lm_heads.{k}.weight") for k in range(cfg.n_codebooks)])
     except KeyError as err:
         raise UserError(f"the checkpoint lacks the decoder tensor {err}: it is incomplete or not MusicGen", code="no_model") from None
     return out
 
 
 def build_lm(cfg: LMConfig, state: dict[str, Tensor], device: torch.device, dtype: torch.dtype) -> MusicGenLM:
+    """Our LM from our-named tensors; `state` is consumed (emptied) so no second copy of the weights survives.
+
+    `dtype` may be torch.int8 (weight-only int8, CPU). On CPU the activations stay fp32 and the linear weights
+    are prepacked in the asked precision (engine/quantize.py says why).
+    """
+    from engine.quantize import plan_precision, prepare_for_cpu
+
+    precision = plan_precision(device, dtype)
     with torch.device("meta"):
         lm = MusicGenLM(cfg)
+    linear = {f"{name}.weight" for name, m in lm.named_modules() if isinstance(m, torch.nn.Linear)}
     # Cast each tensor once on its way in; `assign` makes these the parameters (no second copy).
-    state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
+    cast = {k: v.to(device=device, dtype=precision.storage if k in linear else precision.activations) for k, v in state.items()}
+    state.clear()
     try:
-        lm.load_state_dict(state, strict=True, assign=True)
+        lm.load_state_dict(cast, strict=True, assign=True)
     except RuntimeError as err:
         raise UserError(f"the checkpoint's decoder does not fit its config: {str(err).splitlines()[0]}", code="no_model") from None
-    return lm.eval().requires_grad_(False)  # inference only: no autograd bookkeeping
+    del cast
+    lm = lm.eval().requires_grad_(False)  # inference only: no autograd bookkeeping
+    if precision.weights is not None:
+        prepare_for_cpu(lm, precision.weights)  # one matrix at a time: each original is freed as it is replaced
+    lm.weight_dtype = dtype
+    return lm
 
 
 def _linear(sd: dict[str, Tensor], name: str) -> torch.nn.Linear | None:
@@ -198,22 +261,77 @@ def _linear(sd: dict[str, Tensor], name: str) -> torch.nn.Linear | None:
     return proj
 
 
+def _no_init():
+    """transformers' switch that skips random init (the weights are replaced at once); its home moved in 5.x."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        try:
+            from transformers.modeling_utils import no_init_weights
+        except ImportError:
+            import contextlib
+
+            return contextlib.nullcontext()
+    return no_init_weights()
+
+
 def _submodel(cls, config, sd: dict[str, Tensor], prefix: str, what: str):
-    model = cls(config)
-    state = {k[len(prefix):]: v.float() for k, v in sd.items() if k.startswith(prefix)}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    """transformers' `cls` holding the `prefix` tensors of `sd` (taken out of `sd`: the model owns them now)."""
+    state = {k[len(prefix):]: sd.pop(k).float() for k in [k for k in sd if k.startswith(prefix)]}
+    # Built empty and handed the tensors themselves: no random init, no second copy (peak memory).
+    with torch.device("meta"):
+        model = cls(config)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [m for m in missing if m != "encoder.embed_tokens.weight"]  # tied to `shared` in T5
     if missing or unexpected:
         raise UserError(f"the checkpoint's {what} weights do not fit its config (missing {missing[:3]}, unexpected {unexpected[:3]})", code="no_model")
     if hasattr(model, "tie_weights"):
         model.tie_weights()
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):  # buffers the checkpoint does not hold
+        with _no_init():  # (EnCodec's conv geometry): built for real, uninitialized, then handed the tensors
+            model = cls(config)
+        model.load_state_dict(state, strict=False, assign=True)
+        if hasattr(model, "tie_weights"):
+            model.tie_weights()
     return model.eval()
 
 
 # -------------------------------------------------------------------------------------------------- loading
+@contextlib.contextmanager
+def _returning_freed_memory():
+    """While loading, have glibc serve blocks of 1 MiB and more straight from the OS and give them back when freed.
+
+    Loading converts tensors of tens of MB one by one; by default glibc raises its mmap threshold after the first
+    such free and keeps every later freed buffer in its heap, so a bf16 load peaked ~400 MB above what it keeps
+    (measured, benchmarks/RESULTS.md). Afterwards the threshold goes to 32 MiB, glibc's own ceiling, so that the
+    codec's and the prefill's large temporaries are reused rather than mapped afresh each time. A no-op where
+    glibc is not the allocator.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt, trim = libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError):
+        yield
+        return
+    mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD; setting it also turns off glibc's dynamic raising
+    try:
+        yield
+    finally:
+        trim(0)
+        mallopt(-3, 32 << 20)
+
+
 def load_model(spec: str, device: str = "auto", dtype: str = "float32") -> MusicGen:
-    """The MusicGen named by `spec` on `device` in `dtype` (T5 and EnCodec stay float32)."""
+    """The MusicGen named by `spec` on `device` in `dtype` (T5 and EnCodec stay float32; dtype may be int8)."""
     dev, dt = resolve_device(device), resolve_dtype(dtype)
+    with _returning_freed_memory():
+        return _load_model(spec, dev, dt)
+
+
+def _load_model(spec: str, dev: torch.device, dt: torch.dtype) -> MusicGen:
     if spec == "random-tiny":
         from engine.tiny import random_tiny_state
 
@@ -224,8 +342,11 @@ def load_model(spec: str, device: str = "auto", dtype: str = "float32") -> Music
     if (folder / "config.json").exists():
         from transformers import AutoTokenizer
 
+        from engine.quantize import plan_precision
+
         cfg = _read_config(folder)
-        sd = read_hf_tensors(folder, ("decoder.", "enc_to_dec_proj.", "audio_enc_to_dec_proj.", "text_encoder.", "audio_encoder."))
+        sd = read_hf_tensors(folder, ("decoder.", "enc_to_dec_proj.", "audio_enc_to_dec_proj.", "text_encoder.", "audio_encoder."),
+                             convert=_narrow_decoder_linears(plan_precision(dev, dt).storage))
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder))
         except Exception as err:
@@ -245,7 +366,10 @@ def _assemble(name: str, cfg: dict, sd: dict[str, Tensor], tokenizer, device, dt
 
     melody = cfg.get("model_type") == "musicgen_melody"
     lmcfg = lm_config(cfg["decoder"], cross_attention=not melody)
-    lm = build_lm(lmcfg, lm_state_from_hf(sd, lmcfg), device, dtype)
+    lm_state = lm_state_from_hf(sd, lmcfg)
+    for k in [k for k in sd if k.startswith("decoder.")]:
+        del sd[k]  # the LM owns these now: dropping them here lets build_lm free each as it is converted
+    lm = build_lm(lmcfg, lm_state, device, dtype)
     channels = int(cfg["decoder"].get("audio_channels", 1))
     if t5 is None:
         t5 = _submodel(T5EncoderModel, T5Config.from_dict(cfg["text_encoder"]), sd, "text_encoder.", "T5 text encoder")

@@ -10,6 +10,8 @@ DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
     "float16": torch.float16, "fp16": torch.float16,
+    # int8 weight-only (engine/quantize.py): weights in int8, activations wider. CPU only.
+    "int8": torch.int8,
 }
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -36,4 +38,4 @@ def resolve_dtype(name: str = "float32") -> torch.dtype:
     try:
         return DTYPES[name.lower()]
     except KeyError:
-        raise UserError(f"unknown dtype {name!r}: use float32, bfloat16 or float16", code="bad_args") from None
+        raise UserError(f"unknown dtype {name!r}: use float32, bfloat16, float16 or int8", code="bad_args") from None

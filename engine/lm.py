@@ -1,9 +1,15 @@
 """The MusicGen language model: a pre-norm transformer decoder over summed codebook embeddings.
 
 Written for reading and for speed, after gpt-fast's model.py: one file, a static KV cache allocated once per
-generation and indexed by position, cross-attention keys/values computed once per generation, and
-`scaled_dot_product_attention` everywhere. Parameter names are our own; `engine/checkpoint.py` maps the
-published checkpoints onto them.
+generation and indexed by position, cross-attention keys/values computed once per generation, and nothing but
+tensor ops on the per-step path. Parameter names are our own; `engine/checkpoint.py` maps the published
+checkpoints onto them. `engine/quantize.py` swaps the `nn.Linear`s for prepacked or int8 ones (CPU speed).
+
+Two ways to call a step:
+- sliced (`kv_len` given): the new positions are the last `kv_len` cache entries' tail; attention reads only
+  cache[:kv_len]. Least memory traffic: the default everywhere.
+- static (`kv_len=None`): attention reads the whole cache under a causal mask, so every step has the same
+  shapes. That is what CUDA graphs need (`GraphedStep`); on CPU it gives the same numbers, more slowly.
 
 Shapes: B batch (2 with guidance: [cond; uncond]), K codebooks, T new positions, S conditioning length,
 D model width, H heads, L cache length.
@@ -48,6 +54,18 @@ def sinusoids(positions: Tensor, dim: int) -> Tensor:
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
 
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """softmax(q k^T / sqrt(d) + mask) v over [B, H, T|L, d]; `mask` is boolean (True = attend) or None."""
+    if mask is None and q.shape[-2] == 1 and q.device.type == "cpu":
+        # One query: two batched matmuls over [B*H] views of the cache (no copies). SDPA's CPU kernel costs more
+        # in setup than this math at T=1, and in bf16 it is several times slower.
+        B, H, _, d = q.shape
+        L = k.shape[-2]
+        w = torch.softmax(torch.bmm(q.reshape(B * H, 1, d) * (1.0 / math.sqrt(d)), k.reshape(B * H, L, d).transpose(1, 2)), dim=-1)
+        return torch.bmm(w, v.reshape(B * H, L, d)).view(B, H, 1, d)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
 class KVCache(nn.Module):
     """Keys and values for every position of one generation, written in place at `input_pos`."""
 
@@ -71,12 +89,14 @@ class SelfAttention(nn.Module):
         self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: Tensor, input_pos: Tensor, mask: Tensor, kv_len: int) -> Tensor:
+    def forward(self, x: Tensor, input_pos: Tensor, mask: Tensor | None, kv_len: int | None) -> Tensor:
         B, T, D = x.shape
-        q, k, v = self.wqkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        # Linears may answer in a narrower dtype than the activations (engine/quantize.py): q, k, v are cast back.
+        q, k, v = self.wqkv(x).to(x.dtype).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         k, v = self.kv_cache.update(input_pos, k, v)
-        # Only the filled part of the cache takes part; `mask` hides the future inside it.
-        y = F.scaled_dot_product_attention(q, k[:, :, :kv_len], v[:, :, :kv_len], attn_mask=mask)
+        if kv_len is not None:  # only the filled part of the cache takes part
+            k, v = k[:, :, :kv_len], v[:, :, :kv_len]
+        y = attend(q, k, v, mask)
         return self.wo(y.transpose(1, 2).reshape(B, T, D))
 
 
@@ -95,12 +115,18 @@ class CrossAttention(nn.Module):
 
     def set_condition(self, cond: Tensor) -> None:
         B, S, D = cond.shape
-        self.k, self.v = self.wkv(cond).view(B, S, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        k, v = self.wkv(cond).to(cond.dtype).view(B, S, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.k is not None and self.k.shape == k.shape and self.k.dtype == k.dtype and self.k.device == k.device:
+            # Same shape: write in place, so a captured CUDA graph that reads these buffers stays valid.
+            self.k.copy_(k)
+            self.v.copy_(v)
+        else:
+            self.k, self.v = k.contiguous(), v.contiguous()
 
     def forward(self, x: Tensor) -> Tensor:
         B, T, D = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, self.k, self.v)
+        q = self.wq(x).to(x.dtype).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        y = attend(q, self.k, self.v, None)
         return self.wo(y.transpose(1, 2).reshape(B, T, D))
 
 
@@ -112,13 +138,16 @@ class Block(nn.Module):
         if cfg.cross_attention:
             self.norm_cross = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
             self.cross = CrossAttention(cfg)
+        else:
+            self.cross = None
         self.norm2 = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.fc1 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
         self.fc2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
 
-    def forward(self, x: Tensor, input_pos: Tensor, mask: Tensor, kv_len: int) -> Tensor:
+    def forward(self, x: Tensor, input_pos: Tensor, mask: Tensor | None, kv_len: int | None) -> Tensor:
+        # The residual stream keeps its dtype: narrower linear outputs are promoted by the adds.
         x = x + self.attn(self.norm1(x), input_pos, mask, kv_len)
-        if hasattr(self, "cross"):
+        if self.cross is not None:
             x = x + self.cross(self.norm_cross(x))
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
@@ -130,12 +159,20 @@ class MusicGenLM(nn.Module):
         self.embeddings = nn.ModuleList(nn.Embedding(cfg.card + 1, cfg.dim) for _ in range(cfg.n_codebooks))
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.out_norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
-        # One bias-free head per codebook, stacked so that all K heads are one batched matmul.
-        self.heads = nn.Parameter(torch.empty(cfg.n_codebooks, cfg.card, cfg.dim))
+        # One bias-free head per codebook, stacked [K * card, D]: all K heads are one matmul.
+        self.heads = nn.Linear(cfg.dim, cfg.n_codebooks * cfg.card, bias=False)
         self.max_len = 0
+        self.weight_dtype: torch.dtype | None = None  # set when the linear weights differ from the activations
+        self._graphed: GraphedStep | None = None
 
     @property
     def dtype(self) -> torch.dtype:
+        """The precision the LM was loaded in (torch.int8 for int8 weights); see `act_dtype` for the compute."""
+        return self.weight_dtype or self.act_dtype
+
+    @property
+    def act_dtype(self) -> torch.dtype:
+        """The activations' and the KV cache's dtype. On CPU it stays fp32 while the linear weights narrow."""
         return self.out_norm.weight.dtype
 
     @property
@@ -147,16 +184,22 @@ class MusicGenLM(nn.Module):
         if self.max_len == max_len and self.layers[0].attn.kv_cache.k.shape[0] == batch:
             return
         for layer in self.layers:
-            layer.attn.kv_cache = KVCache(batch, self.cfg.n_heads, max_len, self.cfg.head_dim, self.dtype, self.device)
+            layer.attn.kv_cache = KVCache(batch, self.cfg.n_heads, max_len, self.cfg.head_dim, self.act_dtype, self.device)
         self.register_buffer("causal", torch.ones(max_len, max_len, dtype=torch.bool, device=self.device).tril(), persistent=False)
         self.register_buffer("pos_table", sinusoids(torch.arange(max_len, device=self.device), self.cfg.dim), persistent=False)
         self.max_len = max_len
+
+    def graphed_step(self) -> "GraphedStep":
+        """This LM's CUDA-graph decode step (captured on first use, kept across generations)."""
+        if self._graphed is None:
+            self._graphed = GraphedStep(self)
+        return self._graphed
 
     @torch.inference_mode()
     def set_condition(self, cond: Tensor) -> None:
         """Cross-attention keys/values for the whole generation, from projected text states [B, S, D]."""
         for layer in self.layers:
-            layer.cross.set_condition(cond.to(self.dtype))
+            layer.cross.set_condition(cond.to(self.act_dtype))
 
     def embed(self, tokens: Tensor) -> Tensor:
         """[B, K, T] codes (special = card) -> [B, T, D]: the sum of the codebooks' embeddings."""
@@ -165,16 +208,71 @@ class MusicGenLM(nn.Module):
             h = h + self.embeddings[k](tokens[:, k])
         return h
 
-    def forward(self, h: Tensor, input_pos: Tensor, kv_len: int, last_only: bool = True) -> Tensor:
-        """Run embedded inputs [B, T, D] at cache positions `input_pos` [T]; attends to cache[:kv_len].
+    def forward(self, h: Tensor, input_pos: Tensor, kv_len: int | None, last_only: bool = True) -> Tensor:
+        """Run embedded inputs [B, T, D] at cache positions `input_pos` [T].
 
+        Sliced (`kv_len` given): `input_pos` must be the last T positions before `kv_len` (what generation does),
+        so a single new position attends to everything before it and needs no mask. Static (`kv_len=None`):
+        attends to the whole cache under the causal mask rows of `input_pos`.
         Returns logits [B, K, T', card] in float32, T' = 1 (the last position) when `last_only`.
         """
-        h = (h.float() + self.pos_table[input_pos]).to(self.dtype)
-        mask = self.causal[input_pos, :kv_len][None, None]
+        B, T, _ = h.shape
+        h = (h.float() + self.pos_table[input_pos]).to(self.act_dtype)
+        if kv_len is None:
+            mask = self.causal[input_pos][None, None]
+        else:
+            mask = None if T == 1 else self.causal[input_pos, :kv_len][None, None]
         for layer in self.layers:
             h = layer(h, input_pos, mask, kv_len)
         if last_only:
             h = h[:, -1:]
-        h = self.out_norm(h)
-        return torch.einsum("btd,kvd->bktv", h, self.heads).float()
+        logits = self.heads(self.out_norm(h))  # [B, T', K * card]
+        return logits.view(B, h.shape[1], self.cfg.n_codebooks, self.cfg.card).transpose(1, 2).float()
+
+
+class GraphedStep:
+    """One decode step (T = 1, static shapes) captured as a CUDA graph: a single replay per column.
+
+    Inputs are copied into static buffers, the graph runs the embedding and the static-mode forward over the whole
+    cache, and the logits come back in a static output buffer (valid until the next call). The graph is captured
+    again whenever what it points at changes: a new KV cache (`setup_caches`), or conditioning of a new shape
+    (same-shaped conditioning is written in place by `CrossAttention.set_condition`).
+    """
+
+    def __init__(self, lm: MusicGenLM):
+        self.lm = lm
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.key: tuple | None = None
+
+    def _key(self) -> tuple:
+        lm = self.lm
+        cross = [l.cross.k.data_ptr() for l in lm.layers if l.cross is not None and l.cross.k is not None]
+        return (lm.layers[0].attn.kv_cache.k.data_ptr(), lm.max_len, *cross)
+
+    def _run(self) -> Tensor:
+        return self.lm(self.lm.embed(self.tokens), self.input_pos, kv_len=None)
+
+    @torch.inference_mode()
+    def __call__(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
+        """tokens [B, K, 1] at position `input_pos` [1] -> logits [B, K, 1, card] (float32)."""
+        if self.graph is None or self.key != self._key():
+            self._capture(tokens, input_pos)
+        self.tokens.copy_(tokens)
+        self.input_pos.copy_(input_pos)
+        self.graph.replay()
+        return self.logits
+
+    def _capture(self, tokens: Tensor, input_pos: Tensor) -> None:
+        self.tokens, self.input_pos = tokens.clone(), input_pos.clone()
+        # Warm up on a side stream (allocator and kernel selection), as torch.cuda.graphs asks. The warm-up runs
+        # write this step's own keys and values at this step's position, so running it is harmless.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._run()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self._run()
+        self.key = self._key()

@@ -25,6 +25,8 @@ from engine.lm import MusicGenLM
 from engine.pattern import DelayPattern
 from engine.sampling import SamplingSettings, guide, make_generator, resolve_seed, sample
 
+USE_CUDA_GRAPHS = True  # decode steps on CUDA replay one captured graph (engine.lm.GraphedStep)
+
 
 @dataclass
 class Conditioning:
@@ -83,7 +85,10 @@ class TokenStream:
         self.last_logits: Tensor | None = None  # guided logits [K, V] of the latest step (for checks)
         self.steps = 0
 
-        lm.setup_caches(cond.batch, max_prefix + pattern.columns(window_frames))
+        # The cache holds one window, or less when the whole request is shorter (memory follows the request).
+        longest = window_frames if self.end is None else min(window_frames, self.end)
+        lm.setup_caches(cond.batch, max_prefix + pattern.columns(longest))
+        self.graphed = lm.graphed_step() if USE_CUDA_GRAPHS and self.device.type == "cuda" else None
         if cond.cross is not None:
             lm.set_condition(cond.cross)
         self._start_window(0)
@@ -108,7 +113,7 @@ class TokenStream:
         n = self.win_end - origin
         self.seq = self.pattern.interleave(self.history[:, origin : self.n_final], self.special, self.pattern.columns(n))
         self.col = 0
-        self.prefix = self.cond.prefix(origin).to(self.lm.dtype) if self.cond.prefix is not None else None
+        self.prefix = self.cond.prefix(origin).to(self.lm.act_dtype) if self.cond.prefix is not None else None
 
     def _slide(self) -> None:
         earliest = max(0, self.n_final - self.keep_frames)
@@ -132,13 +137,17 @@ class TokenStream:
             h = self.lm.embed(tokens)
             if self.prefix is not None:
                 h = torch.cat([self.prefix, h], dim=1)
-            first = 0
+            input_pos = torch.arange(0, h.shape[1], device=self.device)
+            logits = self.lm(h, input_pos, kv_len=h.shape[1])[:, :, -1]  # [B, K, V]
         else:
+            # One column: the decoder step proper, where generation spends its time.
             n_cols = 1
-            h = self.lm.embed(self.seq[None, :, self.col - 1 : self.col].expand(B, -1, -1).to(self.device))
-            first = P + self.col - 1
-        input_pos = torch.arange(first, first + h.shape[1], device=self.device)
-        logits = self.lm(h, input_pos, kv_len=first + h.shape[1])[:, :, -1]  # [B, K, V]
+            tokens = self.seq[None, :, self.col - 1 : self.col].expand(B, -1, -1).to(self.device)
+            input_pos = torch.tensor([P + self.col - 1], device=self.device)
+            if self.graphed is not None:
+                logits = self.graphed(tokens, input_pos)[:, :, -1]
+            else:
+                logits = self.lm(self.lm.embed(tokens), input_pos, kv_len=P + self.col)[:, :, -1]
         if self.col == 0:
             self.col = n_cols
         guided = guide(logits, self.settings.cfg)

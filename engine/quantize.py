@@ -1,0 +1,185 @@
+"""Linear layers for a fast decoder step on CPU: weights prepacked once, in fp32, bf16 or int8.
+
+A decode step multiplies a [2, D] activation (guidance batch) by every weight matrix once, so its speed is how
+fast the weights stream from memory. `torch.nn.functional.linear` streams them slowly for so few rows (fp32:
+~10 GB/s on the 2-core test machine); oneDNN's matmul on weights reordered once into its blocked layout (what
+`torch.compile`'s CPU freezing does) streams 37-43 GB/s. Measurements: benchmarks/RESULTS.md.
+
+- `PackedLinear`: fp32 or bf16 weights in oneDNN's layout; the input is cast to the weight's dtype, products
+  accumulate in fp32, the output comes in the weight's dtype.
+- `Int8Linear`: weight-only int8, one scale per output row (symmetric, w ~ scale[n] * q[n, :]); activations
+  enter the kernel in bf16, accumulate in fp32, and leave in bf16.
+
+Outputs come in the narrow dtype on purpose: the LM adds them to its fp32 residual stream (type promotion does the
+cast within the add) and feeds fc1's output through GELU to fc2 in bf16 (what fc2 would round it to anyway), so
+no separate cast op is spent where none changes a value.
+
+`prepare_for_cpu(lm, weights)` swaps every `nn.Linear` of the LM for one of these, in place, freeing the
+original weights as it goes (so peak memory grows by one matrix, not by the model).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+WEIGHT_FORMATS = ("float32", "bfloat16", "int8")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How an LM asked for in `dtype` runs on a device."""
+
+    activations: torch.dtype  # norms, residual stream, attention, KV cache
+    weights: str | None  # linear weight format for `prepare_for_cpu`; None: plain nn.Linear in `activations`
+
+    @property
+    def storage(self) -> torch.dtype:
+        """The dtype the checkpoint's linear weights are read into (int8 is quantized from bf16)."""
+        return {None: self.activations, "float32": torch.float32}.get(self.weights, torch.bfloat16)
+
+
+def plan_precision(device: torch.device, dtype: torch.dtype) -> Precision:
+    """On CPU the activations stay fp32 and only the linear weights narrow: bf16 attention and elementwise ops run
+    several times slower than fp32 on CPUs (measured in benchmarks/RESULTS.md), while the weights, which are
+    the bytes a step streams, are what bf16/int8 are for. On GPUs `dtype` is used throughout."""
+    if dtype == torch.int8:
+        if device.type != "cpu":
+            from engine.errors import UserError
+
+            raise UserError("--dtype int8 is for CPUs: on a GPU use bfloat16 or float16", code="bad_args")
+        return Precision(torch.float32, "int8")
+    if device.type == "cpu" and onednn_available():
+        if dtype == torch.float32:
+            return Precision(torch.float32, "float32")
+        if dtype == torch.bfloat16 and bf16_supported():
+            return Precision(torch.float32, "bfloat16")
+    return Precision(dtype, None)
+
+
+def onednn_available() -> bool:
+    """oneDNN's prepacked linear exists in this torch build (x86 and Arm builds have it; some others do not)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def bf16_supported() -> bool:
+    """oneDNN runs bf16 matmuls natively (avx512_bf16 / AMX on x86, bf16 dot products on Arm); else it
+    emulates them, slower than fp32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class PackedLinear(nn.Module):
+    """y = x W^T with W (fp32 or bf16) reordered once into oneDNN's blocked layout; no bias (MusicGen has none)."""
+
+    def __init__(self, weight: Tensor, dtype: torch.dtype, batch_hint: int = 2):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        # The hint picks the blocking; any number of rows works afterwards (prefill included).
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype), batch_hint)
+        self.register_buffer("weight", packed, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Returns the weight's dtype: the LM casts where it must (q, k, v) and lets the residual adds promote.
+        return torch.ops.mkldnn._linear_pointwise(x.to(self.weight.dtype), self.weight, None, "none", [], "")
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, {str(self.weight.dtype).replace('torch.', '')}, oneDNN"
+
+
+def quantize_rows(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric per-row int8: (q [N, K] int8, scale [N] fp32) with weight ~ scale[:, None] * q."""
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+class Int8Linear(nn.Module):
+    """Weight-only int8 linear (per-row scales): half the bytes of bf16 per step, activations kept wide."""
+
+    def __init__(self, weight: Tensor):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        q, scale = quantize_rows(weight)
+        self.register_buffer("weight", q, persistent=False)
+        # The kernel wants scales in the activations' dtype (bf16): relative error 2^-9 per row, well under the
+        # int8 rounding itself (up to 2^-8 of the row's largest weight).
+        self.register_buffer("scale", scale.to(torch.bfloat16), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, shape[-1]).to(torch.bfloat16), self.weight, self.scale)
+        return y.view(*shape[:-1], self.out_features)  # bf16, as PackedLinear returns its weight's dtype
+
+    def dequantized(self) -> Tensor:
+        return self.weight.float() * self.scale.float()[:, None]
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, int8 weight-only"
+
+
+def _swap_linears(module: nn.Module, make) -> int:
+    n = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.Linear):
+            setattr(module, name, make(child.weight))
+            n += 1
+        else:
+            n += _swap_linears(child, make)
+    return n
+
+
+@torch.no_grad()
+def prepare_for_cpu(lm: nn.Module, weights: str) -> nn.Module:
+    """Swap the LM's linears for prepacked ones in `weights` format ("float32", "bfloat16" or "int8"), in place.
+
+    The activations keep the LM's dtype (`lm.dtype`). Without oneDNN the linears stay plain `nn.Linear`s.
+    """
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"weights must be one of {WEIGHT_FORMATS}, got {weights!r}")
+    if weights == "int8":
+        n = _swap_linears(lm, Int8Linear)
+    elif not onednn_available():
+        log.info("oneDNN prepacking is unavailable in this torch build: plain linears")
+        return lm
+    else:
+        dtype = torch.float32 if weights == "float32" else torch.bfloat16
+        n = _swap_linears(lm, lambda w: PackedLinear(w, dtype))
+    log.debug("prepared %d linears as %s", n, weights)
+    return lm
+
+
+@torch.inference_mode()
+def logit_agreement(reference: nn.Module, candidate: nn.Module, tokens: Tensor, cond: Tensor | None = None) -> dict[str, float]:
+    """How closely `candidate`'s per-step logits follow `reference`'s, teacher-forced on one token sequence.
+
+    tokens: [B, K, T] codes fed one column per step (both LMs see the same inputs, so errors do not compound
+    through sampling); cond: projected text states [B, S, D] for text models. Returns the mean over steps,
+    batch rows and codebooks of: the cosine similarity of the logits, KL(p_ref || p_cand) of their softmax in
+    nats, and the fraction of steps whose most likely token agrees.
+    """
+    B, K, T = tokens.shape
+    for lm in (reference, candidate):
+        lm.setup_caches(B, T)
+        if cond is not None:
+            lm.set_condition(cond)
+    cos = kl = top1 = 0.0
+    for t in range(T):
+        pos = torch.tensor([t], device=tokens.device)
+        step = tokens[:, :, t : t + 1]
+        a = reference(reference.embed(step), pos, kv_len=t + 1)[:, :, -1]  # [B, K, V] fp32
+        b = candidate(candidate.embed(step), pos, kv_len=t + 1)[:, :, -1]
+        cos += torch.nn.functional.cosine_similarity(a, b, dim=-1).mean().item()
+        la, lb = a.log_softmax(-1), b.log_softmax(-1)
+        kl += (la.exp() * (la - lb)).sum(-1).mean().item()
+        top1 += (a.argmax(-1) == b.argmax(-1)).float().mean().item()
+    return {"cosine": cos / T, "kl": kl / T, "top1": top1 / T}

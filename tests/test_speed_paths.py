@@ -1,0 +1,255 @@
+"""The fast paths compute what the plain path computes: prepacked linears, the decode-step attention, the static
+full-cache step (what CUDA graphs replay), memory-saving loading, and the CUDA-graph step itself on a GPU."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.checkpoint import build_lm, load_model, lm_config, lm_state_from_hf, read_hf_tensors, _narrow_decoder_linears
+from engine.errors import UserError
+from engine.generate import open_stream
+from engine.lm import attend
+from engine.quantize import Int8Linear, PackedLinear, onednn_available, plan_precision, prepare_for_cpu
+from engine.sampling import SamplingSettings
+from engine.tiny import tiny_config, tiny_reference_model
+
+CPU = torch.device("cpu")
+GREEDY = SamplingSettings(greedy=True, cfg=3.0)
+needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN")
+
+
+def _tiny_lm(dtype=torch.float32, melody=False, seed=2):
+    ref = tiny_reference_model(tiny_config(dim=64, layers=2, heads=4, melody=melody), seed=seed)
+    cfg = lm_config(ref.config.decoder.to_dict(), cross_attention=not melody)
+    state = lm_state_from_hf({k: v for k, v in ref.state_dict().items() if k.startswith("decoder.")}, cfg)
+    return build_lm(cfg, state, CPU, dtype)
+
+
+@needs_onednn
+@pytest.mark.parametrize("rows", [1, 2, 7, 130])
+def test_packed_linear_equals_linear(rows):
+    w, x = torch.randn(96, 64), torch.randn(rows, 64)
+    assert torch.allclose(PackedLinear(w, torch.float32)(x), F.linear(x, w), rtol=1e-5, atol=1e-5)
+    # bf16 weights: the product of the bf16-rounded operands, accumulated in fp32, returned in bf16.
+    expected = F.linear(x.bfloat16().float(), w.bfloat16().float())
+    got = PackedLinear(w, torch.bfloat16)(x)
+    assert got.dtype == torch.bfloat16 and torch.allclose(got.float(), expected, rtol=1e-2, atol=2e-2)
+    # 3-d inputs (prefill: [B, T, D]) keep their leading shape.
+    assert PackedLinear(w, torch.float32)(x[None]).shape == (1, rows, 96)
+
+
+def test_int8_linear_equals_its_dequantized_weights():
+    w, x = torch.randn(96, 64), torch.randn(2, 3, 64)
+    lin = Int8Linear(w)
+    expected = F.linear(x.bfloat16().float(), lin.dequantized())
+    got = lin(x)
+    assert got.shape == (2, 3, 96) and got.dtype == torch.bfloat16
+    assert torch.allclose(got.float(), expected, rtol=2e-2, atol=5e-2)
+    assert (lin.dequantized() - w).abs().max() <= w.abs().max() / 127  # within one quantization step
+
+
+def test_one_query_attention_equals_sdpa():
+    q, k, v = torch.randn(2, 4, 1, 16), torch.randn(2, 4, 37, 16), torch.randn(2, 4, 37, 16)
+    assert torch.allclose(attend(q, k, v, None), F.scaled_dot_product_attention(q, k, v), atol=1e-6)
+
+
+@pytest.mark.parametrize("melody", [False, True])
+def test_static_full_cache_step_equals_sliced_step(melody):
+    """The CUDA-graph path attends over the whole cache under a mask; it must give the sliced path's logits."""
+    lm = _tiny_lm(melody=melody)
+    B, K, T, max_len, prefill = 2, 4, 24, 40, 5
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 2048, (B, K, T), generator=g)
+    if not melody:
+        cond = torch.randn(B, 7, lm.cfg.dim, generator=g)
+        cond[1] = 0
+    outs = {}
+    for mode in ("sliced", "static"):
+        lm.setup_caches(B, max_len)
+        for layer in lm.layers:  # a cache full of stale values: the static path must mask them, not rely on zeros
+            layer.attn.kv_cache.k.normal_()
+            layer.attn.kv_cache.v.normal_()
+        if not melody:
+            lm.set_condition(cond)
+        with torch.inference_mode():
+            pos = torch.arange(prefill)
+            logits = [lm(lm.embed(tokens[..., :prefill]), pos, kv_len=prefill if mode == "sliced" else None)]
+            for t in range(prefill, T):
+                pos = torch.tensor([t])
+                logits.append(lm(lm.embed(tokens[..., t : t + 1]), pos, kv_len=t + 1 if mode == "sliced" else None))
+        outs[mode] = torch.cat(logits, dim=2)
+        lm.max_len = 0  # a fresh cache for the other mode
+    assert outs["sliced"].shape == (B, K, T - prefill + 1, lm.cfg.card)
+    assert torch.allclose(outs["sliced"], outs["static"], atol=1e-5, rtol=1e-5)
+
+
+def test_precision_plans():
+    assert plan_precision(CPU, torch.int8).weights == "int8"
+    assert plan_precision(CPU, torch.int8).activations == torch.float32
+    if onednn_available():
+        assert plan_precision(CPU, torch.float32).weights == "float32"
+    assert plan_precision(torch.device("cuda"), torch.float16).weights is None  # GPUs: the dtype throughout
+    with pytest.raises(UserError):
+        plan_precision(torch.device("cuda"), torch.int8)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+def test_every_dtype_loads_and_generates(tiny_mono, dtype):
+    model = load_model(str(tiny_mono[0]), device="cpu", dtype=dtype)
+    codes = open_stream(model, "techno drums", GREEDY, frames=15).run()
+    assert codes.shape == (4, 15) and int(codes.max()) < 2048
+    # No full-width copy of any linear weight is kept: fp32 2-d tensors are the embeddings only.
+    wide = [n for n, t in [*model.lm.named_parameters(), *model.lm.named_buffers()]
+            if t.dim() == 2 and t.dtype == torch.float32 and not t.is_mkldnn and not n.startswith(("embeddings.", "pos_table"))]
+    if dtype != "float32":
+        assert wide == [], wide
+    kinds = {type(m).__name__ for m in model.lm.modules()}
+    if dtype == "int8":
+        assert "Int8Linear" in kinds and "Linear" not in kinds
+    elif plan_precision(CPU, getattr(torch, dtype)).weights is not None:  # oneDNN here (and native bf16 for bf16)
+        assert "PackedLinear" in kinds and "Linear" not in kinds
+
+
+def test_narrowing_happens_while_reading(tiny_mono):
+    sd = read_hf_tensors(tiny_mono[0], ("decoder.", "text_encoder."), convert=_narrow_decoder_linears(torch.bfloat16))
+    assert sd["decoder.model.decoder.layers.0.fc1.weight"].dtype == torch.bfloat16
+    assert sd["decoder.lm_heads.0.weight"].dtype == torch.bfloat16
+    assert sd["decoder.model.decoder.layers.0.self_attn_layer_norm.weight"].dtype == torch.float32
+    assert sd["decoder.model.decoder.embed_tokens.0.weight"].dtype == torch.float32
+    assert all(v.dtype == torch.float32 for k, v in sd.items() if k.startswith("text_encoder."))
+
+
+def test_kv_cache_follows_the_request(mono_model):
+    stream = open_stream(mono_model, "house", GREEDY, frames=10)
+    assert mono_model.lm.max_len == mono_model.pattern.columns(10)
+    stream.run()
+    open_stream(mono_model, "house", GREEDY, frames=None, window_frames=50)  # endless: one whole window
+    assert mono_model.lm.max_len == mono_model.pattern.columns(50)
+
+
+@needs_onednn
+def test_prepare_for_cpu_swaps_in_place():
+    lm = _tiny_lm()
+    before = sum(isinstance(m, torch.nn.Linear) for m in lm.modules())
+    prepare_for_cpu(lm, "int8")
+    assert sum(isinstance(m, Int8Linear) for m in lm.modules()) == before
+    with pytest.raises(ValueError):
+        prepare_for_cpu(lm, "int4")
+
+
+def test_bench_command_parses_and_rejects_unknown_rows(capsys):
+    from bridge.bench import add_bench_parser, format_table, run_bench
+
+    parser = argparse.ArgumentParser()
+    add_bench_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "--rows", "ours-int8,nope", "--steps", "20"])
+    assert run_bench(args) == 2
+    assert "nope" in capsys.readouterr().err
+    table = format_table({"ours-int8": {"steps_per_s": 50.0, "ttfa_s": 1.5, "peak_rss_mb": 1000.0, "lm_mb": 500.0},
+                          "decode": {"ms_per_chunk": 30.0, "first_chunk_ms": 40.0, "latency_ms": 80.0, "peak_rss_mb": 400.0}})
+    assert "| ours-int8 | 50.0 | 1.00 | 1.50 | 1000 | 500 |" in table and "| decode | 30.0 |" in table
+
+
+def test_graphed_step_logic_on_cpu(monkeypatch):
+    """GraphedStep's buffers and re-capture rules, with CUDA's graph calls stood in for by plain re-execution:
+    a replay must compute from the static buffers exactly what the eager step computes."""
+    import contextlib
+
+    from engine.lm import GraphedStep
+
+    captures = []
+
+    class FakeGraph:  # replay = run the captured function again on the same static buffers
+        def replay(self):
+            captures[-1].logits.copy_(captures[-1]._run())
+
+    class FakeStream:
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", lambda g: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", FakeStream)
+    original = GraphedStep._capture
+    monkeypatch.setattr(GraphedStep, "_capture", lambda self, *a: (captures.append(self), original(self, *a))[1])
+
+    graphed, eager = _tiny_lm(), _tiny_lm()
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, 2048, (2, 4, 20), generator=g)
+    cond = torch.randn(2, 6, graphed.cfg.dim, generator=g)
+    step = graphed.graphed_step()
+    assert graphed.graphed_step() is step
+    for lm in (graphed, eager):
+        lm.setup_caches(2, 32)
+        lm.set_condition(cond)
+    with torch.inference_mode():
+        for lm in (graphed, eager):  # prefill (eager in both, as TokenStream does)
+            lm(lm.embed(tokens[..., :3]), torch.arange(3), kv_len=3)
+        for t in range(3, 20):
+            pos = torch.tensor([t])
+            got = step(tokens[..., t : t + 1], pos).clone()
+            want = eager(eager.embed(tokens[..., t : t + 1]), pos, kv_len=t + 1)
+            assert torch.allclose(got, want, atol=1e-5), t
+    assert len(captures) == 1
+    graphed.set_condition(cond * 2)  # same shape: written in place, the graph stays
+    with torch.inference_mode():
+        step(tokens[..., :1], torch.tensor([0]))
+    assert len(captures) == 1
+    graphed.set_condition(cond[:, :4])  # another shape: new tensors, captured again
+    with torch.inference_mode():
+        step(tokens[..., :1], torch.tensor([0]))
+    assert len(captures) == 2
+    graphed.setup_caches(2, 48)  # a new cache: captured again
+    with torch.inference_mode():
+        step(tokens[..., :1], torch.tensor([0]))
+    assert len(captures) == 3
+
+
+# ------------------------------------------------------------------------------------------------ GPU only
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_cuda_graph_step_equals_eager(tiny_mono, dtype, monkeypatch):
+    import engine.token_stream as ts
+
+    model = load_model(str(tiny_mono[0]), device="cuda", dtype=dtype)
+    runs = {}
+    for graphs in (False, True):
+        monkeypatch.setattr(ts, "USE_CUDA_GRAPHS", graphs)
+        stream = open_stream(model, "techno drums", GREEDY, frames=40)
+        assert (stream.graphed is not None) == graphs
+        logits = []
+        while not stream.done:
+            stream.step()
+            logits.append(stream.last_logits.float().clone())
+        runs[graphs] = (stream.codes().clone(), torch.stack(logits))
+    if dtype == "float32":
+        assert torch.equal(runs[True][0], runs[False][0])
+        assert torch.allclose(runs[True][1], runs[False][1], atol=1e-4)
+    else:  # half precision: the two attention orders round differently; the tokens mostly agree
+        assert (runs[True][0] == runs[False][0]).float().mean() > 0.9
+    # A second generation of another length re-captures (a new cache) and still agrees.
+    monkeypatch.setattr(ts, "USE_CUDA_GRAPHS", True)
+    assert open_stream(model, "techno drums", GREEDY, frames=12).run().shape == (4, 12)
+
+
+@pytest.mark.gpu
+@gpu
+def test_cuda_graph_generation_equals_transformers(tiny_mono):
+    from engine.tiny import tiny_tokenizer
+    from tests.reference import reference_generate
+
+    folder, ref = tiny_mono
+    model = load_model(str(folder), device="cuda", dtype="float32")
+    expected, _ = reference_generate(ref, tiny_tokenizer(), "warm lo-fi piano", 60, model.pattern.max_delay)
+    codes = open_stream(model, "warm lo-fi piano", GREEDY, frames=60).run()
+    assert torch.equal(codes.cpu(), expected)
