@@ -3,9 +3,11 @@ captured by an input stream wired to it in the JACK graph."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
@@ -133,12 +135,25 @@ def _open_output(jack, in_rate=SR, channels=1) -> tuple[LiveOutput, list[str]]:
     return out, sorted(set(jack.ports()) - before)
 
 
-def test_live_output_starts_on_time_with_the_exact_samples(jack_server):
-    out, ports = _open_output(jack_server)
-    cap = Capture(jack_server)
+@contextlib.contextmanager
+def _rig(jack, **open_kw):
+    """A live output wired into a capture for the block; afterwards `rig.recorded` holds what reached the graph."""
+    out, ports = _open_output(jack, **open_kw)
+    rig = types.SimpleNamespace(out=out, recorded=None, time_of=None, latency=None)
+    cap = Capture(jack)
     try:
-        _wire(jack_server, ports, cap)
+        _wire(jack, ports, cap)
         time.sleep(0.2)
+        yield rig
+    finally:
+        rig.recorded, rig.time_of = cap.audio()
+        rig.latency = out.dac_latency
+        out.close()
+
+
+def test_live_output_starts_on_time_with_the_exact_samples(jack_server):
+    with _rig(jack_server) as rig:
+        out = rig.out
         sig = np.random.default_rng(1).uniform(-0.5, 0.5, (1, SR)).astype(np.float32)
         take = out.begin_take()
         t_start = time.monotonic() + 0.4
@@ -147,10 +162,8 @@ def test_live_output_starts_on_time_with_the_exact_samples(jack_server):
         out.finish(take)
         assert out.wait_played(take, 5)
         time.sleep(0.1)
-    finally:
-        recorded, time_of = cap.audio()
-        latency = out.dac_latency
-        out.close()
+    recorded, time_of = rig.recorded, rig.time_of
+    latency = rig.latency
     at = _find(sig[0], recorded)
     assert np.abs(recorded[at:at + SR] - sig[0]).max() < 1e-6  # float32 all the way: bit-exact
     assert np.abs(recorded[at + SR:]).max() == 0 and np.abs(recorded[:at]).max() == 0
@@ -162,11 +175,8 @@ def test_live_output_starts_on_time_with_the_exact_samples(jack_server):
 
 
 def test_underrun_is_counted_once_and_the_take_stays_on_its_grid(jack_server):
-    out, ports = _open_output(jack_server)
-    cap = Capture(jack_server)
-    try:
-        _wire(jack_server, ports, cap)
-        time.sleep(0.2)
+    with _rig(jack_server) as rig:
+        out = rig.out
         rng = np.random.default_rng(2)
         first = rng.uniform(-0.5, 0.5, (1, 9600)).astype(np.float32)  # 0.3 s
         late = rng.uniform(-0.5, 0.5, (1, SR)).astype(np.float32)  # take samples 9600..41600
@@ -178,9 +188,7 @@ def test_underrun_is_counted_once_and_the_take_stays_on_its_grid(jack_server):
         out.finish(take)
         assert out.wait_played(take, 5)
         time.sleep(0.1)
-    finally:
-        recorded, _ = cap.audio()
-        out.close()
+    recorded = rig.recorded
     assert out.starved == 1  # one dry spell, and running out at the end is no underrun
     assert out.underruns == out.starved + out.xruns
     at = _find(first[0], recorded)
@@ -194,21 +202,16 @@ def test_underrun_is_counted_once_and_the_take_stays_on_its_grid(jack_server):
 
 
 def test_resamples_to_the_device_rate(jack_server):
-    out, ports = _open_output(jack_server, in_rate=16000)  # JACK runs at 32 kHz only
-    assert out.rate == SR
-    cap = Capture(jack_server)
-    try:
-        _wire(jack_server, ports, cap)
-        time.sleep(0.2)
+    with _rig(jack_server, in_rate=16000) as rig:  # JACK runs at 32 kHz only
+        out = rig.out
+        assert rig.out.rate == SR
         t = np.arange(16000) / 16000
         take = out.begin_take()
         out.push(take, (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)[None], lambda ready: ready + 0.05)
         out.finish(take)
         assert out.wait_played(take, 5)
         time.sleep(0.1)
-    finally:
-        recorded, _ = cap.audio()
-        out.close()
+    recorded = rig.recorded
     loud = np.flatnonzero(np.abs(recorded) > 0.05)
     assert abs((loud[-1] - loud[0]) - SR) < 200  # one second, now at 32 kHz
     seg = recorded[loud[0] + 1000: loud[0] + 1000 + 16384]
@@ -217,11 +220,8 @@ def test_resamples_to_the_device_rate(jack_server):
 
 
 def test_next_take_takes_over_exactly_at_its_start(jack_server):
-    out, ports = _open_output(jack_server)
-    cap = Capture(jack_server)
-    try:
-        _wire(jack_server, ports, cap)
-        time.sleep(0.2)
+    with _rig(jack_server) as rig:
+        out = rig.out
         rng = np.random.default_rng(3)
         a = rng.uniform(-0.5, 0.5, (1, 2 * SR)).astype(np.float32)
         b = rng.uniform(-0.5, 0.5, (1, SR // 2)).astype(np.float32)
@@ -234,9 +234,7 @@ def test_next_take_takes_over_exactly_at_its_start(jack_server):
         out.finish(second)
         assert out.wait_played(second, 5) and first.done
         time.sleep(0.1)
-    finally:
-        recorded, _ = cap.audio()
-        out.close()
+    recorded = rig.recorded
     at, switch = _find(a[0, :SR // 2], recorded), _find(b[0], recorded)
     # Each start time is mapped from the monotonic clock to the stream's on its own, and JACK's stream clock
     # counts whole frames: a few samples (0.1 ms) of jitter.
@@ -248,11 +246,8 @@ def test_next_take_takes_over_exactly_at_its_start(jack_server):
 
 
 def test_stop_ends_a_take_at_the_given_time(jack_server):
-    out, ports = _open_output(jack_server)
-    cap = Capture(jack_server)
-    try:
-        _wire(jack_server, ports, cap)
-        time.sleep(0.2)
+    with _rig(jack_server) as rig:
+        out = rig.out
         sig = np.random.default_rng(4).uniform(-0.5, 0.5, (1, 2 * SR)).astype(np.float32)
         take = out.begin_take()
         t_start = time.monotonic() + 0.2
@@ -260,9 +255,7 @@ def test_stop_ends_a_take_at_the_given_time(jack_server):
         out.stop(take, t_start + 0.5)  # e.g. /jam/stop: play on to the next bar line, then stop
         assert out.wait_played(take, 5)
         time.sleep(0.1)
-    finally:
-        recorded, _ = cap.audio()
-        out.close()
+    recorded = rig.recorded
     at = _find(sig[0, : SR // 4], recorded)
     played = np.flatnonzero(np.abs(recorded) > 0)
     assert abs((played[-1] + 1 - at) - SR // 2) <= 4

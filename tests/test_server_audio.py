@@ -4,7 +4,6 @@ next bar line with the rendered samples, and the microphone records a hummed ton
 from __future__ import annotations
 
 import re
-import signal
 import time
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from tests.test_audio_out import _find
-from tests.test_server_harness import Bridge, jack_server  # noqa: F401  (fixture)
+from tests.test_server_harness import jack_server, serving  # noqa: F401  (fixture)
 
 SR = 32000
 BEAT = 0.25  # 240 bpm
@@ -20,14 +19,9 @@ BEAT = 0.25  # 240 bpm
 
 @pytest.fixture(scope="module")
 def bridge(tmp_path_factory, jack_server):  # noqa: F811
-    b = Bridge(tmp_path_factory.mktemp("audio"), "--audio-device", "system", "--input-device", "system",
-               env=jack_server.env)
-    try:
-        b.ping(timeout=20)
-        b.wait_ready()
+    with serving(tmp_path_factory.mktemp("audio"), "--audio-device", "system", "--input-device", "system",
+                 env=jack_server.env) as b:
         yield b
-    finally:
-        assert b.stop(signal.SIGTERM) == 0
     assert "Traceback" not in b.log(), b.log()[-3000:]
 
 

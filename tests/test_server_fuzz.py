@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import random
-import signal
 import struct
 import time
 
@@ -13,7 +12,7 @@ import soundfile as sf
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from bridge import protocol
-from tests.test_server_harness import Bridge
+from tests.test_server_harness import serving
 
 PACKETS = 10_000
 RATE = 2000  # datagrams per second at most (loopback; the point is robustness, not a flood)
@@ -98,13 +97,8 @@ class Fuzzer:
 
 @pytest.fixture(scope="module")
 def bridge(tmp_path_factory):
-    b = Bridge(tmp_path_factory.mktemp("fuzz"))
-    try:
-        b.ping(timeout=20)
-        b.wait_ready()
+    with serving(tmp_path_factory.mktemp("fuzz")) as b:
         yield b
-    finally:
-        assert b.stop(signal.SIGTERM) == 0
 
 
 def test_fuzz_then_still_serving(bridge):

@@ -4,6 +4,7 @@ reply port, and a JACK server with the dummy driver."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import signal
@@ -217,3 +218,15 @@ def jack_server():
         sd._terminate()
         sd._initialize()
     return _jack
+
+
+@contextlib.contextmanager
+def serving(folder, *args: str, **kwargs):
+    """A ready bridge for the block, stopped with SIGTERM afterwards (which must exit 0)."""
+    b = Bridge(folder, *args, **kwargs)
+    try:
+        b.ping(timeout=20)
+        b.wait_ready()
+        yield b
+    finally:
+        assert b.stop(signal.SIGTERM) == 0
