@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import copy
 
 import pytest
 import torch
@@ -12,6 +12,18 @@ from engine.generate import open_stream
 from engine.sampling import SamplingSettings
 from engine.tiny import tiny_tokenizer
 from tests.meta_checkpoint import write_meta_checkpoint
+
+
+def _fp16_rounded_model(ref, folder):
+    """Our model loaded from the Hugging Face weights rounded to fp16, as Meta's export ships the LM."""
+    ref = copy.deepcopy(ref)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if name.startswith(("decoder.", "enc_to_dec_proj.", "audio_enc_to_dec_proj.")):
+                p.copy_(p.half().float())
+    ref.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return load_model(str(folder), device="cpu")
 
 
 def _cache_entry(cache, repo_id, save):
@@ -51,13 +63,7 @@ def test_meta_export_gives_the_same_tokens(codec_form, tmp_path, monkeypatch, ti
     greedy = SamplingSettings(greedy=True)
     ours = open_stream(meta, "lo fi piano", greedy, frames=100).run()
     # Meta ships fp16 weights: compare with the HF-format model given the same fp16-rounded weights.
-    rounded = load_model(str(tiny_mono[0]), device="cpu")
-    with torch.no_grad():
-        for p in rounded.lm.parameters():
-            p.copy_(p.half().float())
-        rounded.text.proj.weight.copy_(rounded.text.proj.weight.half().float())
-        rounded.text.proj.bias.copy_(rounded.text.proj.bias.half().float())
-    expected = open_stream(rounded, "lo fi piano", greedy, frames=100).run()
+    expected = open_stream(_fp16_rounded_model(ref, tmp_path / "rounded"), "lo fi piano", greedy, frames=100).run()
     assert torch.equal(ours, expected)
     wav = torch.randn(1, 6400) * 0.2
     assert torch.equal(meta.codec.encode(wav), mono_model.codec.encode(wav))
@@ -73,3 +79,25 @@ def test_meta_export_without_its_t5_says_so(tmp_path, monkeypatch, tiny_mono):
     write_meta_checkpoint(tmp_path / "meta", sd, ref.config.decoder, text_encoder_name="test-org/tiny-t5")
     with pytest.raises(Exception, match="test-org/tiny-t5"):
         load_model(str(tmp_path / "meta"), device="cpu")
+
+
+def test_meta_melody_export_gives_the_same_tokens(tmp_path, monkeypatch, tiny_melody):
+    import huggingface_hub.constants as hc
+    import numpy as np
+
+    _, ref = tiny_melody
+    cache = tmp_path / "hub"
+    _cache_entry(cache, "test-org/tiny-t5", lambda d: (ref.text_encoder.save_pretrained(d), tiny_tokenizer().save_pretrained(d)))
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    sd = {k: v for k, v in ref.state_dict().items() if k.startswith(("decoder.", "enc_to_dec_proj.", "audio_enc_to_dec_proj."))}
+    write_meta_checkpoint(tmp_path / "meta", sd, ref.config.decoder, text_encoder_name="test-org/tiny-t5",
+                          encodec_state=ref.audio_encoder.state_dict(), encodec_config=ref.config.audio_encoder,
+                          pretrained_name=None)
+    meta = load_model(str(tmp_path / "meta"), device="cpu")
+    assert meta.melody is not None and meta.melody.chroma_frames == 235
+    chroma = np.eye(12, dtype=np.float32)[np.random.default_rng(0).integers(0, 12, 60)]
+    greedy = SamplingSettings(greedy=True)
+    ours = open_stream(meta, "jazz piano", greedy, frames=60, melody=chroma).run()
+    expected = open_stream(_fp16_rounded_model(ref, tmp_path / "rounded"), "jazz piano", greedy, frames=60, melody=chroma).run()
+    assert torch.equal(ours, expected)
