@@ -15,49 +15,12 @@ import time
 
 import numpy as np
 import torch
-from transformers import EncodecConfig, EncodecModel
+from transformers import EncodecModel
 
+from bridge.bench import random_codec
 from engine.stream_decode import StreamingDecoder
 
 FRAME_RATE = 50
-
-
-def musicgen_codec_config() -> EncodecConfig:
-    """The values of facebook/encodec_32khz's config.json (the codec inside every MusicGen checkpoint)."""
-    return EncodecConfig(
-        audio_channels=1,
-        sampling_rate=32000,
-        target_bandwidths=[2.2],
-        num_filters=64,
-        upsampling_ratios=[8, 5, 4, 4],
-        num_lstm_layers=2,
-        num_residual_layers=1,
-        codebook_size=2048,
-        codebook_dim=128,
-        hidden_size=128,
-        kernel_size=7,
-        last_kernel_size=7,
-        residual_kernel_size=3,
-        dilation_growth_rate=2,
-        compress=2,
-        norm_type="weight_norm",
-        pad_mode="reflect",
-        normalize=False,
-        use_causal_conv=False,
-        use_conv_shortcut=False,
-        trim_right_ratio=1.0,
-        chunk_length_s=None,
-        overlap=None,
-    )
-
-
-def random_codec(seed: int = 0) -> EncodecModel:
-    torch.manual_seed(seed)
-    codec = EncodecModel(musicgen_codec_config()).eval()
-    with torch.no_grad():  # codebooks start at zero in transformers; spread them so the codes matter
-        for layer in codec.quantizer.layers:
-            layer.codebook.embed.normal_(0.0, 10.0)
-    return codec
 
 
 def snr_db(test: np.ndarray, reference: np.ndarray) -> float:

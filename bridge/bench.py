@@ -48,6 +48,26 @@ def musicgen_codec_config():
     )
 
 
+def spread_codebooks(codec) -> None:
+    """transformers initializes EnCodec's codebooks to zeros; random ones make different codes decode differently."""
+    import torch
+
+    with torch.no_grad():
+        for layer in codec.quantizer.layers:
+            layer.codebook.embed.normal_(0.0, 10.0)
+
+
+def random_codec(seed: int = 0):
+    """The full-size 32 kHz codec with random weights (for decode timings)."""
+    import torch
+    from transformers import EncodecModel
+
+    torch.manual_seed(seed)
+    codec = EncodecModel(musicgen_codec_config()).eval()
+    spread_codebooks(codec)
+    return codec
+
+
 def small_shape_config(n_layers: int = 24):
     """transformers' MusicgenConfig of musicgen-small's decoder shape, a one-layer T5 768 wide, the real codec."""
     from transformers import MusicgenConfig, MusicgenDecoderConfig, T5Config
@@ -68,9 +88,7 @@ def small_shape_model(n_layers: int = 24, seed: int = 0):
 
     torch.manual_seed(seed)
     model = MusicgenForConditionalGeneration(small_shape_config(n_layers)).eval()
-    with torch.no_grad():  # codebooks start at zero in transformers; spread them so that codes decode differently
-        for layer in model.audio_encoder.quantizer.layers:
-            layer.codebook.embed.normal_(0.0, 10.0)
+    spread_codebooks(model.audio_encoder)
     return model
 
 
@@ -186,15 +204,10 @@ def worker_transformers(folder: Path, dtype: str, steps: int) -> dict:
 def worker_decode(chunks: int) -> dict:
     """Streaming EnCodec decode of 1 s chunks on the full-size codec (benchmarks/stream_decode.py's setup)."""
     import torch
-    from transformers import EncodecModel
 
     from engine.stream_decode import StreamingDecoder
 
-    torch.manual_seed(0)
-    codec = EncodecModel(musicgen_codec_config()).eval()
-    with torch.no_grad():
-        for layer in codec.quantizer.layers:
-            layer.codebook.embed.normal_(0.0, 10.0)
+    codec = random_codec()
     codes = torch.randint(0, 2048, (4, chunks * FRAME_RATE), generator=torch.Generator().manual_seed(1))
     decoder = StreamingDecoder(codec, 1)
     times = []
