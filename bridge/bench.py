@@ -142,12 +142,13 @@ def worker_ours(folder: Path, dtype: str, steps: int) -> dict:
     import torch
 
     from engine.checkpoint import load_model
-    from engine.generate import open_stream
+    from engine.generate import open_stream, warm_up
     from engine.session import StreamSession
 
     base = rss_mb()
     t0 = time.perf_counter()
     model = load_model(str(folder), device="cpu", dtype=dtype)
+    warm_up(model)  # as `serve` does before it says ready: tracing the step is part of loading
     load_s, loaded = time.perf_counter() - t0, rss_mb()
 
     # Time to first audio: a streaming session's first 1 s chunk (T5, prefill, steps, codec decode). Also warms up.

@@ -195,6 +195,7 @@ class BridgeServer:
                                     max_queued=self.config.max_queued, on_change=self._state_changed)
             self._set_load_state("loading")
             model = load_model(self.config.model, device=self.config.device, dtype=self.config.dtype)
+            _warm_up(model)
         except Exception as exc:
             if not isinstance(exc, UserError):
                 log.exception("loading the model failed")
@@ -492,3 +493,13 @@ def serve(config: ServeConfig) -> int:
     server = BridgeServer(config)
     return server.serve_until_signal()
 
+
+
+def _warm_up(model) -> None:
+    """One-time costs (the traced CPU step) are paid before the server says ready, not by the first take."""
+    from engine.generate import warm_up
+
+    try:
+        log.info("warmed up in %.1f s", warm_up(model))
+    except Exception:  # a model that cannot warm up may still serve; its first request will say what is wrong
+        log.exception("warming up the model failed")

@@ -17,13 +17,17 @@ D model width, H heads, L cache length.
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,28 +61,39 @@ def sinusoids(positions: Tensor, dim: int) -> Tensor:
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     """softmax(q k^T / sqrt(d) + mask) v over [B, H, T|L, d]; `mask` is boolean (True = attend) or None."""
     if mask is None and q.shape[-2] == 1 and q.device.type == "cpu":
-        # One query: two batched matmuls over [B*H] views of the cache (no copies). SDPA's CPU kernel costs more
-        # in setup than this math at T=1, and in bf16 it is several times slower.
+        # One query: two batched matmuls over [B*H] views of the cache (no copies), the 1/sqrt(d) scale folded
+        # into the first one's alpha. SDPA's CPU kernel costs more in setup than this math at T=1, and in bf16
+        # it is several times slower.
         B, H, _, d = q.shape
         L = k.shape[-2]
-        w = torch.softmax(torch.bmm(q.reshape(B * H, 1, d) * (1.0 / math.sqrt(d)), k.reshape(B * H, L, d).transpose(1, 2)), dim=-1)
-        return torch.bmm(w, v.reshape(B * H, L, d)).view(B, H, 1, d)
+        scores = torch.baddbmm(_NO_BIAS.to(q.dtype), q.reshape(B * H, 1, d), k.reshape(B * H, L, d).transpose(1, 2), beta=0, alpha=1.0 / math.sqrt(d))
+        return torch.bmm(torch.softmax(scores, dim=-1), v.reshape(B * H, L, d)).view(B, H, 1, d)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
+_NO_BIAS = torch.zeros(1, 1, 1)  # baddbmm's added term, ignored with beta=0
+
+
 class KVCache(nn.Module):
-    """Keys and values for every position of one generation, written in place at `input_pos`."""
+    """Keys and values for every position of one generation, one buffer [2 (k, v), B, H, L, d] written in place
+    at `input_pos` (one copy per step for both)."""
 
     def __init__(self, batch: int, n_heads: int, max_len: int, head_dim: int, dtype: torch.dtype, device):
         super().__init__()
-        shape = (batch, n_heads, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        shape = (2, batch, n_heads, max_len, head_dim)
+        self.register_buffer("kv", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        self.k.index_copy_(2, input_pos, k)
-        self.v.index_copy_(2, input_pos, v)
-        return self.k, self.v
+    @property
+    def k(self) -> Tensor:
+        return self.kv[0]
+
+    @property
+    def v(self) -> Tensor:
+        return self.kv[1]
+
+    def update(self, input_pos: Tensor, kv: Tensor) -> Tensor:
+        """Write kv [2, B, H, T, d] at positions `input_pos` [T]; returns the whole cache."""
+        return self.kv.index_copy_(3, input_pos, kv)
 
 
 class SelfAttention(nn.Module):
@@ -92,11 +107,11 @@ class SelfAttention(nn.Module):
     def forward(self, x: Tensor, input_pos: Tensor, mask: Tensor | None, kv_len: int | None) -> Tensor:
         B, T, D = x.shape
         # Linears may answer in a narrower dtype than the activations (engine/quantize.py): q, k, v are cast back.
-        q, k, v = self.wqkv(x).to(x.dtype).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        k, v = self.kv_cache.update(input_pos, k, v)
+        qkv = self.wqkv(x).to(x.dtype).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        kv = self.kv_cache.update(input_pos, qkv[1:])
         if kv_len is not None:  # only the filled part of the cache takes part
-            k, v = k[:, :, :kv_len], v[:, :, :kv_len]
-        y = attend(q, k, v, mask)
+            kv = kv[:, :, :, :kv_len]
+        y = attend(qkv[0], kv[0], kv[1], mask)
         return self.wo(y.transpose(1, 2).reshape(B, T, D))
 
 
@@ -164,6 +179,7 @@ class MusicGenLM(nn.Module):
         self.max_len = 0
         self.weight_dtype: torch.dtype | None = None  # set when the linear weights differ from the activations
         self._graphed: GraphedStep | None = None
+        self._traced: TracedStep | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -216,18 +232,116 @@ class MusicGenLM(nn.Module):
         attends to the whole cache under the causal mask rows of `input_pos`.
         Returns logits [B, K, T', card] in float32, T' = 1 (the last position) when `last_only`.
         """
-        B, T, _ = h.shape
-        h = (h.float() + self.pos_table[input_pos]).to(self.act_dtype)
+        h = self.positioned(h, input_pos)
+        T = h.shape[1]
         if kv_len is None:
             mask = self.causal[input_pos][None, None]
         else:
             mask = None if T == 1 else self.causal[input_pos, :kv_len][None, None]
+        return self.layers_and_heads(h, input_pos, mask, kv_len, last_only)
+
+    def positioned(self, h: Tensor, input_pos: Tensor) -> Tensor:
+        """Embedded inputs [B, T, D] plus the position table rows of `input_pos`, in `act_dtype`."""
+        return (h.float() + self.pos_table[input_pos]).to(self.act_dtype)
+
+    def layers_and_heads(self, h: Tensor, input_pos: Tensor, mask: Tensor | None, kv_len: int | None, last_only: bool = True) -> Tensor:
+        """The decoder proper, from positioned inputs [B, T, D] in `act_dtype` to logits (see `forward`)."""
+        B = h.shape[0]
         for layer in self.layers:
             h = layer(h, input_pos, mask, kv_len)
         if last_only:
             h = h[:, -1:]
         logits = self.heads(self.out_norm(h))  # [B, T', K * card]
         return logits.view(B, h.shape[1], self.cfg.n_codebooks, self.cfg.card).transpose(1, 2).float()
+
+    def traced_step(self) -> "TracedStep":
+        """This LM's TorchScript decode step for CPU (traced on first use, kept across generations)."""
+        if self._traced is None:
+            self._traced = TracedStep(self)
+        return self._traced
+
+
+class _StepGraph(nn.Module):
+    """What `TracedStep` traces: the one-column sliced step with the per-generation tensors as inputs.
+
+    The caches and the cross-attention keys/values are bound to the layers for the duration of the call, so the
+    tracer sees them as inputs, not as constants: one trace serves every generation and prompt. The cache length
+    to attend to arrives as the length of `lengths` (a view of a spare buffer), which the tracer keeps symbolic.
+    """
+
+    def __init__(self, lm: "MusicGenLM"):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, h: Tensor, input_pos: Tensor, lengths: Tensor, kvs: list[Tensor], cross: list[Tensor] | None = None) -> Tensor:
+        lm = self.lm
+        saved = [(l.attn.kv_cache.kv, l.cross.k if l.cross is not None else None, l.cross.v if l.cross is not None else None) for l in lm.layers]
+        try:
+            for i, layer in enumerate(lm.layers):
+                layer.attn.kv_cache.kv = kvs[i]
+                if layer.cross is not None:
+                    layer.cross.k, layer.cross.v = cross[2 * i], cross[2 * i + 1]
+            return lm.layers_and_heads(h, input_pos, None, lengths.shape[0])
+        finally:
+            for layer, (kv, k, v) in zip(lm.layers, saved):
+                layer.attn.kv_cache.kv = kv
+                if layer.cross is not None:
+                    layer.cross.k, layer.cross.v = k, v
+
+
+class TracedStep:
+    """One decode step (T = 1, sliced) as a frozen TorchScript graph: the CPU's way past per-op overhead.
+
+    In eager mode a step is ~1,500 small tensor ops, each paying Python and dispatch costs (~1-2 ms a step on the
+    test CPU, 5-10% of an int8 step); the graph runs the same ops without them (benchmarks/RESULTS.md). Traced
+    once per batch size and activation dtype; the caches, the conditioning and the position are inputs, so
+    generations, windows and prompts of any length reuse it. torch.jit is deprecated in torch 2.x: if tracing
+    fails, the step runs eagerly (`engine.token_stream.USE_TRACED_STEP = False` turns it off).
+    """
+
+    def __init__(self, lm: "MusicGenLM"):
+        self.lm = lm
+        self.graphs: dict[tuple, torch.jit.ScriptModule] = {}
+        self.lengths = torch.empty(0)
+        self.failed = False
+
+    def _inputs(self, h: Tensor, input_pos: Tensor, kv_len: int) -> tuple:
+        lm = self.lm
+        if self.lengths.numel() < kv_len:
+            self.lengths = torch.empty(max(kv_len, lm.max_len), dtype=torch.uint8)
+        kvs = [layer.attn.kv_cache.kv for layer in lm.layers]
+        cross = [t for layer in lm.layers if layer.cross is not None for t in (layer.cross.k, layer.cross.v)]
+        # A model without cross-attention (melody) has no such inputs: the tracer refuses empty lists.
+        return (h, input_pos, self.lengths[:kv_len], kvs, cross) if cross else (h, input_pos, self.lengths[:kv_len], kvs)
+
+    @torch.inference_mode()
+    def __call__(self, h: Tensor, input_pos: Tensor, kv_len: int) -> Tensor:
+        """Positioned inputs [B, 1, D] (act_dtype) at `input_pos` [1] -> logits [B, K, 1, card] (float32)."""
+        args = self._inputs(h, input_pos, kv_len)
+        key = (h.shape[0], h.dtype)
+        graph = self.graphs.get(key)
+        if graph is None and not self.failed:
+            graph = self._trace(args, key)
+        if graph is None:
+            return self.lm.layers_and_heads(h, input_pos, None, kv_len)
+        # The plain interpreter: the profiling executor's first runs cost ~0.4 s and its passes gain nothing here.
+        with torch.jit.optimized_execution(False):
+            return graph(*args)
+
+    def _trace(self, args: tuple, key: tuple):
+        # Tracing runs the step once: it writes this step's keys and values at this step's position, as the
+        # call itself will again, so the cache ends up the same.
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                graph = torch.jit.freeze(torch.jit.trace(_StepGraph(self.lm).eval(), args, check_trace=False))
+        except Exception as e:  # noqa: BLE001 - any tracer failure means: run eagerly
+            first_line = (str(e).strip().splitlines() or [""])[0][:200]
+            log.warning("tracing the decode step failed (%s: %s); running it eagerly", type(e).__name__, first_line)
+            self.failed = True
+            return None
+        self.graphs[key] = graph
+        return graph
 
 
 class GraphedStep:

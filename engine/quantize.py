@@ -21,7 +21,9 @@ original weights as it goes (so peak memory grows by one matrix, not by the mode
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
+from typing import List, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -89,10 +91,29 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # Returns the weight's dtype: the LM casts where it must (q, k, v) and lets the residual adds promote.
+        if torch.jit.is_tracing():  # the tracer cannot type the op's empty scalar list; a scripted call can
+            return _scripted_packed_matmul()(x.to(self.weight.dtype), self.weight)
         return torch.ops.mkldnn._linear_pointwise(x.to(self.weight.dtype), self.weight, None, "none", [], "")
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, {str(self.weight.dtype).replace('torch.', '')}, oneDNN"
+
+
+def _packed_matmul(x: Tensor, w: Tensor) -> Tensor:
+    no_scalars: List[Optional[Union[int, float, complex]]] = []
+    return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", no_scalars, "")
+
+
+_SCRIPTED_PACKED_MATMUL = None
+
+
+def _scripted_packed_matmul():
+    global _SCRIPTED_PACKED_MATMUL
+    if _SCRIPTED_PACKED_MATMUL is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            _SCRIPTED_PACKED_MATMUL = torch.jit.script(_packed_matmul)
+    return _SCRIPTED_PACKED_MATMUL
 
 
 def quantize_rows(weight: Tensor) -> tuple[Tensor, Tensor]:

@@ -3,6 +3,10 @@
 Meta's recipe: logits = uncond + (cond - uncond) * cfg; softmax(logits / temperature); top-k on the
 probabilities keeping ties with the k-th, or top-p when top_p > 0; renormalize; one draw per codebook from a
 generator owned by the request, so a seed gives the same music whatever else is running.
+
+The draw is the exponential race that `torch.multinomial` runs for one sample (argmax of p_i / E_i with E_i ~
+Exp(1) picks i with probability p_i), with the exponentials made from `torch.rand`: on CPU `exponential_` with
+a generator costs ~260 us per step for 4 x 2048 values, `rand` ~40 us.
 """
 
 from __future__ import annotations
@@ -73,9 +77,15 @@ def sample(logits: Tensor, settings: SamplingSettings, generator: torch.Generato
     elif settings.top_k > 0:
         kth = torch.topk(probs, settings.top_k, dim=-1).values[..., -1:]
         probs = probs * (probs >= kth)  # >= keeps every token tied with the k-th
-    probs = probs / probs.sum(dim=-1, keepdim=True)
-    flat = probs.reshape(-1, probs.shape[-1])
-    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+    return draw(probs, generator)
+
+
+def draw(probs: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One index per row of non-negative weights [..., V] (need not sum to 1), index i with probability p_i / sum p."""
+    u = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=torch.float32)
+    # E = -log(1 - u) ~ Exp(1); u = 0 gives E = 0, kept finite so a zero weight never wins by 0/0.
+    race = probs / (-torch.log1p(-u)).clamp_min_(1e-30)
+    return race.argmax(dim=-1)
 
 
 def _top_p(probs: Tensor, p: float) -> Tensor:

@@ -26,6 +26,7 @@ from engine.pattern import DelayPattern
 from engine.sampling import SamplingSettings, guide, make_generator, resolve_seed, sample
 
 USE_CUDA_GRAPHS = True  # decode steps on CUDA replay one captured graph (engine.lm.GraphedStep)
+USE_TRACED_STEP = True  # decode steps on CPU run one traced TorchScript graph (engine.lm.TracedStep)
 
 
 @dataclass
@@ -89,6 +90,7 @@ class TokenStream:
         longest = window_frames if self.end is None else min(window_frames, self.end)
         lm.setup_caches(cond.batch, max_prefix + pattern.columns(longest))
         self.graphed = lm.graphed_step() if USE_CUDA_GRAPHS and self.device.type == "cuda" else None
+        self.traced = lm.traced_step() if USE_TRACED_STEP and self.device.type == "cpu" else None
         if cond.cross is not None:
             lm.set_condition(cond.cross)
         self._start_window(0)
@@ -146,6 +148,8 @@ class TokenStream:
             input_pos = torch.tensor([P + self.col - 1], device=self.device)
             if self.graphed is not None:
                 logits = self.graphed(tokens, input_pos)[:, :, -1]
+            elif self.traced is not None:
+                logits = self.traced(self.lm.positioned(self.lm.embed(tokens), input_pos), input_pos, P + self.col)[:, :, -1]
             else:
                 logits = self.lm(self.lm.embed(tokens), input_pos, kv_len=P + self.col)[:, :, -1]
         if self.col == 0:

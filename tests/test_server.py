@@ -51,6 +51,8 @@ def test_ping_answers_at_once_and_status_goes_ready(bridge):
     bridge.send("/status")
     state, model, steps, queued = bridge.listener.wait("/status", lambda a: a[0] == "ready" and a[1])[1]
     assert model == "random-tiny" and queued == 0 and steps >= 0
+    log = bridge.log()  # the one-time costs (the traced CPU step) were paid before it said ready
+    assert "warmed up in" in log and log.index("warmed up in") < log.index("ready after")
 
 
 def test_heartbeat_counts_up_every_second(bridge):

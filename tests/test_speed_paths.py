@@ -211,6 +211,106 @@ def test_graphed_step_logic_on_cpu(monkeypatch):
     assert len(captures) == 3
 
 
+def _prepared_lm(weights, melody=False):
+    lm = _tiny_lm(melody=melody)
+    return prepare_for_cpu(lm, weights) if weights else lm
+
+
+@pytest.mark.parametrize("weights,melody", [(None, False), (None, True),
+                                            pytest.param("bfloat16", False, marks=needs_onednn),
+                                            pytest.param("float32", False, marks=needs_onednn), ("int8", False)])
+def test_traced_step_equals_eager_step(weights, melody):
+    """The traced step computes exactly the eager step's logits, at every cache length, for two generations of
+    other lengths and prompts (one trace serves them all), with the caches it writes equal too."""
+    traced, eager = _prepared_lm(weights, melody), _prepared_lm(weights, melody)
+    step = traced.traced_step()
+    assert traced.traced_step() is step
+    g = torch.Generator().manual_seed(3)
+    for B, T, S, max_len in ((2, 18, 6, 24), (2, 30, 9, 40), (1, 12, 4, 16)):
+        tokens = torch.randint(0, 2048, (B, 4, T), generator=g)
+        for lm in (traced, eager):
+            lm.setup_caches(B, max_len)
+            if not melody:
+                cond = torch.randn(B, S, lm.cfg.dim, generator=torch.Generator().manual_seed(S))
+                lm.set_condition(cond)
+        with torch.inference_mode():
+            for lm in (traced, eager):
+                lm(lm.embed(tokens[..., :3]), torch.arange(3), kv_len=3)
+            for t in range(3, T):
+                pos = torch.tensor([t])
+                got = step(traced.positioned(traced.embed(tokens[..., t : t + 1]), pos), pos, t + 1)
+                want = eager(eager.embed(tokens[..., t : t + 1]), pos, kv_len=t + 1)
+                assert torch.equal(got, want), (B, t)
+        assert torch.equal(traced.layers[0].attn.kv_cache.kv, eager.layers[0].attn.kv_cache.kv)
+    assert sorted(step.graphs) == [(1, torch.float32), (2, torch.float32)]  # one trace per batch size
+
+
+def test_traced_step_keeps_no_old_cache_alive():
+    """Caches and conditioning are inputs of the graph, not constants: a new generation's buffers replace the
+    old ones, which are freed (an endless window's cache is ~600 MB at full size)."""
+    import gc
+    import weakref
+
+    lm = _tiny_lm()
+    lm.setup_caches(2, 40)
+    lm.set_condition(torch.randn(2, 5, lm.cfg.dim))
+    old_kv, old_k = weakref.ref(lm.layers[0].attn.kv_cache.kv), weakref.ref(lm.layers[0].cross.k)
+    with torch.inference_mode():
+        pos = torch.tensor([0])
+        lm.traced_step()(lm.positioned(lm.embed(torch.zeros(2, 4, 1, dtype=torch.long)), pos), pos, 1)
+    assert lm.traced_step().graphs
+    lm.setup_caches(2, 48)
+    lm.set_condition(torch.randn(2, 7, lm.cfg.dim))
+    gc.collect()
+    assert old_kv() is None and old_k() is None
+
+
+def test_token_stream_uses_the_traced_step_and_matches_eager(tiny_mono, monkeypatch):
+    import engine.token_stream as ts
+
+    model = load_model(str(tiny_mono[0]), device="cpu", dtype="float32")
+    sampled = SamplingSettings(top_k=50, cfg=3.0, seed=11)
+    runs = {}
+    for traced in (False, True):
+        monkeypatch.setattr(ts, "USE_TRACED_STEP", traced)
+        stream = open_stream(model, "techno drums", sampled, frames=40)
+        assert (stream.traced is not None) == traced
+        runs[traced] = stream.run().clone()
+    assert torch.equal(runs[True], runs[False])
+    assert model.lm.traced_step().graphs  # it was used
+
+
+def test_warm_up_traces_the_step_before_the_first_request(tiny_mono):
+    from engine.generate import warm_up
+
+    model = load_model(str(tiny_mono[0]), device="cpu", dtype="float32")
+    assert not model.lm.traced_step().graphs
+    assert warm_up(model) > 0
+    assert (2, torch.float32) in model.lm.traced_step().graphs  # guided requests (batch 2) find it ready
+
+
+def test_traced_step_falls_back_to_eager_when_tracing_fails(monkeypatch, caplog):
+    lm, eager = _tiny_lm(), _tiny_lm()
+
+    def refuse(*a, **k):
+        raise RuntimeError("no tracer here")
+
+    monkeypatch.setattr(torch.jit, "trace", refuse)
+    step = lm.traced_step()
+    tokens = torch.randint(0, 2048, (2, 4, 8), generator=torch.Generator().manual_seed(5))
+    cond = torch.randn(2, 5, lm.cfg.dim)
+    for m in (lm, eager):
+        m.setup_caches(2, 8)
+        m.set_condition(cond)
+    with caplog.at_level("WARNING"), torch.inference_mode():
+        for t in range(8):
+            pos = torch.tensor([t])
+            got = step(lm.positioned(lm.embed(tokens[..., t : t + 1]), pos), pos, t + 1)
+            assert torch.equal(got, eager(eager.embed(tokens[..., t : t + 1]), pos, kv_len=t + 1))
+    assert step.failed and not step.graphs
+    assert sum("tracing the decode step failed" in r.message for r in caplog.records) == 1  # said once
+
+
 # ------------------------------------------------------------------------------------------------ GPU only
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
