@@ -31,7 +31,7 @@ FRAME_RATE = 50
 ROWS = ("hf-fp32", "hf-bf16", "ours-fp32", "ours-bf16", "ours-int8", "decode")
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8"}
 PROMPT = "warm lo fi hip hop with soft drums and piano 90 bpm"
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "musicgen-bridge" / "bench-small"
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "musicgen-bridge" / "bench-small-t5base"
 
 
 # ------------------------------------------------------------------------------------------- the model
@@ -69,12 +69,12 @@ def random_codec(seed: int = 0):
 
 
 def small_shape_config(n_layers: int = 24):
-    """transformers' MusicgenConfig of musicgen-small's decoder shape, a one-layer T5 768 wide, the real codec."""
+    """transformers' MusicgenConfig of musicgen-small: its decoder shape, t5-base's shape (12 layers, 768 wide,
+    32128 tokens; the test tokenizer uses a few of them), the real codec. Full size, so that memory is a real
+    checkpoint's."""
     from transformers import MusicgenConfig, MusicgenDecoderConfig, T5Config
 
-    from engine.tiny import WORDS
-
-    t5 = T5Config(vocab_size=len(WORDS) + 3, d_model=768, d_kv=64, d_ff=768, num_layers=1, num_heads=12,
+    t5 = T5Config(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12,
                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
     decoder = MusicgenDecoderConfig(vocab_size=2048, hidden_size=1024, num_hidden_layers=n_layers, num_attention_heads=16,
                                     ffn_dim=4096, num_codebooks=4, max_position_embeddings=2048, audio_channels=1)
@@ -93,7 +93,7 @@ def small_shape_model(n_layers: int = 24, seed: int = 0):
 
 
 def ensure_checkpoint(folder: Path) -> Path:
-    """The small-shape checkpoint in Hugging Face format (written once; about 1.9 GB)."""
+    """The small-shape checkpoint in Hugging Face format (written once; about 2.4 GB)."""
     folder = Path(folder)
     if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
         return folder

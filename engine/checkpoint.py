@@ -275,9 +275,32 @@ def _no_init():
     return no_init_weights()
 
 
-def _submodel(cls, config, sd: dict[str, Tensor], prefix: str, what: str):
-    """transformers' `cls` holding the `prefix` tensors of `sd` (taken out of `sd`: the model owns them now)."""
-    state = {k[len(prefix):]: sd.pop(k).float() for k in [k for k in sd if k.startswith(prefix)]}
+def text_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The T5 encoder's precision for an LM loaded in `dtype`: bf16 for bf16 and int8 models (weights straight
+    into the target dtype; T5 was trained in bf16), fp32 otherwise (fp16 overflows in T5's feed-forward)."""
+    return torch.bfloat16 if dtype in (torch.bfloat16, torch.int8) else torch.float32
+
+
+def _keeps_fp32(cls, name: str) -> bool:
+    """Whether transformers keeps the weight `name` of `cls` in fp32 whatever the model's dtype (T5: `wo`)."""
+    keep = getattr(cls, "_keep_in_fp32_modules", None) or []
+    return any(part in keep for part in name.split("."))
+
+
+def narrow_text_encoder(t5, dtype: torch.dtype):
+    """A ready-made T5 in `dtype`, its keep-in-fp32 layers left in fp32 (in place)."""
+    with torch.no_grad():
+        for name, p in t5.named_parameters():
+            p.data = p.data.float() if _keeps_fp32(type(t5), name) else p.data.to(dtype)
+    return t5
+
+
+def _submodel(cls, config, sd: dict[str, Tensor], prefix: str, what: str, dtype: torch.dtype = torch.float32):
+    """transformers' `cls` holding the `prefix` tensors of `sd` (taken out of `sd`: the model owns them now), in
+    `dtype` except for the layers transformers keeps in fp32."""
+    state = {k[len(prefix):]: sd.pop(k) for k in [k for k in sd if k.startswith(prefix)]}
+    for k, t in state.items():  # one tensor at a time: the stored copy is freed as its converted one is made
+        state[k] = t.float() if dtype == torch.float32 or _keeps_fp32(cls, k) else t.to(dtype)
     # Built empty and handed the tensors themselves: no random init, no second copy (peak memory).
     with torch.device("meta"):
         model = cls(config)
@@ -325,7 +348,8 @@ def _returning_freed_memory():
 
 
 def load_model(spec: str, device: str = "auto", dtype: str = "float32") -> MusicGen:
-    """The MusicGen named by `spec` on `device` in `dtype` (T5 and EnCodec stay float32; dtype may be int8)."""
+    """The MusicGen named by `spec` on `device` in `dtype` (dtype may be int8). EnCodec stays fp32; T5 follows
+    `text_dtype`."""
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     with _returning_freed_memory():
         return _load_model(spec, dev, dt)
@@ -372,7 +396,10 @@ def _assemble(name: str, cfg: dict, sd: dict[str, Tensor], tokenizer, device, dt
     lm = build_lm(lmcfg, lm_state, device, dtype)
     channels = int(cfg["decoder"].get("audio_channels", 1))
     if t5 is None:
-        t5 = _submodel(T5EncoderModel, T5Config.from_dict(cfg["text_encoder"]), sd, "text_encoder.", "T5 text encoder")
+        t5 = _submodel(T5EncoderModel, T5Config.from_dict(cfg["text_encoder"]), sd, "text_encoder.", "T5 text encoder",
+                       dtype=text_dtype(dtype))
+    else:
+        t5 = narrow_text_encoder(t5, text_dtype(dtype))
     text = TextConditioner(tokenizer, t5.to(device), _to(_linear(sd, "enc_to_dec_proj"), device))
     if encodec is None:
         encodec = _submodel(EncodecModel, EncodecConfig.from_dict(cfg["audio_encoder"]), sd, "audio_encoder.", "EnCodec")

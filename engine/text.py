@@ -1,4 +1,8 @@
-"""Text conditioning: the checkpoint's T5 encoder (fp32, through transformers) and its projection to the LM.
+"""Text conditioning: the checkpoint's T5 encoder (through transformers) and its projection to the LM.
+
+T5 comes in the precision the loader chose (engine/checkpoint.py `text_dtype`): fp32, or bf16 storage and compute
+for bf16 and int8 models (half its memory: 220 MB less for t5-base; T5 was trained in bf16), with the layers
+transformers keeps in fp32 for stability (T5's `wo`) kept there. The projected states are always fp32.
 
 The null condition used for classifier-free guidance is the empty description with its mask zeroed, so its
 projected states are all zeros; an empty prompt is therefore unconditional generation.
@@ -15,7 +19,7 @@ class TextConditioner(nn.Module):
     def __init__(self, tokenizer, t5: nn.Module, proj: nn.Linear | None):
         super().__init__()
         self.tokenizer = tokenizer
-        self.t5 = t5.float().eval()  # T5 stays fp32: it runs once per request and is sensitive to half precision
+        self.t5 = t5.eval()
         self.proj = proj  # None when T5's width already equals the LM's (the checkpoint then has no projection)
 
     @property
@@ -32,7 +36,7 @@ class TextConditioner(nn.Module):
         states = self.t5(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         if self.proj is not None:
             states = self.proj(states.to(self.proj.weight.dtype)).float()
-        return states * batch["attention_mask"][..., None]
+        return states.float() * batch["attention_mask"][..., None]
 
     def condition(self, prompt: str, guidance: bool) -> Tensor:
         """[cond; uncond] states [2, S, D] with guidance, [1, S, D] without."""

@@ -81,10 +81,21 @@ def test_random_tiny_warns_and_makes_audio(caplog):
     assert codes.shape == (4, 10) and int(codes.max()) < 2048
 
 
-def test_bfloat16_runs_and_keeps_t5_in_fp32(tiny_mono):
-    model = load_model(str(tiny_mono[0]), device="cpu", dtype="bfloat16")
-    assert model.lm.dtype == torch.bfloat16
-    assert next(model.text.t5.parameters()).dtype == torch.float32
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_narrow_models_load_t5_in_bf16_and_condition_as_fp32_does(tiny_mono, mono_model, dtype):
+    """bf16 and int8 models keep T5 in bf16 (its `wo` layers in fp32, as transformers does); the projected text
+    states stay within bf16 rounding of the fp32 T5's, and generation runs."""
+    model = load_model(str(tiny_mono[0]), device="cpu", dtype=dtype)
+    assert model.lm.dtype == getattr(torch, dtype)
+    dtypes = {name: p.dtype for name, p in model.text.t5.named_parameters()}
+    assert {d for n, d in dtypes.items() if ".wo." in n} == {torch.float32}
+    assert {d for n, d in dtypes.items() if ".wo." not in n} == {torch.bfloat16}
+    assert next(mono_model.text.t5.parameters()).dtype == torch.float32  # fp32 models keep fp32
+    prompt = "warm lo-fi piano with soft drums"
+    narrow, wide = model.text.encode(prompt), mono_model.text.encode(prompt)
+    assert narrow.dtype == torch.float32 and narrow.shape == wide.shape
+    cos = torch.nn.functional.cosine_similarity(narrow.flatten(0, 1), wide.flatten(0, 1), dim=-1)
+    assert cos.min() > 0.999, cos
     codes = _codes(model, frames=20)
     assert codes.shape == (4, 20) and int(codes.max()) < 2048
 
