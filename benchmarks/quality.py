@@ -2,6 +2,8 @@
 
 For bf16 and int8 weights: mean cosine similarity of the logits, mean KL(p_fp32 || p) of their softmax (nats per
 token) and top-1 agreement, over `--steps` steps of one fixed token sequence, both guidance rows, all codebooks.
+Then the text encoder: T5 (t5-base's shape) in bf16, as bf16 and int8 models load it, against fp32: cosine of
+its output states per token.
 
     python benchmarks/quality.py [--steps 100]
 """
@@ -22,6 +24,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=100)
     a = p.parse_args()
     ref = small_shape_model()
+    t5 = ref.text_encoder
     cfg = lm_config(ref.config.decoder.to_dict(), cross_attention=True)
     state = lm_state_from_hf({k: v for k, v in ref.state_dict().items() if k.startswith("decoder.")}, cfg)
     del ref
@@ -38,6 +41,21 @@ def main() -> None:
         r = logit_agreement(fp32, lm, tokens, cond)
         print(f"| {name} | {r['cosine']:.6f} | {r['kl']:.2e} | {r['top1']:.3f} |", flush=True)
         del lm
+    text_encoder_agreement(t5)
+
+
+@torch.inference_mode()
+def text_encoder_agreement(t5) -> None:
+    import copy
+
+    from engine.checkpoint import narrow_text_encoder
+
+    ids = torch.randint(3, 32128, (4, 24), generator=torch.Generator().manual_seed(1))  # 4 prompts of 24 tokens
+    wide = t5(input_ids=ids).last_hidden_state
+    narrow = narrow_text_encoder(copy.deepcopy(t5), torch.bfloat16)(input_ids=ids).last_hidden_state.float()
+    cos = torch.nn.functional.cosine_similarity(wide, narrow, dim=-1)
+    print(f"\nT5 in bf16 against fp32, {ids.numel()} tokens: cosine of the output states mean {cos.mean():.6f}, "
+          f"min {cos.min():.6f}")
 
 
 if __name__ == "__main__":

@@ -131,9 +131,22 @@ def _read_safetensors(path: Path, prefixes: tuple[str, ...]):
 DECODER_LINEAR = re.compile(r"^decoder\..*(_proj|fc1|fc2|lm_heads\.\d+)\.weight$")
 
 
-def _narrow_decoder_linears(dtype: torch.dtype):
-    """A `read_hf_tensors` converter: decoder linear weights straight to `dtype`, everything else as stored."""
-    return lambda name, t: t.to(dtype) if t.is_floating_point() and DECODER_LINEAR.match(name) else t
+def _narrow_while_reading(linear_dtype: torch.dtype, t5_dtype: torch.dtype = torch.float32):
+    """A `read_hf_tensors` converter: decoder linear weights straight to `linear_dtype`, T5's to `t5_dtype` (but
+    for the layers transformers keeps in fp32), everything else as stored. Converting as each tensor is read
+    keeps the wide copies from ever being in memory together (a t5-base in fp32 is 440 MB)."""
+    from transformers import T5EncoderModel
+
+    def convert(name: str, t: Tensor) -> Tensor:
+        if not t.is_floating_point():
+            return t
+        if DECODER_LINEAR.match(name):
+            return t.to(linear_dtype)
+        if name.startswith("text_encoder.") and t5_dtype != torch.float32 and not _keeps_fp32(T5EncoderModel, name):
+            return t.to(t5_dtype)
+        return t
+
+    return convert
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -370,7 +383,7 @@ def _load_model(spec: str, dev: torch.device, dt: torch.dtype) -> MusicGen:
 
         cfg = _read_config(folder)
         sd = read_hf_tensors(folder, ("decoder.", "enc_to_dec_proj.", "audio_enc_to_dec_proj.", "text_encoder.", "audio_encoder."),
-                             convert=_narrow_decoder_linears(plan_precision(dev, dt).storage))
+                             convert=_narrow_while_reading(plan_precision(dev, dt).storage, text_dtype(dt)))
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder))
         except Exception as err:
