@@ -11,6 +11,10 @@ Two ways to call a step:
 - static (`kv_len=None`): attention reads the whole cache under a causal mask, so every step has the same
   shapes. That is what CUDA graphs need (`GraphedStep`); on CPU it gives the same numbers, more slowly.
 
+Generation's one-column steps run as a graph: `GraphedStep` (CUDA graph over the static step) on a GPU,
+`TracedStep` (TorchScript trace of the sliced step, the caches as inputs) on a CPU. Both compute what `forward`
+computes; they only remove per-op launch and dispatch costs.
+
 Shapes: B batch (2 with guidance: [cond; uncond]), K codebooks, T new positions, S conditioning length,
 D model width, H heads, L cache length.
 """

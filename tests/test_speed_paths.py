@@ -284,10 +284,11 @@ def test_token_stream_uses_the_traced_step_and_matches_eager(tiny_mono, monkeypa
     assert model.lm.traced_step().graphs  # it was used
 
 
-def test_warm_up_traces_the_step_before_the_first_request(tiny_mono):
+@pytest.mark.parametrize("which,dtype", [("tiny_mono", "float32"), ("tiny_mono", "int8"), ("tiny_melody", "bfloat16")])
+def test_warm_up_traces_the_step_before_the_first_request(which, dtype, request):
     from engine.generate import warm_up
 
-    model = load_model(str(tiny_mono[0]), device="cpu", dtype="float32")
+    model = load_model(str(request.getfixturevalue(which)[0]), device="cpu", dtype=dtype)
     assert not model.lm.traced_step().graphs
     assert warm_up(model) > 0
     assert (2, torch.float32) in model.lm.traced_step().graphs  # guided requests (batch 2) find it ready
