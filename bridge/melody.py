@@ -9,12 +9,11 @@ MIDI: passing them there is an error rather than silently ignored.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from engine.chroma import CHROMA_HOP, CHROMA_SR, NOTE_NAMES, N_CHROMA, chroma_from_audio, pitch_class_names
+from engine.chroma import CHROMA_HOP, CHROMA_SR, NOTE_NAMES, N_CHROMA, chroma_from_audio, melody_summary
 from engine.errors import UserError
 
 from .audio_io import atomic_output, load_audio
@@ -84,7 +83,6 @@ def chroma_command(
             np.save(f, chroma)
     if plot:
         plot_chroma(chroma, plot, title=Path(input).name)
-    common = ", ".join(f"{n} {c / len(chroma):.0%}" for n, c in Counter(pitch_class_names(chroma)).most_common(4))
     log.info("%s: %d chroma frames (%.1f s); most frames: %s", input, len(chroma),
-             (len(chroma) - 1) * CHROMA_HOP / CHROMA_SR, common)
+             (len(chroma) - 1) * CHROMA_HOP / CHROMA_SR, melody_summary(chroma))
     return chroma

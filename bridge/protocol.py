@@ -120,6 +120,12 @@ SETTINGS: tuple[Arg, ...] = (
     Arg("bpm_in_prompt", "i", "1 = append the song tempo to the text prompt", 0, 1, default=1),
     Arg("context_seconds", "f", "seconds of audio kept as context when continuing or jamming", 1, 30,
         default=10.0),
+    Arg("key", "s", "the song's key, e.g. 'A minor' (Live 12 sends its scale); fills {key} in prompts; empty = "
+        "the preset's key, else the melody's estimated key", allow_empty=True, max_len=32, default=""),
+    Arg("lock", "i", "1 = warp results onto the song's beat grid (tempo lock, at most 8 % stretch)", 0, 1,
+        default=1),
+    Arg("loop", "i", "1 = /generate and /continue results loop seamlessly (the end runs into the start)", 0, 1,
+        default=0),
 )
 
 MESSAGES: tuple[Message, ...] = (
@@ -142,7 +148,10 @@ MESSAGES: tuple[Message, ...] = (
             "Load a preset: a named group of settings."),
     Message("/generate", "in", (REQ, PROMPT, BARS),
             "Generate new audio from text (and the current melody, if any); replies /ack, /progress, /chunk "
-            "..., /done or /error."),
+            "..., /done or /error. With `takes` > 1, that many variations are rendered in one pass, each "
+            "announced with /take as it completes; /done then names take 0.",
+            optional=(Arg("takes", "i", "how many variations to render at once (seeds derived from the "
+                          "request's)", 1, 4),)),
     Message("/continue", "in", (REQ, WAV_PATH, BARS),
             "Continue the given recording by `bars` bars; replies like /generate.",
             optional=(Arg("prompt_bars", "i", "how many bars at the end of the recording to continue from",
@@ -186,6 +195,14 @@ MESSAGES: tuple[Message, ...] = (
             optional=(Arg("song_beat", "f", "the song beat (Live's song time) the chunk belongs on: for a jam, the "
                           "first bar line after /jam/start plus start_beat; sent once the bridge has had /transport",
                           0, None),)),
+    Message("/take", "out",
+            (REQ, Arg("index", "i", "take number, from 0", 0, 3), WAV_PATH),
+            "One take of a multi-take /generate, sent as soon as it is complete."),
+    Message("/melody", "out",
+            (Arg("source", "s", "the address that set the melody, e.g. /melody/audio", max_len=64),
+             Arg("summary", "s", "the melody the bridge heard: its most common pitch classes, e.g. "
+                 "'D 34 %, A 19 %, F 17 %'", allow_empty=True, max_len=TEXT_MAX_LEN)),
+            "A melody is ready and will be followed; sent after the /ack of the message that set it."),
     Message("/done", "out",
             (REQ, WAV_PATH, Arg("seconds", "f", "length of the result in seconds", 0, None),
              Arg("bars", "f", "length of the result in bars", 0, None)),
@@ -198,9 +215,13 @@ MESSAGES: tuple[Message, ...] = (
             (Arg("state", "s", "engine state: starting, loading, ready, busy, jamming or error", max_len=32),
              Arg("model", "s", "model name; empty when none is loaded", allow_empty=True, max_len=256),
              Arg("steps_per_s", "f", "recent decoding speed in steps per second", 0, None),
-             Arg("queued", "i", "requests waiting", 0, INT32_MAX)),
-            "Engine state, sent on change and in answer to /status.",
-            optional=(Arg("underruns", "i", "audio output underruns since start", 0, INT32_MAX),)),
+             Arg("queued", "i", "requests waiting", 0, INT32_MAX),
+             Arg("realtime", "f", "real-time factor of recent generation: seconds of audio made per second "
+                 "(below 1 a jam cannot keep up); 0 until measured", 0, None),
+             Arg("dtype", "s", "the weight format in use, e.g. int8 or bfloat16; empty before a model is "
+                 "loaded", allow_empty=True, max_len=32),
+             Arg("underruns", "i", "audio output underruns since start (0 without live output)", 0, INT32_MAX)),
+            "Engine state, sent on change and in answer to /status."),
     Message("/heartbeat", "out", (Arg("seq", "i", "counts up from 0", 0, INT32_MAX),),
             "Sent every HEARTBEAT_SECONDS; the device shows 'engine lost' after HEARTBEAT_MISSES_LOST misses."),
 )
@@ -216,6 +237,8 @@ ERRORS: dict[str, str] = {
     "bad_midi": "a MIDI file or note list is unreadable or has no notes",
     "not_found": "a named thing (preset, request id, file) does not exist",
     "cancelled": "the request was cancelled",
+    "slow": "the engine makes audio slower than real time; a jam moved its next chunks to a later bar line",
+    "engine_lost": "the engine (a remote one) cannot be reached; the bridge reconnects and resumes jams",
     "internal": "a bug in the bridge; see its log",
 }
 

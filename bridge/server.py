@@ -249,11 +249,13 @@ class BridgeServer:
 
     def send_status(self) -> None:
         runner = self.runner
-        args = [self.state, self.config.model if self._load_state == "ready" else "",
-                runner.steps_per_s if runner else 0.0, runner.queued if runner else 0]
-        if self.config.audio_device:
-            args.append(self.live.underruns if self.live else 0)
-        self.send("/status", *args)
+        ready = self._load_state == "ready"
+        steps = runner.steps_per_s if runner else 0.0
+        model = runner.model if runner else None
+        realtime = steps / model.frame_rate if model is not None and steps else 0.0
+        dtype = _dtype_name(model.lm.dtype) if ready and model is not None else ""
+        self.send("/status", self.state, self.config.model if ready else "", steps, runner.queued if runner else 0,
+                  realtime, dtype, self.live.underruns if self.live else 0)
 
     # --- OSC in and out ---
 
@@ -427,7 +429,7 @@ class BridgeServer:
 
     def _set_melody_future(self, future: Future, what: str, source: str) -> None:
         """A melody that is being extracted: jobs wait for it; /ack (or /error) when it is ready."""
-        from engine.chroma import pitch_class_names
+        from engine.chroma import melody_summary
 
         self.melody = lambda tempo, cancel: _wait_future(future, cancel)
         self._notes_req, self._notes = None, []
@@ -437,11 +439,10 @@ class BridgeServer:
                 return
             exc = f.exception()
             if exc is None:
-                chroma = f.result()
-                names = pitch_class_names(chroma)
-                common = max(set(names), key=names.count) if len(names) else "-"
-                log.info("melody from %s: %d chroma frames, mostly %s", source, len(chroma), common)
+                summary = melody_summary(f.result())
+                log.info("melody from %s: %s", source, summary)
                 self.send("/ack", -1, what)
+                self.send("/melody", what, summary)
             elif isinstance(exc, UserError):
                 self.error(-1, exc.code, f"{what}: {exc}")
             else:
@@ -462,7 +463,7 @@ class BridgeServer:
                                     greedy=s["temperature"] == 0, seed=seed).validate()
         return Request(req=req, kind=kind, prompt=prompt or s["prompt"], tempo=state.tempo, sampling=sampling,
                        chunk_bars=s["chunk_bars"], context_seconds=s["context_seconds"],
-                       tempo_in_prompt=bool(s["bpm_in_prompt"]), key=self.key, melody=self.melody, **kw)
+                       tempo_in_prompt=bool(s["bpm_in_prompt"]), key=s["key"] or self.key, melody=self.melody, **kw)
 
     def _require_model(self) -> None:
         if self._load_state == "error":
@@ -481,6 +482,10 @@ def _check_read_path(path: str, name: str) -> None:
         raise UserError(f"{name} contains a NUL character", code="bad_args")
     if not os.path.isabs(path):
         raise UserError(f"{name} must be an absolute path, got {path!r}", code="bad_args")
+
+
+def _dtype_name(dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _short(exc: Exception) -> str:

@@ -169,3 +169,13 @@ def chroma_window(chroma: np.ndarray, start_frame: int, frames: int) -> np.ndarr
 def pitch_class_names(chroma: np.ndarray) -> list[str]:
     """Note name of each frame's argmax (for logs and tests)."""
     return [NOTE_NAMES[i] for i in _check_chroma(chroma).argmax(axis=1)]
+
+
+def melody_summary(chroma: np.ndarray, most: int = 4) -> str:
+    """The melody in a few words: its most common pitch classes and their share of frames, e.g. 'D 34 %, A 19 %'."""
+    from collections import Counter
+
+    names = pitch_class_names(chroma)
+    if not names:
+        return ""
+    return ", ".join(f"{n} {round(100 * c / len(names))} %" for n, c in Counter(names).most_common(most))

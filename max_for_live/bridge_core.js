@@ -481,7 +481,7 @@ var HANDLERS = {
     this.alive();
     var text = "engine " + args[0] + (args[1] ? " · " + args[1] : "") + " · " +
       Number(args[2]).toFixed(1) + " steps/s · " + args[3] + " queued";
-    if (args.length > 4 && args[4] > 0) text += " · " + args[4] + " underruns";
+    if (args[6] > 0) text += " · " + args[6] + " underruns";
     this.ui("engine", text);
   },
   "/ack": function (args) {

@@ -93,7 +93,8 @@ def test_optional_args_all_or_none():
     assert validate("/continue", [1, "/tmp/a.wav", 4, 2]) == [1, "/tmp/a.wav", 4, 2]
     assert validate("/jam/start", [1, "", "/tmp/a.wav"]) == [1, "", "/tmp/a.wav"]
     assert bad("/tempo", [120, 4]).code == "bad_args"  # a numerator without its denominator
-    assert validate("/status", ["ready", "small", 12.5, 0, 3], "out") == ["ready", "small", 12.5, 0, 3]
+    assert validate("/generate", [1, "", 4, 3]) == [1, "", 4, 3]
+    assert bad("/generate", [1, "", 4, 5]).code == "bad_args"  # at most 4 takes
 
 
 # --- errors ---
@@ -101,8 +102,8 @@ def test_optional_args_all_or_none():
 def test_wrong_arity_names_signature():
     e = bad("/generate", [1, "x"])
     assert e.code == "bad_args"
-    assert "/generate expects i:req s:prompt i:bars; got (1, 'x')" in e.message
-    assert bad("/generate", [1, "x", 4, 5]).code == "bad_args"
+    assert "/generate expects i:req s:prompt i:bars [i:takes]; got (1, 'x')" in e.message
+    assert bad("/generate", [1, "x", 4, 2, 5]).code == "bad_args"
     assert "i:pitch f:start f:dur i:vel" in bad("/melody/notes", [1, 4.0, 60, 0, 1]).message
 
 

@@ -49,8 +49,10 @@ def test_ping_answers_at_once_and_status_goes_ready(bridge):
     statuses = [a[0] for a in bridge.listener.all("/status")]
     assert statuses.index("ready") > 0 and set(statuses[: statuses.index("ready")]) <= {"starting", "loading"}
     bridge.send("/status")
-    state, model, steps, queued = bridge.listener.wait("/status", lambda a: a[0] == "ready" and a[1])[1]
-    assert model == "random-tiny" and queued == 0 and steps >= 0
+    state, model, steps, queued, realtime, dtype, underruns = \
+        bridge.listener.wait("/status", lambda a: a[0] == "ready" and a[1])[1]
+    assert model == "random-tiny" and queued == 0 and steps >= 0 and realtime >= 0 and underruns == 0
+    assert dtype in ("float32", "bfloat16", "int8", "int4")
     log = bridge.log()  # the one-time costs (the traced CPU step) were paid before it said ready
     assert "warmed up in" in log and log.index("warmed up in") < log.index("ready after")
 

@@ -104,8 +104,8 @@ def test_generate_plays_live_from_the_next_bar_line(bridge, jack_server):  # noq
                      + bridge.listener.timed("/done", lambda a: a[0] == 1))
     assert bar_beat >= 8 and onset < first_news + 0.05 + 4 * BEAT + 0.015  # the next bar, not a later one
     bridge.send("/status")
-    status = bridge.listener.wait("/status", lambda a: len(a) == 5)[1]
-    assert status[4] >= 0  # underruns are reported when there is a live output
+    status = bridge.listener.wait("/status")[1]
+    assert status[6] >= 0  # underruns are reported when there is a live output
     print(f"live output on the bar line: {error * 1000:+.1f} ms (beat {bar_beat:g})")
 
 

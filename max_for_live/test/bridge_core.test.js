@@ -409,7 +409,7 @@ test("status, progress and ack reach the status lines", () => {
   assert.match(d.ui("status").at(-1)[0], /accepted/);
   d.bridge.receive("/progress", [req, 0.456]);
   assert.match(d.ui("status").at(-1)[0], /46%/);
-  d.bridge.receive("/status", ["ready", "facebook/musicgen-small", 31.25, 0, 2]);
+  d.bridge.receive("/status", ["ready", "facebook/musicgen-small", 31.25, 0, 0.62, "int8", 2]);
   assert.equal(d.ui("engine").at(-1)[0], "engine ready · facebook/musicgen-small · 31.3 steps/s · 0 queued · 2 underruns");
   d.bridge.receive("/pong", [1, "0.1.0"]);
   assert.match(d.ui("engine").at(-1)[0], /0\.1\.0/);
