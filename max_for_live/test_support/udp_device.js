@@ -7,8 +7,8 @@
 "use strict";
 
 const dgram = require("node:dgram");
-const core = require("../bridge_core.js");
-const { Protocol } = require("../protocol_table.js");
+const core = require("../mgb_bridge_core.js");
+const { Protocol } = require("../mgb_protocol.js");
 const { FakeLive } = require("./fake_live.js");
 const { PROTOCOL_JSON } = require("./harness.js");
 const osc = require("./osc.js");
