@@ -127,6 +127,7 @@ function Bridge(env) {
 
   this.transport = { playing: 0, bpm: 120, num: 4, den: 4 };
   this.songBeats = 0;
+  this.readAt = null; // env.now() of the last song-time reading
   this.lastBar = null; // the bar the last metro tick was in
   this.scheduled = []; // [{ beat, run }] in song beats
   this.recording = null; // { req, kind: "continue" | "hum", path, started, epoch }
@@ -236,11 +237,16 @@ Bridge.prototype.onSongChange = function (args) {
 Bridge.prototype.moveTo = function (value) {
   if (!isFinite(value)) return;
   var previous = this.songBeats;
+  var now = this.now();
+  var elapsed = this.readAt === null ? 0 : Math.max(0, now - this.readAt);
   this.songBeats = value;
+  this.readAt = now;
   if (!this.transport.playing) return;
   // A jump (rewind, loop wrap, click in the timeline): keep what is scheduled at the same distance from now.
+  // The distance is from where the playhead is by now (the last reading plus the time since), not from the last
+  // reading itself: a wrap first seen a frame late still runs what was due at the loop's end at its start.
   if (value < previous - JUMP_BACK || value > previous + JUMP_AHEAD) {
-    this.shiftSchedule(value - previous);
+    this.shiftSchedule(value - (previous + elapsed * this.transport.bpm / 60000));
     this.lastBar = null;
     this.sendTransport();
   }

@@ -56,8 +56,8 @@ class FakeLive {
   // Play from the current position for `beats` beats as Live and the patch do together: the song time moves on
   // in display frames (observer callbacks) and the metro ticks on every eighth note, in time order, the observer
   // first when both fall in the same frame. `loop: [start, end]` wraps the playhead like Live's loop brace.
-  // `onTick(beat)` runs at each metro tick (the patch's `beat` message).
-  play(beats, { loop = null, onTick }) {
+  // `onTick(beat)` runs at each metro tick (the patch's `beat` message); `clock.ms` moves on with the music.
+  play(beats, { loop = null, onTick, clock = null }) {
     const bpm = this.song.tempo;
     const frame = bpm / 60 / DISPLAY_HZ; // beats per display frame
     let pos = this.song.current_song_time;
@@ -66,6 +66,7 @@ class FakeLive {
     const step = (d) => {
       pos += d;
       travelled += d;
+      if (clock) clock.ms += (d * 60000) / bpm;
       if (loop && pos >= loop[1] - 1e-9) {
         const over = pos - loop[1];
         nextTick -= loop[1] - loop[0];
