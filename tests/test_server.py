@@ -76,7 +76,9 @@ def test_generate_is_exactly_n_bars_of_7_8(bridge):
     req, path, seconds, bars = args
     expected = Tempo("97", 7, 8).bars_to_samples(2, SR)  # 138557 samples
     audio = wav(path)
-    assert audio.shape == (1, expected)
+    # A mono model's result is written as stereo (both channels the same): the device's groove~ 2 plays a mono
+    # file on the left only.
+    assert audio.shape == (2, expected) and np.array_equal(audio[0], audio[1])
     assert abs(seconds - expected / SR) < 1e-4 and bars == 2.0
     assert path.startswith(str(bridge.out_dir)) and path.endswith("-r0001-gen.wav")
     progress = bridge.listener.timed("/progress", lambda a: a[0] == 1)
@@ -153,7 +155,7 @@ def test_continue_renders_exact_bars_after_the_recording(bridge, tmp_path):
     bridge.send("/continue", 30, str(rec), 3, 1)
     address, args = bridge.listener.result(30)
     assert address == "/done", args
-    assert wav(args[1]).shape == (1, Tempo(600, 4, 4).bars_to_samples(3, SR)) and args[1].endswith("-cont.wav")
+    assert wav(args[1]).shape == (2, Tempo(600, 4, 4).bars_to_samples(3, SR)) and args[1].endswith("-cont.wav")
     assert abs(args[3] - 3.0) < 1e-6
 
     text = tmp_path / "notes.txt"
