@@ -4,16 +4,18 @@ python-osc. Short bars at fast tempos keep the renders small."""
 from __future__ import annotations
 
 import signal
+import socket
 import time
 
 import numpy as np
 import pytest
 import soundfile as sf
+from pythonosc.osc_message_builder import OscMessageBuilder
 
 from bridge import protocol
 from bridge.presets import load_preset, render_prompt
 from engine.bars import Tempo
-from tests.test_server_harness import Bridge, free_udp_port
+from tests.test_server_harness import Bridge, Listener, free_udp_port
 
 SR = 32000
 
@@ -298,3 +300,43 @@ def test_serve_refuses_a_port_in_use(bridge, tmp_path, capsys):
 
     assert main(["serve", "--model", "random-tiny", "--out-dir", str(tmp_path), "--port", str(bridge.port)]) == 2
     assert f"cannot listen on 127.0.0.1:{bridge.port}: Address already in use" in capsys.readouterr().err
+
+
+def _send_from(host: str, port: int, data: bytes) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        s.sendto(data, ("127.0.0.1", port))
+
+
+def _osc(address: str, *args) -> bytes:
+    b = OscMessageBuilder(address=address)
+    for a in args:
+        b.add_arg(a)
+    return b.build().dgram
+
+
+def test_only_a_valid_message_moves_the_replies(bridge):
+    """A datagram from another loopback address (127.0.0.2) that does not parse or validate must not take the
+    device's replies; a valid one may (both ends are on this machine), and the device's next message takes them
+    back. Negative control: the bridge before issue 15 moved replies on any datagram and fails the first part."""
+    other = Listener(bridge.reply_port, host="127.0.0.2")
+    try:
+        for data in (b"\x00\x01 not OSC", _osc("/ping", "not an int"), _osc("/no/such/address", 1),
+                     _osc("/generate", 5, "prompt")):  # unreadable, wrong arguments, unknown, too few arguments
+            _send_from("127.0.0.2", bridge.port, data)
+        # Each is answered with an /error at the device's address, and the heartbeat stays there.
+        codes = [bridge.listener.wait("/error", lambda a: a[0] in (-1, 5), timeout=10)[1][1] for _ in range(4)]
+        assert codes == ["bad_args", "bad_args", "unknown_address", "bad_args"]
+        seq = max(a[0] for a in bridge.listener.all("/heartbeat"))
+        bridge.listener.wait("/heartbeat", lambda a: a[0] > seq, timeout=5)
+        bridge.send("/ping", 4242)
+        bridge.listener.wait("/pong", lambda a: a[0] == 4242, timeout=5)
+        assert other.messages == []
+
+        _send_from("127.0.0.2", bridge.port, _osc("/ping", 4343))
+        assert other.wait("/pong", lambda a: a[0] == 4343, timeout=5)[1] == [4343, protocol.VERSION]
+        other.wait("/heartbeat", timeout=5)  # the replies moved with the valid message
+    finally:
+        bridge.send("/ping", 4444)  # the device speaks again: the replies come back to it
+        bridge.listener.wait("/pong", lambda a: a[0] == 4444, timeout=5)
+        other.close()
