@@ -14,7 +14,6 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 
 from bridge import protocol
 from bridge.presets import load_preset, render_prompt
-from engine.bars import Tempo
 from tests.test_server_harness import Bridge, Listener, free_udp_port
 
 SR = 32000
@@ -76,7 +75,7 @@ def test_generate_is_exactly_n_bars_of_7_8(bridge):
     address, args = bridge.listener.result(1)
     assert address == "/done", args
     req, path, seconds, bars = args
-    expected = Tempo("97", 7, 8).bars_to_samples(2, SR)  # 138557 samples
+    expected = 138557  # 2 bars x 3.5 quarter notes x 60/97 s x 32000 = 138556.7 samples
     audio = wav(path)
     assert audio.shape == (1, expected)
     assert abs(seconds - expected / SR) < 1e-4 and bars == 2.0
@@ -89,11 +88,13 @@ def test_generate_is_exactly_n_bars_of_7_8(bridge):
 
 
 def test_float32_tempo_means_the_decimal_typed(bridge):
-    bridge.send("/tempo", 123.456, 3, 4)
+    # A tempo where the two readings give different lengths: 3 beats x 60/101.16 s x 32000 = 56939.50 samples
+    # for the decimal (56940) but 56939.4996 for the float32 nearest 101.16 (56939).
+    bridge.send("/tempo", 101.16, 3, 4)
     bridge.send("/generate", 2, "", 1)
     address, args = bridge.listener.result(2)
     assert address == "/done", args
-    assert wav(args[1]).shape[1] == Tempo("123.456", 3, 4).bars_to_samples(1, SR)
+    assert wav(args[1]).shape[1] == 56940
 
 
 def test_set_seed_repeats_and_bad_settings_are_refused(bridge):
@@ -155,7 +156,7 @@ def test_continue_renders_exact_bars_after_the_recording(bridge, tmp_path):
     bridge.send("/continue", 30, str(rec), 3, 1)
     address, args = bridge.listener.result(30)
     assert address == "/done", args
-    assert wav(args[1]).shape == (1, Tempo(600, 4, 4).bars_to_samples(3, SR)) and args[1].endswith("-cont.wav")
+    assert wav(args[1]).shape == (1, 38400) and args[1].endswith("-cont.wav")  # 3 bars x 4 x 0.1 s x 32000
     assert abs(args[3] - 3.0) < 1e-6
 
     text = tmp_path / "notes.txt"
