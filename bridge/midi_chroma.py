@@ -202,11 +202,6 @@ def _read_midi_file(path: str | Path) -> mido.MidiFile:
     return mid
 
 
-def midi_track_names(path: str | Path) -> list[str]:
-    """Track names of a .mid file, in order (empty string for unnamed tracks)."""
-    return [t.name for t in _read_midi_file(path).tracks]
-
-
 def _select_tracks(mid: mido.MidiFile, track: int | str | None, path: Path) -> list[int]:
     n = len(mid.tracks)
     listing = ", ".join(f"{i}: {t.name or '(unnamed)'}" for i, t in enumerate(mid.tracks))
