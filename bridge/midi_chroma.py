@@ -37,6 +37,7 @@ from engine.chroma import (
     chroma_frames_for_seconds,
     one_hot,
 )
+from engine.bars import MAX_BPM, MIN_BPM
 from engine.errors import BadMidi
 
 log = logging.getLogger(__name__)
@@ -131,8 +132,8 @@ def _check_bpm(bpm: float) -> float:
         bpm = float(bpm)
     except (TypeError, ValueError):
         raise BadMidi(f"tempo must be a number of beats per minute, got {bpm!r}") from None
-    if not math.isfinite(bpm) or not 1 <= bpm <= 999:
-        raise BadMidi(f"tempo must be between 1 and 999 BPM, got {bpm}")
+    if not math.isfinite(bpm) or not MIN_BPM <= bpm <= MAX_BPM:
+        raise BadMidi(f"tempo must be between {MIN_BPM} and {MAX_BPM} BPM, got {bpm}")
     return bpm
 
 

@@ -20,8 +20,10 @@ from engine.errors import UserError
 
 Number = Union[int, float, str, Fraction]
 
-MIN_BPM = Fraction(1)
-MAX_BPM = Fraction(999)  # Live's own upper limit; anything above is a typo (e.g. 1200 for 120.0)
+# Live's tempo range, the one set of tempo limits for the whole project (CLI, OSC protocol, note lists): the
+# device can send nothing else, and a tempo above it is a typo (e.g. 1200 for 120.0).
+MIN_BPM = Fraction(20)
+MAX_BPM = Fraction(999)
 MAX_SIGNATURE_PART = 32
 
 

@@ -45,7 +45,7 @@ def test_123_456_bpm_in_5_4_is_exact():
 
 
 def test_n_bars_are_exactly_n_bars_long():
-    for bpm, num, den in [("120", 4, 4), ("97", 7, 8), ("174.5", 3, 4), ("60", 6, 8), ("999", 32, 32), ("1", 1, 1)]:
+    for bpm, num, den in [("120", 4, 4), ("97", 7, 8), ("174.5", 3, 4), ("60", 6, 8), ("999", 32, 32), ("20", 1, 1)]:
         tempo = Tempo(bpm, num, den)
         for n in range(1, 17):
             samples = tempo.bars_to_samples(n, SR)
@@ -82,7 +82,8 @@ def test_parse_time_signature():
 
 
 @pytest.mark.parametrize(
-    "bpm", [0, -120, "0", "nan", float("nan"), float("inf"), "inf", 1000, "1200", "fast", "", True, None, 0.5]
+    "bpm", [0, -120, "0", "nan", float("nan"), float("inf"), "inf", 1000, "999.001", "1200", "fast", "", True, None,
+            0.5, 1, "19.999"]
 )
 def test_bad_tempo_is_a_user_error(bpm):
     with pytest.raises(UserError, match="bpm|tempo"):
@@ -110,3 +111,22 @@ def test_tempo_text():
     assert tempo_text("techno, 130bpm", Tempo(120)) == "techno, 130bpm"
     assert tempo_text("lo-fi keys", Tempo(120), enabled=False) == "lo-fi keys"
     assert format_bpm(Fraction(1, 3)) == "0.333"
+
+
+@pytest.mark.parametrize("bpm, ok", [(19.99, False), (20, True), (999, True), (999.01, False)])
+def test_one_set_of_tempo_limits(bpm, ok):
+    # The bar arithmetic (CLI, /transport), the OSC table and the note-list melody path accept the same tempi.
+    from bridge import protocol
+    from bridge.midi_chroma import Note, chroma_from_notes
+    from engine.errors import BadMidi
+
+    outcomes = []
+    checks = ((lambda: Tempo(bpm), UserError), (lambda: protocol.validate("/tempo", [bpm]), protocol.ProtocolError),
+              (lambda: chroma_from_notes([Note(60, 0, 1)], bpm), BadMidi))
+    for check, error in checks:
+        try:
+            check()
+            outcomes.append(True)
+        except error:
+            outcomes.append(False)
+    assert outcomes == [ok, ok, ok]
