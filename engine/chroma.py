@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .errors import BadAudio, UserError
+from .resample import resample
 
 CHROMA_SR = 32000
 CHROMA_HOP = 4096
@@ -84,7 +85,7 @@ def resample_mono(wav: np.ndarray | torch.Tensor, sample_rate: int, target_rate:
     if sample_rate <= 0:
         raise BadAudio(f"sample rate must be positive, got {sample_rate}")
     if sample_rate != target_rate:
-        mono = librosa.resample(mono, orig_sr=sample_rate, target_sr=target_rate).astype(np.float32)
+        mono = resample(mono, sample_rate, target_rate)
     return mono
 
 
