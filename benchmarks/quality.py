@@ -1,11 +1,11 @@
 """Reduced precision against fp32 on musicgen-small's shape (random weights): per-step logits, teacher-forced.
 
-For bf16 and int8 weights: mean cosine similarity of the logits, mean KL(p_fp32 || p) of their softmax (nats per
+For bf16, int8 and int4 weights (`--dtypes`): mean cosine similarity of the logits, mean KL(p_fp32 || p) of their softmax (nats per
 token) and top-1 agreement, over `--steps` steps of one fixed token sequence, both guidance rows, all codebooks.
 Then the text encoder: T5 (t5-base's shape) in bf16, as bf16 and int8 models load it, against fp32: cosine of
 its output states per token.
 
-    python benchmarks/quality.py [--steps 100]
+    python benchmarks/quality.py [--steps 100] [--dtypes bfloat16,int8,int4]
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from engine.quantize import logit_agreement
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--dtypes", default="bfloat16,int8,int4", help="comma-separated weight formats to compare with fp32")
+    p.add_argument("--no-t5", action="store_true", help="skip the text encoder comparison")
     a = p.parse_args()
     ref = small_shape_model()
     t5 = ref.text_encoder
@@ -36,12 +38,13 @@ def main() -> None:
     cond[1] = 0  # the unconditional row
     print(f"| weights | mean cosine | mean KL (nats) | top-1 agreement |  ({a.steps} steps, small shape, random weights)")
     print("|---|---:|---:|---:|")
-    for name in ("bfloat16", "int8"):
+    for name in a.dtypes.split(","):
         lm = build_lm(cfg, dict(state), cpu, getattr(torch, name))
         r = logit_agreement(fp32, lm, tokens, cond)
         print(f"| {name} | {r['cosine']:.6f} | {r['kl']:.2e} | {r['top1']:.3f} |", flush=True)
         del lm
-    text_encoder_agreement(t5)
+    if not a.no_t5:
+        text_encoder_agreement(t5)
 
 
 @torch.inference_mode()

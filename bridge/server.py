@@ -60,7 +60,7 @@ class ServeConfig:
     audio_device: str | None = None
     input_device: str | None = None
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: str = "auto"
     presets: str | None = None
     max_queued: int = 4
 
