@@ -5,7 +5,10 @@ token) and top-1 agreement, over `--steps` steps of one fixed token sequence, bo
 Then the text encoder: T5 (t5-base's shape) in bf16, as bf16 and int8 models load it, against fp32: cosine of
 its output states per token.
 
-    python benchmarks/quality.py [--steps 100] [--dtypes bfloat16,int8,int4]
+    python benchmarks/quality.py [--steps 100] [--dtypes bfloat16,int8,int4] [--model FOLDER]
+
+With `--model` (a local Hugging Face MusicGen folder, e.g. a downloaded facebook/musicgen-small) it measures that
+checkpoint instead of random weights: what a user should run before trusting int4 (or int8) on real weights.
 """
 
 from __future__ import annotations
@@ -24,8 +27,14 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--dtypes", default="bfloat16,int8,int4", help="comma-separated weight formats to compare with fp32")
     p.add_argument("--no-t5", action="store_true", help="skip the text encoder comparison")
+    p.add_argument("--model", default=None, help="a local Hugging Face MusicGen folder (default: random small shape)")
     a = p.parse_args()
-    ref = small_shape_model()
+    if a.model:
+        from transformers import MusicgenForConditionalGeneration
+
+        ref = MusicgenForConditionalGeneration.from_pretrained(a.model, dtype=torch.float32).eval()
+    else:
+        ref = small_shape_model()
     t5 = ref.text_encoder
     cfg = lm_config(ref.config.decoder.to_dict(), cross_attention=True)
     state = lm_state_from_hf({k: v for k, v in ref.state_dict().items() if k.startswith("decoder.")}, cfg)
@@ -36,7 +45,8 @@ def main() -> None:
     tokens = torch.randint(0, cfg.card, (2, cfg.n_codebooks, a.steps), generator=g)
     cond = torch.randn(2, 12, cfg.dim, generator=g)
     cond[1] = 0  # the unconditional row
-    print(f"| weights | mean cosine | mean KL (nats) | top-1 agreement |  ({a.steps} steps, small shape, random weights)")
+    what = a.model or "small shape, random weights"
+    print(f"| weights | mean cosine | mean KL (nats) | top-1 agreement |  ({a.steps} steps, {what})")
     print("|---|---:|---:|---:|")
     for name in a.dtypes.split(","):
         lm = build_lm(cfg, dict(state), cpu, getattr(torch, name))
