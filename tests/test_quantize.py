@@ -6,7 +6,7 @@ other CPUs' rounding; a coarser quantizer (4 bits) already breaks the int8 bound
 quantizer from a broken one.
 
 int4 (groups of 32, asymmetric, heads in int8) is a much coarser format: on this model it measures cosine ~0.97,
-KL ~0.09 nats, top-1 ~0.61, about 100x int8's KL (4 bits leave ~16x the rounding error's power of 8). Its bounds
+KL ~0.09 nats, top-1 ~0.61, about 100x int8's KL (its rounding error is ~13x per-row int8's). Its bounds
 leave ~3x room in KL; 3-bit rounding of the same groups breaks them (a test checks that). That int4 cannot meet
 int8's bounds is why `--dtype auto` stays int8 on CPU (benchmarks/RESULTS.md).
 """
