@@ -313,7 +313,8 @@ def machine() -> str:
     return f"{name}, {os.cpu_count()} cores" + (f" ({', '.join(extra)})" if extra else "")
 
 
-def format_table(results: dict[str, dict]) -> str:
+def format_table(results: dict[str, dict], auto: str | None = None) -> str:
+    """The figures as markdown; `auto` (a dtype name) marks the row `--dtype auto` runs."""
     bandwidth = results.get("bandwidth", {}).get("gb_s")
     lines = []
     if bandwidth:
@@ -326,6 +327,8 @@ def format_table(results: dict[str, dict]) -> str:
             continue
         lm = f"{r['lm_mb']:.0f}" if r.get("lm_mb") else "-"
         name = f"{row} ({r['dtype']})" if row == "ours-auto" else row
+        if row != "ours-auto" and r.get("dtype") == auto:
+            name += " (= auto)"
         if r.get("step_mb"):
             gbs = r["step_mb"] * r["steps_per_s"] / 1e3
             frac = f"{gbs / bandwidth:.0%}" if bandwidth else "-"
@@ -372,7 +375,11 @@ def run_bench(args: argparse.Namespace) -> int:
     for row in rows:
         print(f"  {row} ...", file=sys.stderr, flush=True)
         results[row] = run_row(row, folder, args.steps, threads)
-    print(format_table(results))
+    import torch
+
+    from engine.devices import auto_dtype
+
+    print(format_table(results, auto=str(auto_dtype(torch.device("cpu"))[0]).removeprefix("torch.")))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "threads": threads, "steps": args.steps, "rows": results}, indent=1))
     return 0

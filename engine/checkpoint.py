@@ -363,7 +363,8 @@ def _returning_freed_memory():
 def load_model(spec: str, device: str = "auto", dtype: str = "auto") -> MusicGen:
     """The MusicGen named by `spec` on `device` in `dtype` (int8/int4: weight-only, CPU; auto: see
     `engine.devices.auto_dtype`). EnCodec stays fp32; T5 follows `text_dtype`."""
-    dev, dt = resolve_device(device), resolve_dtype(dtype, resolve_device(device))
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
     if dtype.lower() == "auto":
         log.info("--dtype auto: %s (%s; --dtype float32|bfloat16|float16|int8|int4 overrides)",
                  str(dt).removeprefix("torch."), auto_dtype(dev)[1])
