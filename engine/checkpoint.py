@@ -360,9 +360,9 @@ def _returning_freed_memory():
         mallopt(-3, 32 << 20)
 
 
-def load_model(spec: str, device: str = "auto", dtype: str = "auto") -> MusicGen:
-    """The MusicGen named by `spec` on `device` in `dtype` (int8/int4: weight-only, CPU; auto: see
-    `engine.devices.auto_dtype`). EnCodec stays fp32; T5 follows `text_dtype`."""
+def load_model(spec: str, device: str = "auto", dtype: str = "float32") -> MusicGen:
+    """The MusicGen named by `spec` on `device` in `dtype` (int8/int4: weight-only, CPU; "auto", what the CLI and
+    the server default to: see `engine.devices.auto_dtype`). EnCodec stays fp32; T5 follows `text_dtype`."""
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if dtype.lower() == "auto":
