@@ -141,7 +141,7 @@ def _settings():
 def worker_ours(folder: Path, dtype: str, steps: int) -> dict:
     import torch
 
-    from engine.checkpoint import load_model
+    from bridge.model_loading import load_model
     from engine.generate import open_stream, warm_up
     from engine.session import StreamSession
 
