@@ -26,7 +26,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="facebook/musicgen-small",
                    help="a local folder (Hugging Face or Meta format), a hub id, or random-tiny (noise, for wiring tests)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16, or int8 (int8 weights, CPU only); T5 stays float32")
+    p.add_argument("--dtype", default="float32",
+                   help="float32, bfloat16, float16, or int8 (int8 weights, CPU only); the T5 text encoder runs in "
+                        "bfloat16 for bfloat16 and int8, float32 otherwise; EnCodec always float32")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
