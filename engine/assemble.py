@@ -7,7 +7,6 @@ ever instantiated. T5 and EnCodec are transformers' own classes, built empty too
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 
@@ -158,24 +157,14 @@ def submodel(cls, config, sd: dict[str, Tensor], prefix: str, what: str, dtype: 
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):  # buffers the checkpoint does not hold
-        with _no_init():  # (EnCodec's conv geometry): built for real, uninitialized, then handed the tensors
+        from transformers.initialization import no_init_weights  # random init skipped: replaced at once
+
+        with no_init_weights():  # (EnCodec's conv geometry): built for real, uninitialized, then handed the tensors
             model = cls(config)
         model.load_state_dict(state, strict=False, assign=True)
         if hasattr(model, "tie_weights"):
             model.tie_weights()
     return model.eval()
-
-
-def _no_init():
-    """transformers' switch that skips random init (the weights are replaced at once); its home moved in 5.x."""
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:
-        try:
-            from transformers.modeling_utils import no_init_weights
-        except ImportError:
-            return contextlib.nullcontext()
-    return no_init_weights()
 
 
 def _linear(sd: dict[str, Tensor], name: str) -> torch.nn.Linear | None:
