@@ -101,6 +101,7 @@ def _load_meta(spec: str, folder: Path, device, dtype) -> MusicGen:
         },
         "text_encoder": t5.config.to_dict(),
         "audio_encoder": encodec.config.to_dict(),
-        **{k: c[k] for k in ("num_chroma", "chroma_length") if k in c},
     }
+    if c["chroma"] is not None:  # meta_lm_to_hf names them n_chroma and length (235 frames for 30 s, 79 for 10 s)
+        cfg.update(num_chroma=c["chroma"]["n_chroma"], chroma_length=c["chroma"]["length"])
     return assemble(spec, cfg, ckpt.lm_state, tokenizer, device, dtype, t5=t5.eval(), encodec=encodec.eval())
