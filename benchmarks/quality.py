@@ -18,7 +18,7 @@ import argparse
 import torch
 
 from bridge.bench import small_shape_model
-from engine.checkpoint import build_lm, lm_config, lm_state_from_hf
+from engine.assemble import build_lm, lm_config, lm_state_from_hf
 from engine.quantize import logit_agreement
 
 
@@ -61,7 +61,7 @@ def main() -> None:
 def text_encoder_agreement(t5) -> None:
     import copy
 
-    from engine.checkpoint import narrow_text_encoder
+    from engine.assemble import narrow_text_encoder
 
     ids = torch.randint(3, 32128, (4, 24), generator=torch.Generator().manual_seed(1))  # 4 prompts of 24 tokens
     wide = t5(input_ids=ids).last_hidden_state

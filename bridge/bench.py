@@ -40,19 +40,6 @@ DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) /
 
 
 # ------------------------------------------------------------------------------------------- the model
-def musicgen_codec_config():
-    """facebook/encodec_32khz's config: the codec inside every MusicGen checkpoint."""
-    from transformers import EncodecConfig
-
-    return EncodecConfig(
-        audio_channels=1, sampling_rate=32000, target_bandwidths=[2.2], num_filters=64, upsampling_ratios=[8, 5, 4, 4],
-        num_lstm_layers=2, num_residual_layers=1, codebook_size=2048, codebook_dim=128, hidden_size=128,
-        kernel_size=7, last_kernel_size=7, residual_kernel_size=3, dilation_growth_rate=2, compress=2,
-        norm_type="weight_norm", pad_mode="reflect", normalize=False, use_causal_conv=False,
-        use_conv_shortcut=False, trim_right_ratio=1.0, chunk_length_s=None, overlap=None,
-    )
-
-
 def spread_codebooks(codec) -> None:
     """transformers initializes EnCodec's codebooks to zeros; random ones make different codes decode differently."""
     import torch
@@ -67,6 +54,8 @@ def random_codec(seed: int = 0):
     import torch
     from transformers import EncodecModel
 
+    from engine.codec import musicgen_codec_config
+
     torch.manual_seed(seed)
     codec = EncodecModel(musicgen_codec_config()).eval()
     spread_codebooks(codec)
@@ -78,6 +67,8 @@ def small_shape_config(n_layers: int = 24):
     32128 tokens; the test tokenizer uses a few of them), the real codec. Full size, so that memory is a real
     checkpoint's."""
     from transformers import MusicgenConfig, MusicgenDecoderConfig, T5Config
+
+    from engine.codec import musicgen_codec_config
 
     t5 = T5Config(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12,
                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
@@ -180,7 +171,7 @@ def _settings():
 def worker_ours(folder: Path, dtype: str, steps: int) -> dict:
     import torch
 
-    from engine.checkpoint import load_model
+    from bridge.model_loading import load_model
     from engine.generate import open_stream, warm_up
     from engine.session import StreamSession
 

@@ -189,7 +189,7 @@ def cmd_generate(args) -> int:
 
     from bridge.audio_io import atomic_output, load_audio, write_wav_atomic
     from engine.bars import Tempo, parse_time_signature
-    from engine.checkpoint import load_model
+    from bridge.model_loading import load_model
     from engine.session import StreamSession
 
     preset = _apply_preset(args)

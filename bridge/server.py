@@ -230,8 +230,9 @@ class BridgeServer:
     def _load_model(self) -> None:
         t0 = time.perf_counter()
         try:
-            from engine.checkpoint import load_model
             from engine.local_engine import LocalEngine
+
+            from .model_loading import load_model
 
             from .jobs import JobRunner
 

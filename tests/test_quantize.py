@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.checkpoint import build_lm, lm_config, lm_state_from_hf
+from engine.assemble import build_lm, lm_config, lm_state_from_hf
 from engine.quantize import (INT4_GROUP, Int4Linear, Int8Linear, PackedLinear, bf16_supported, int4_supported,
                              logit_agreement, quantize_groups, quantize_rows)
 from engine.tiny import tiny_config, tiny_reference_model

@@ -9,7 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.checkpoint import build_lm, load_model, lm_config, lm_state_from_hf, read_hf_tensors, _narrow_while_reading
+from engine.assemble import build_lm, lm_config, lm_state_from_hf, narrow_while_reading
+from engine.checkpoint import load_model
+from engine.tensors import read_hf_tensors
 from engine.errors import UserError
 from engine.generate import open_stream
 from engine.lm import attend
@@ -143,14 +145,14 @@ def test_every_dtype_loads_and_generates(tiny_mono, dtype):
 
 
 def test_narrowing_happens_while_reading(tiny_mono):
-    sd = read_hf_tensors(tiny_mono[0], ("decoder.", "text_encoder."), convert=_narrow_while_reading(torch.bfloat16))
+    sd = read_hf_tensors(tiny_mono[0], ("decoder.", "text_encoder."), convert=narrow_while_reading(torch.bfloat16))
     assert sd["decoder.model.decoder.layers.0.fc1.weight"].dtype == torch.bfloat16
     assert sd["decoder.lm_heads.0.weight"].dtype == torch.bfloat16
     assert sd["decoder.model.decoder.layers.0.self_attn_layer_norm.weight"].dtype == torch.float32
     assert sd["decoder.model.decoder.embed_tokens.0.weight"].dtype == torch.float32
     assert all(v.dtype == torch.float32 for k, v in sd.items() if k.startswith("text_encoder."))
     # T5 narrowed too (bf16 and int8 models), but for the `wo` layers transformers keeps in fp32.
-    sd = read_hf_tensors(tiny_mono[0], ("text_encoder.",), convert=_narrow_while_reading(torch.bfloat16, torch.bfloat16))
+    sd = read_hf_tensors(tiny_mono[0], ("text_encoder.",), convert=narrow_while_reading(torch.bfloat16, torch.bfloat16))
     assert {v.dtype for k, v in sd.items() if ".wo." in k} == {torch.float32}
     assert {v.dtype for k, v in sd.items() if ".wo." not in k} == {torch.bfloat16}
 
