@@ -318,7 +318,7 @@ def format_table(results: dict[str, dict], auto: str | None = None) -> str:
             continue
         lm = f"{r['lm_mb']:.0f}" if r.get("lm_mb") else "-"
         name = f"{row} ({r['dtype']})" if row == "ours-auto" else row
-        if row != "ours-auto" and r.get("dtype") == auto:
+        if auto is not None and row != "ours-auto" and r.get("dtype") == auto:
             name += " (= auto)"
         if r.get("step_mb"):
             gbs = r["step_mb"] * r["steps_per_s"] / 1e3
