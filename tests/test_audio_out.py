@@ -261,3 +261,32 @@ def test_stop_ends_a_take_at_the_given_time(jack_server):
     assert abs((played[-1] + 1 - at) - SR // 2) <= 4
     assert np.abs(recorded[at:at + SR // 2 - 4] - sig[0, : SR // 2 - 4]).max() < 1e-6
     assert out.dry_spells == 0
+
+
+def test_a_failing_callback_plays_silence_and_is_reported_once(jack_server):
+    with _rig(jack_server) as rig:
+        out = rig.out
+        render = out.scheduler.render
+
+        def broken(outdata, first):
+            outdata.fill(0.25)  # half-written audio must not reach the device
+            raise RuntimeError("boom")
+
+        out.scheduler.render = broken
+        time.sleep(0.1)
+        out.scheduler.render = render
+        failures = out.callback_errors
+        assert failures >= 1
+        message = out.report_error()
+        assert message.startswith("live output: ") and "RuntimeError: boom" in message
+        assert out.report_error() is None  # one /error, however many callbacks failed
+        sig = np.random.default_rng(5).uniform(-0.5, 0.5, (1, SR // 4)).astype(np.float32)
+        take = out.begin_take()
+        out.push(take, sig, lambda ready: ready + 0.05)  # the stream still plays afterwards
+        out.finish(take)
+        assert out.wait_played(take, 5)
+        time.sleep(0.1)
+    recorded = rig.recorded
+    assert np.abs(recorded).max() <= 0.5 and not np.any(np.isclose(recorded, 0.25))
+    at = _find(sig[0], recorded)
+    assert np.abs(recorded[at:at + SR // 4] - sig[0]).max() < 1e-6
