@@ -32,7 +32,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
@@ -46,6 +46,8 @@ from .protocol import ProtocolError
 from .transport import Transport
 
 if TYPE_CHECKING:  # these pull in torch; they are imported when first needed
+    from engine.interface import Engine
+
     from .jobs import JobRunner, MelodySource, Request
     from .midi_chroma import Note
 
@@ -68,6 +70,7 @@ class ServeConfig:
     dtype: str = "float32"
     presets: str | None = None
     max_queued: int = 4
+    wrap_engine: Callable[[Engine], Engine] | None = None  # for tests and benchmarks: e.g. an engine slowed down
 
 
 def is_loopback(host: str) -> bool:
@@ -228,6 +231,7 @@ class BridgeServer:
         t0 = time.perf_counter()
         try:
             from engine.checkpoint import load_model
+            from engine.local_engine import LocalEngine
 
             from .jobs import JobRunner
 
@@ -236,6 +240,9 @@ class BridgeServer:
             self._set_load_state("loading")
             model = load_model(self.config.model, device=self.config.device, dtype=self.config.dtype)
             _warm_up(model)
+            engine = LocalEngine(model)
+            if self.config.wrap_engine is not None:
+                engine = self.config.wrap_engine(engine)
         except Exception as exc:
             if not isinstance(exc, UserError):
                 log.exception("loading the model failed")
@@ -246,16 +253,17 @@ class BridgeServer:
             return
         if self.config.audio_device:  # its rate and channels are the model's, so it opens now
             try:
-                self.live = LiveOutput(self.config.audio_device, model.sample_rate, model.channels,
+                self.live = LiveOutput(self.config.audio_device, engine.info.sample_rate, engine.info.channels,
                                        clock=self.transport.clock).open()
                 self.runner.live = self.live
             except UserError as exc:  # results still arrive as files: keep serving, and say why it is silent
                 log.error("live output disabled: %s", exc)
                 self.send("/error", -1, exc.code, f"live output disabled: {exc}")
-        self.runner.model = model
-        log.info("model %s ready after %.1f s: %d Hz, %d channel(s), up to %.1f s per window%s", model.name,
-                 time.perf_counter() - t0, model.sample_rate, model.channels, model.max_seconds,
-                 ", melody" if model.melody is not None else "")
+        self.runner.engine = engine
+        info = engine.info
+        log.info("model %s ready after %.1f s: %d Hz, %d channel(s), up to %.1f s per window%s", info.name,
+                 time.perf_counter() - t0, info.sample_rate, info.channels, info.max_seconds,
+                 ", melody" if info.melody else "")
         self._set_load_state("ready")
 
     def _heartbeat(self) -> None:
@@ -274,9 +282,9 @@ class BridgeServer:
         if self._load_state != "ready" or self.runner is None:
             return self._load_state
         running = self.runner.running
-        if running is None:
+        if not running:
             return "ready"
-        return "jamming" if running.kind == "jam" else "busy"
+        return "jamming" if any(job.kind == "jam" for job in running) else "busy"
 
     def _set_load_state(self, state: str) -> None:
         self._load_state = state
@@ -293,10 +301,10 @@ class BridgeServer:
     def send_status(self) -> None:
         runner = self.runner
         ready = self._load_state == "ready"
+        engine = runner.engine if runner else None
         steps = runner.steps_per_s if runner else 0.0
-        model = runner.model if runner else None
-        realtime = steps / model.frame_rate if model is not None and steps else 0.0
-        dtype = _dtype_name(model.lm.dtype) if ready and model is not None else ""
+        realtime = runner.realtime if runner else 0.0  # measured: seconds of audio per second of generating
+        dtype = engine.info.dtype if ready and engine is not None else ""
         self.send("/status", self.state, self.config.model if ready else "", steps, runner.queued if runner else 0,
                   realtime, dtype, self.live.underruns if self.live else 0)
 
@@ -527,10 +535,6 @@ def _check_read_path(path: str, name: str) -> None:
         raise UserError(f"{name} contains a NUL character", code="bad_args")
     if not os.path.isabs(path):
         raise UserError(f"{name} must be an absolute path, got {path!r}", code="bad_args")
-
-
-def _dtype_name(dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def _short(exc: Exception) -> str:

@@ -424,7 +424,6 @@ def _assemble(name: str, cfg: dict, sd: dict[str, Tensor], tokenizer, device, dt
         text=text,
         codec=codec,
         max_positions=int(cfg["decoder"].get("max_position_embeddings", 2048)),
-        info={"melody": melody, "config": cfg},
     )
     if melody:
         from engine.melody import MelodyConditioner
