@@ -263,43 +263,56 @@ class TakeScheduler:
 class SampleClock:
     """Monotonic time -> output sample index.
 
-    The callback counts output samples exactly and notes, per block, its first sample's index and the stream time
-    it is heard. One anchor (such a pair, and the stream-minus-monotonic clock offset) maps every time to a sample,
-    so takes scheduled from one anchor sit exactly where their times say relative to each other: mapping each
-    take on its own let the clock reads' jitter move one hand-over by a few samples under load. The anchor is
+    The callback counts output samples exactly and notes, per block, the stream time its first sample is heard;
+    `heard - index / rate` is then the same for every block, except that a callback that runs late (a busy
+    machine) reports a later time. So the clock keeps the smallest such value seen (the block woken closest to its
+    cycle), and one anchor made from it and the stream-minus-monotonic clock offset maps all times to samples:
+    takes scheduled from one anchor sit exactly where their times say relative to each other (mapping each take
+    on its own let the jitter of the clock reads move a hand-over by a few samples under load). The anchor is
     renewed after ANCHOR_SECONDS (the audio and system clocks drift apart) and after the device reports an
     underflow (lost blocks leave the count behind the clock)."""
 
     def __init__(self, rate: int, stream_time: Callable[[], float], clock: Callable[[], float]):
         self.rate = rate
         self._stream_time, self._clock = stream_time, clock
-        self._block: tuple[int, float] | None = None  # (first sample index, stream time heard), from the callback
-        self._anchor: tuple[int, float] | None = None  # (sample index, monotonic time it is heard)
+        self._base = math.inf  # min over blocks of (stream time heard - index / rate), from the callback
+        self._anchor: float | None = None  # monotonic time at which output sample 0 is heard
         self._anchored_at = -math.inf
         self.stale = False  # set by the callback when the device lost blocks
 
     def note_block(self, first: int, heard: float) -> None:
-        """Called by the audio callback for each block."""
-        self._block = (first, heard)
+        """Called by the audio callback for each block. A time more than a second off the others is ignored:
+        PortAudio's JACK times come from a 32-bit frame counter, and under load one can come out wrapped, 2**32
+        frames (37 hours at 32 kHz) off."""
+        base = heard - first / self.rate
+        if base < self._base and (self._base == math.inf or self._base - base < 1.0):
+            self._base = base
+
+    def lost_blocks(self) -> None:
+        """Called by the audio callback when the device reports an underflow: start the minimum afresh."""
+        self._base = math.inf
+        self.stale = True
 
     def sample_at(self, t: float) -> int:
         """The output sample heard at monotonic time `t`."""
         if self._anchor is None or self.stale or self._clock() - self._anchored_at > ANCHOR_SECONDS:
             self._anchor = self._measure()
-        index, heard = self._anchor
-        return index + round((t - heard) * self.rate)
+        return round((t - self._anchor) * self.rate)
 
-    def _measure(self) -> tuple[int, float]:
+    def _measure(self) -> float:
         end = self._clock() + 1.0
-        while self._block is None and self._clock() < end:  # the stream has just started
+        while self._base == math.inf and self._clock() < end:  # the stream has just started
             time.sleep(0.005)
         self.stale = False
         self._anchored_at = self._clock()
-        offset = self._offset()
-        if self._block is None:
-            return 0, self._stream_time() - offset
-        first, heard = self._block
-        return first, heard - offset
+        base = self._base
+        for _ in range(3):
+            offset = self._offset()
+            if base == math.inf:
+                return self._stream_time() - offset
+            if abs(base - offset) < 1e6 and abs(self._stream_time() - offset - self._clock()) < 1.0:
+                break  # (else a stream-time read came out wrapped, see note_block: read again)
+        return base - offset
 
     def _offset(self) -> float:
         """stream time - monotonic time, read between two clock reads close together, so a preemption between
@@ -497,7 +510,7 @@ class LiveOutput:
         try:
             if status.output_underflow:
                 self.device_underflows += 1
-                self.sample_clock.stale = True
+                self.sample_clock.lost_blocks()
             if time_info.outputBufferDacTime:
                 self.dac_latency = time_info.outputBufferDacTime - time_info.currentTime
             self.sample_clock.note_block(first, time_info.outputBufferDacTime or time_info.currentTime)

@@ -104,7 +104,10 @@ class Capture:
     def audio(self) -> tuple[np.ndarray, callable]:
         self.stream.stop()
         self.stream.close()
-        offset = min(m - cur for m, cur, _ in self.blocks)  # monotonic = stream time + offset
+        # monotonic = stream time + offset, from the earliest-woken callback; blocks whose time came out wrapped
+        # (PortAudio's JACK times come from a 32-bit frame counter: 2**32 frames off) are left out.
+        offsets = np.array([m - cur for m, cur, _ in self.blocks])
+        offset = offsets[np.abs(offsets - np.median(offsets)) < 1.0].min()
         audio = np.concatenate([b for _, _, b in self.blocks])
         starts = np.cumsum([0] + [len(b) for _, _, b in self.blocks])
 
