@@ -35,6 +35,8 @@ UNREADABLE, UNKNOWN, WRONG, VALID = "unreadable", "unknown address", "wrong argu
 EXPECTED_CODE = {UNREADABLE: "bad_args", UNKNOWN: "unknown_address", WRONG: "bad_args"}
 PATH_ARGS = {"wav_path", "path"}
 DENOMINATORS = (1, 2, 4, 8, 16)  # the handler's rule inside the table's 1..16
+MAX_NUMERATOR = 32  # the handler's (engine/bars.py) inside the table's 1..99
+PRESET_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-_"  # the handler's rule for preset names
 
 
 def _pad(b: bytes) -> bytes:
@@ -88,12 +90,14 @@ class Fuzzer:
         if msg.address == "/set":
             s = r.choice(protocol.SETTINGS)
             return [s.name, self.valid_value(s)]
+        if msg.address == "/preset":  # well-formed names; most name no preset (not_found)
+            return ["".join(r.choice(PRESET_CHARS) for _ in range(r.randint(1, 40)))]
         if msg.address in ("/tempo", "/transport"):
             args = [self.valid_value(a) for a in msg.args]
             if msg.address == "/transport":
-                args[2], args[3], args[4] = r.randint(1, 99), r.choice(DENOMINATORS), r.uniform(0, 1e6)
+                args[2], args[3], args[4] = r.randint(1, MAX_NUMERATOR), r.choice(DENOMINATORS), r.uniform(0, 1e6)
             elif r.random() < 0.5:
-                args += [r.randint(1, 99), r.choice(DENOMINATORS)]
+                args += [r.randint(1, MAX_NUMERATOR), r.choice(DENOMINATORS)]
             return args
         args = [self.valid_value(a) for a in msg.args]
         if msg.address == "/ping":
@@ -113,8 +117,8 @@ class Fuzzer:
         args = self.valid_args(msg)
         if msg.address == "/set" and r.random() < 0.3:
             return [r.choice(["nope", "TOP_K", "", "bpm"]), 1]
-        if msg.address == "/tempo" and r.random() < 0.2:
-            return [120.0, 4, r.choice([3, 5, 6, 7, 12])]  # in the table's 1..16, but no time signature
+        if msg.address == "/tempo" and r.random() < 0.2:  # in the table's ranges, but no time signature
+            return [120.0, 4, r.choice([3, 5, 6, 7, 12])] if r.random() < 0.5 else [120.0, r.randint(33, 99), 4]
         n_fixed = len(msg.args)
         numbers = [i for i, a in enumerate(msg.args) if a.type in ("i", "f")]
         strings = [i for i, a in enumerate(msg.args) if a.type == "s"]
