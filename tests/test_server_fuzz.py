@@ -36,7 +36,7 @@ EXPECTED_CODE = {UNREADABLE: "bad_args", UNKNOWN: "unknown_address", WRONG: "bad
 PATH_ARGS = {"wav_path", "path"}
 DENOMINATORS = (1, 2, 4, 8, 16)  # the handler's rule inside the table's 1..16
 MAX_NUMERATOR = 32  # the handler's (engine/bars.py) inside the table's 1..99
-PRESET_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-_"  # the handler's rule for preset names
+PRESET_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-_"  # the handler's rule for preset names (not - or _ first)
 
 
 def _pad(b: bytes) -> bytes:
@@ -65,6 +65,7 @@ class Fuzzer:
     def __init__(self, seed: int):
         self.rng = random.Random(seed)
         self.messages = [m for m in protocol.MESSAGES if m.direction == "in"]
+        self.used_reqs: set[int] = set()  # a request id names one request: reusing one is refused (bad_args)
 
     # --- values ---
 
@@ -91,7 +92,7 @@ class Fuzzer:
             s = r.choice(protocol.SETTINGS)
             return [s.name, self.valid_value(s)]
         if msg.address == "/preset":  # well-formed names; most name no preset (not_found)
-            return ["".join(r.choice(PRESET_CHARS) for _ in range(r.randint(1, 40)))]
+            return [r.choice(PRESET_CHARS[:36]) + "".join(r.choice(PRESET_CHARS) for _ in range(r.randint(0, 39)))]
         if msg.address in ("/tempo", "/transport"):
             args = [self.valid_value(a) for a in msg.args]
             if msg.address == "/transport":
@@ -104,6 +105,12 @@ class Fuzzer:
             args = [r.choice([protocol.INT32_MIN, protocol.INT32_MAX, 0, -1, r.randint(0, 2**31 - 1)])]
         if msg.address in ("/generate", "/continue"):
             args[2] = r.randint(1, 2)  # short jobs: the bridge renders whatever valid jobs the fuzz starts
+        if msg.address in ("/generate", "/continue", "/jam/start"):
+            req = int(args[0])
+            while req in self.used_reqs:
+                req = r.randint(1, protocol.INT32_MAX - 1)
+            self.used_reqs.add(req)
+            args[0] = req
         if msg.optional and r.random() < 0.5:
             args += [self.valid_value(a) for a in msg.optional]
         if msg.repeat:
