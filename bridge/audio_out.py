@@ -44,7 +44,7 @@ KINDS = ("gen", "cont", "jam", "mic")
 _NAME = re.compile(r"^\d{8}-\d{6}-(\d{6,})-r\d+-[a-z]+(?:-c\d+)?\.wav$")
 START_MARGIN_S = 0.05  # a take never starts sooner than this after its first audio is ready
 RING_SECONDS = 90.0
-ANCHOR_SECONDS = 5.0  # SampleClock re-measures at least this often (audio and system clocks drift by some ppm)
+ANCHOR_SECONDS = 1.0  # SampleClock re-anchors at least this often (clock drift; blocks lost without a flag)
 SWITCH_INTERVAL_S = 0.001  # the GIL hand-over bound while a live output runs (see the module docstring)
 
 
@@ -264,33 +264,33 @@ class SampleClock:
     """Monotonic time -> output sample index.
 
     The callback counts output samples exactly and notes, per block, the stream time its first sample is heard;
-    `heard - index / rate` is then the same for every block, except that a callback that runs late (a busy
-    machine) reports a later time. So the clock keeps the smallest such value seen (the block woken closest to its
-    cycle), and one anchor made from it and the stream-minus-monotonic clock offset maps all times to samples:
-    takes scheduled from one anchor sit exactly where their times say relative to each other (mapping each take
-    on its own let the jitter of the clock reads move a hand-over by a few samples under load). The anchor is
-    renewed after ANCHOR_SECONDS (the audio and system clocks drift apart) and after the device reports an
-    underflow (lost blocks leave the count behind the clock)."""
+    `heard - index / rate` (the time sample 0 is heard) is then the same for every block, up to the jitter of the
+    host API's time estimates (a few ms under load, both ways; JACK's come from a 32-bit frame counter and can come
+    out wrapped, 37 hours off). The clock keeps the last BASE_BLOCKS such values and anchors on their median, and
+    maps all times to samples from that one anchor, so takes scheduled from it sit exactly where their times say
+    relative to each other (mapping each take on its own let the jitter move a hand-over by a few samples). The
+    anchor is renewed after ANCHOR_SECONDS (the audio and system clocks drift apart) and after the device reports
+    an underflow (lost blocks leave the count behind the clock)."""
+
+    BASE_BLOCKS = 16  # the last 128 ms at JACK's 8 ms periods: recent enough to follow a lost block
 
     def __init__(self, rate: int, stream_time: Callable[[], float], clock: Callable[[], float]):
         self.rate = rate
         self._stream_time, self._clock = stream_time, clock
-        self._base = math.inf  # min over blocks of (stream time heard - index / rate), from the callback
+        self._bases = np.zeros(self.BASE_BLOCKS)  # written by the callback, in place (it allocates nothing)
+        self._n = 0  # values written since the last reset
         self._anchor: float | None = None  # monotonic time at which output sample 0 is heard
         self._anchored_at = -math.inf
         self.stale = False  # set by the callback when the device lost blocks
 
     def note_block(self, first: int, heard: float) -> None:
-        """Called by the audio callback for each block. A time more than a second off the others is ignored:
-        PortAudio's JACK times come from a 32-bit frame counter, and under load one can come out wrapped, 2**32
-        frames (37 hours at 32 kHz) off."""
-        base = heard - first / self.rate
-        if base < self._base and (self._base == math.inf or self._base - base < 1.0):
-            self._base = base
+        """Called by the audio callback for each block."""
+        self._bases[self._n % self.BASE_BLOCKS] = heard - first / self.rate
+        self._n += 1
 
     def lost_blocks(self) -> None:
-        """Called by the audio callback when the device reports an underflow: start the minimum afresh."""
-        self._base = math.inf
+        """Called by the audio callback when the device reports an underflow: the count fell behind; start afresh."""
+        self._n = 0
         self.stale = True
 
     def sample_at(self, t: float) -> int:
@@ -301,18 +301,18 @@ class SampleClock:
 
     def _measure(self) -> float:
         end = self._clock() + 1.0
-        while self._base == math.inf and self._clock() < end:  # the stream has just started
+        while self._n < 8 and self._clock() < end:  # the stream has just started: a few blocks for the median
             time.sleep(0.005)
         self.stale = False
         self._anchored_at = self._clock()
-        base = self._base
+        n = min(self._n, self.BASE_BLOCKS)
         for _ in range(3):
             offset = self._offset()
-            if base == math.inf:
-                return self._stream_time() - offset
-            if abs(base - offset) < 1e6 and abs(self._stream_time() - offset - self._clock()) < 1.0:
-                break  # (else a stream-time read came out wrapped, see note_block: read again)
-        return base - offset
+            if abs(self._stream_time() - offset - self._clock()) < 1.0:
+                break  # (else a stream-time read came out wrapped: read again)
+        if n == 0:  # no block yet (the device has not started): sample 0 is now
+            return self._clock()
+        return float(np.median(self._bases[:n])) - offset
 
     def _offset(self) -> float:
         """stream time - monotonic time, read between two clock reads close together, so a preemption between
