@@ -23,7 +23,11 @@ def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
     Raises BadAudio for a missing, unreadable, non-audio, empty or all-silent file.
     """
     path = Path(path)
-    if not path.exists():
+    try:
+        exists = path.exists()  # raises for e.g. a name longer than the file system allows
+    except OSError as exc:
+        raise BadAudio(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not exists:
         raise BadAudio(f"audio file not found: {path}")
     if not path.is_file():
         raise BadAudio(f"{path} is not a file; give the path of an audio file")

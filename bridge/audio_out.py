@@ -5,18 +5,26 @@ Files: every result and streamed chunk is a WAV written atomically (temp file + 
 highest one already in the folder, so restarts never collide), the request id, the kind (gen, cont, jam, mic)
 and the chunk index. Names sort in the order they were made. Paths from clients are never written to.
 
-Live output: a sounddevice OutputStream on a device such as BlackHole or JACK, fed from a pre-allocated ring
-buffer that the job fills. A "take" (one result or one jam) starts at a wall-clock time the job chooses (the next
-bar line); the callback only copies, and zero-fills when the job falls behind (an underrun). Ring positions are
-absolute sample counts from the take's start, so after an underrun the take stays on the song's grid: late
-samples are dropped, not played late.
+Live output: a sounddevice OutputStream on a device such as BlackHole or JACK, fed from pre-allocated ring
+buffers that the job fills. A "take" (one result or one jam) starts at a wall-clock time the job chooses (the next
+bar line); the callback only copies, and zero-fills when the job falls behind (a dry spell). Ring positions are
+absolute sample counts from the take's start, so after a dry spell the take stays on the song's grid: late
+samples are dropped, not played late. Four pieces, one job each: `Ring` (the wrap-around arithmetic),
+`SampleClock` (wall-clock time -> output sample index), `TakeScheduler` (which take plays each output sample,
+hand-over on an exact sample) and `_DeviceStream` (the sounddevice stream); `LiveOutput` wires them together.
+
+Headroom for the callback: it is Python, so it needs the GIL, which a generating thread holds for up to the
+interpreter's switch interval (5 ms by default, most of a JACK period of 8 ms). Opening a live output lowers the
+switch interval to 1 ms, so a late callback waits at most that long for the GIL.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
+import sys
 import threading
 import time
 from datetime import datetime
@@ -36,6 +44,8 @@ KINDS = ("gen", "cont", "jam", "mic")
 _NAME = re.compile(r"^\d{8}-\d{6}-(\d{6,})-r\d+-[a-z]+(?:-c\d+)?\.wav$")
 START_MARGIN_S = 0.05  # a take never starts sooner than this after its first audio is ready
 RING_SECONDS = 90.0
+ANCHOR_SECONDS = 1.0  # SampleClock re-anchors at least this often (clock drift; blocks lost without a flag)
+SWITCH_INTERVAL_S = 0.001  # the GIL hand-over bound while a live output runs (see the module docstring)
 
 
 class WavNamer:
@@ -121,15 +131,40 @@ def find_device(name: str, kind: str) -> dict:
     raise UserError(f"{name!r} matches several {kind} devices; give more of the name: {listing}", code="bad_args")
 
 
+class Ring:
+    """A fixed-capacity ring of [frames, channels] float32 audio addressed by absolute frame positions: the only
+    place that knows about wrap-around. The caller keeps readers and writers within one capacity of each other."""
+
+    def __init__(self, frames: int, channels: int):
+        self.data = np.zeros((frames, channels), np.float32)
+        self.capacity = frames
+
+    def put(self, pos: int, frames: np.ndarray) -> None:
+        """Store frames [n, C] at absolute positions pos .. pos + n."""
+        n, i = len(frames), pos % self.capacity
+        first = min(n, self.capacity - i)
+        self.data[i:i + first] = frames[:first]
+        if n > first:
+            self.data[: n - first] = frames[first:]
+
+    def get(self, pos: int, out: np.ndarray) -> None:
+        """Copy len(out) frames from absolute position pos into out (no allocation: safe in the callback)."""
+        n, i = len(out), pos % self.capacity
+        first = min(n, self.capacity - i)
+        out[:first] = self.data[i:i + first]
+        if n > first:
+            out[first:] = self.data[: n - first]
+
+
 class _Take:
-    """One piece of audio on the output: ring positions (absolute samples from the take's start) and state.
+    """One piece of audio on the output: its ring positions (absolute samples from the take's start) and state.
     Only the producer moves `write_pos`; only the audio callback moves `read_pos`."""
 
     def __init__(self) -> None:
-        self.ring: np.ndarray | None = None  # one of LiveOutput's two rings, chosen on the first push
+        self.ring: Ring | None = None  # one of the scheduler's two rings, chosen when it is scheduled
         self.write_pos = 0
         self.read_pos = 0
-        self.start_time: float | None = None  # stream clock time of sample 0
+        self.start_sample: int | None = None  # output sample index of the take's sample 0
         self.started = False
         self.finished = False  # no more audio will come
         self.done = False  # finished and played out (or replaced, or stopped)
@@ -138,12 +173,189 @@ class _Take:
         self.resampler = None
 
 
-class LiveOutput:
-    """A live output stream to an audio device, fed take by take from jobs.
+class TakeScheduler:
+    """Which take plays each output sample. Two slots, the take that plays and the one scheduled next, so a new
+    result takes over exactly at its start sample while the previous one plays until then (no gap, no cut
+    mid-bar); two rings, so the next take fills its own while the current one plays.
 
-    Two rings: the take that plays and the one scheduled next, so a new result takes over exactly at its bar
-    line while the previous one keeps playing until then (no gap, no cut mid-bar).
-    """
+    Pure logic on sample indices, with no device: `render` runs in the audio callback and never blocks (it only
+    tries the lock; `schedule`, on the producer's thread, holds it for microseconds)."""
+
+    def __init__(self, ring_frames: int, channels: int):
+        self.rings = (Ring(ring_frames, channels), Ring(ring_frames, channels))
+        self.playing: _Take | None = None
+        self.next: _Take | None = None
+        self._lock = threading.Lock()
+        self.dry_spells = 0  # times a take ran dry because its producer fell behind (once per spell)
+
+    def schedule(self, take: _Take, start_sample: int) -> None:
+        """Play `take` from output sample `start_sample`, replacing what plays then. A take scheduled while
+        another still waits for its start replaces the waiting one (there are two rings, not three)."""
+        with self._lock:
+            pending, playing = self.next, self.playing
+            if pending is not None and not pending.started:
+                if playing is None or playing.done:  # nothing plays: the pending one comes first
+                    self.playing, self.next = pending, None
+                else:
+                    pending.done = True
+                    self.next = None
+            current = self.playing if self.playing is not None and not self.playing.done else None
+            take.ring = self.rings[1] if current is not None and current.ring is self.rings[0] else self.rings[0]
+            take.start_sample = start_sample
+            self.next = take
+
+    def clear(self) -> None:
+        self.playing = self.next = None
+
+    def render(self, out: np.ndarray, first: int) -> None:
+        """Fill `out` [frames, C], whose first sample is output sample `first`."""
+        if not self._lock.acquire(blocking=False):
+            # The producer is scheduling a take (microseconds): play on; a take due now starts a block late,
+            # its first samples skipped, so it still lands on its grid.
+            self._play(self.playing, out, first)
+            return
+        try:
+            split, nxt = len(out), self.next
+            if nxt is not None and not nxt.done and nxt.start_sample - first < len(out):
+                split = max(0, nxt.start_sample - first)  # the next take starts inside this block
+            self._play(self.playing, out[:split], first)
+            if split < len(out):
+                if self.playing is not None:
+                    self.playing.done = True
+                self.playing, self.next = nxt, None
+                self._play(nxt, out[split:], first + split)
+        finally:
+            self._lock.release()
+
+    def _play(self, take: _Take | None, out: np.ndarray, first: int) -> None:
+        if len(out) == 0:
+            return
+        if take is None or take.done:
+            out.fill(0)
+            return
+        if not take.started:  # silence until its start sample, then from its first sample
+            lead = take.start_sample - first
+            if lead >= len(out):
+                out.fill(0)
+                return
+            take.started = True
+            if lead > 0:
+                out[:lead] = 0
+                out = out[lead:]
+            else:
+                take.read_pos = -lead  # a few samples late: skip them to land on the grid
+        need = len(out)
+        n = min(need, max(0, min(take.write_pos, take.end_pos) - take.read_pos))
+        if n:
+            take.ring.get(take.read_pos, out[:n])
+        if n < need:
+            out[n:] = 0
+            if take.finished:
+                take.done = True
+            elif not take.starving:
+                take.starving = True
+                self.dry_spells += 1
+        else:
+            take.starving = False
+        take.read_pos += need  # keeps time when dry: what arrives late for these samples is dropped
+
+
+class SampleClock:
+    """Monotonic time -> output sample index.
+
+    The callback counts output samples exactly and notes, per block, the stream time its first sample is heard;
+    `heard - index / rate` (the time sample 0 is heard) is then the same for every block, up to the jitter of the
+    host API's time estimates (a few ms under load, both ways; JACK's come from a 32-bit frame counter and can come
+    out wrapped, 37 hours off). The clock keeps the last BASE_BLOCKS such values and anchors on their median, and
+    maps all times to samples from that one anchor, so takes scheduled from it sit exactly where their times say
+    relative to each other (mapping each take on its own let the jitter move a hand-over by a few samples). The
+    anchor is renewed after ANCHOR_SECONDS (the audio and system clocks drift apart) and after the device reports
+    an underflow (lost blocks leave the count behind the clock)."""
+
+    BASE_BLOCKS = 16  # the last 128 ms at JACK's 8 ms periods: recent enough to follow a lost block
+
+    def __init__(self, rate: int, stream_time: Callable[[], float], clock: Callable[[], float]):
+        self.rate = rate
+        self._stream_time, self._clock = stream_time, clock
+        self._bases = np.zeros(self.BASE_BLOCKS)  # written by the callback, in place (it allocates nothing)
+        self._n = 0  # values written since the last reset
+        self._anchor: float | None = None  # monotonic time at which output sample 0 is heard
+        self._anchored_at = -math.inf
+        self.stale = False  # set by the callback when the device lost blocks
+
+    def note_block(self, first: int, heard: float) -> None:
+        """Called by the audio callback for each block."""
+        self._bases[self._n % self.BASE_BLOCKS] = heard - first / self.rate
+        self._n += 1
+
+    def lost_blocks(self) -> None:
+        """Called by the audio callback when the device reports an underflow: the count fell behind; start afresh."""
+        self._n = 0
+        self.stale = True
+
+    def sample_at(self, t: float) -> int:
+        """The output sample heard at monotonic time `t`."""
+        if self._anchor is None or self.stale or self._clock() - self._anchored_at > ANCHOR_SECONDS:
+            self._anchor = self._measure()
+        return round((t - self._anchor) * self.rate)
+
+    def _measure(self) -> float:
+        end = self._clock() + 1.0
+        while self._n < 8 and self._clock() < end:  # the stream has just started: a few blocks for the median
+            time.sleep(0.005)
+        self.stale = False
+        self._anchored_at = self._clock()
+        n = min(self._n, self.BASE_BLOCKS)
+        for _ in range(3):
+            offset = self._offset()
+            if abs(self._stream_time() - offset - self._clock()) < 1.0:
+                break  # (else a stream-time read came out wrapped: read again)
+        if n == 0:  # no block yet (the device has not started): sample 0 is now
+            return self._clock()
+        return float(np.median(self._bases[:n])) - offset
+
+    def _offset(self) -> float:
+        """stream time - monotonic time, read between two clock reads close together, so a preemption between
+        the reads cannot skew it."""
+        best = None
+        for _ in range(10):
+            before = self._clock()
+            now = self._stream_time()
+            after = self._clock()
+            if best is None or after - before < best[0]:
+                best = (after - before, now - (before + after) / 2)
+            if after - before < 20e-6:
+                break
+        return best[1]
+
+
+class _DeviceStream:
+    """The sounddevice OutputStream, and nothing else: open, time, latency, close."""
+
+    def __init__(self, sd, device_index: int, rate: int, channels: int, callback):
+        self._sd = sd
+        self._stream = sd.OutputStream(device=device_index, samplerate=rate, channels=channels, dtype="float32",
+                                       callback=callback)
+        self._stream.start()
+
+    @property
+    def time(self) -> float:
+        return self._stream.time
+
+    @property
+    def latency(self) -> float:
+        return self._stream.latency
+
+    def close(self) -> None:
+        try:
+            self._stream.abort()
+            self._stream.close()
+        except self._sd.PortAudioError as exc:
+            log.warning("closing the audio output: %s", exc)
+
+
+class LiveOutput:
+    """A live output stream to an audio device, fed take by take from jobs (see the module docstring)."""
 
     def __init__(self, device: str, sample_rate: int, channels: int, *, ring_seconds: float = RING_SECONDS,
                  clock: Callable[[], float] = time.monotonic):
@@ -162,53 +374,55 @@ class LiveOutput:
         except sd.PortAudioError:
             self.rate = int(info["default_samplerate"])
         self._clock = clock
-        self._rings = [np.zeros((int(ring_seconds * self.rate), self.channels), np.float32) for _ in range(2)]
-        self._take: _Take | None = None  # playing
-        self._next: _Take | None = None  # scheduled to take over at its start time
-        self._slots = threading.Lock()  # guards the two slots; the callback only ever tries it, never waits
-        self._underruns = 0  # takes that ran dry (counted once per dry spell)
-        self._xruns = 0  # underflows PortAudio reported
-        self._callback_errors = 0
+        self.scheduler = TakeScheduler(int(ring_seconds * self.rate), self.channels)
+        self.sample_clock = SampleClock(self.rate, lambda: self._stream.time, clock)
+        self._played = 0  # output samples handed to the device since the stream opened
+        self.device_underflows = 0  # callbacks PortAudio flagged as output underflow (the audio system was late)
+        self.callback_errors = 0  # callbacks that raised (each played silence instead)
+        self._error: str | None = None  # the first callback error, until report_error() hands it out
+        self._error_reported = False
         self.dac_latency = 0.0  # seconds from a callback to when its first sample is heard, as PortAudio says
-        self._stream = None
+        self._stream: _DeviceStream | None = None
 
     def open(self) -> "LiveOutput":
-        sd = self._sd
         try:
-            self._stream = sd.OutputStream(device=self.device_index, samplerate=self.rate, channels=self.channels,
-                                           dtype="float32", callback=self._callback)
-            self._stream.start()
-        except sd.PortAudioError as exc:
+            self._stream = _DeviceStream(self._sd, self.device_index, self.rate, self.channels, self._callback)
+        except self._sd.PortAudioError as exc:
             raise UserError(f"cannot open audio output {self.device_name!r}: {exc}", code="bad_args") from None
+        if sys.getswitchinterval() > SWITCH_INTERVAL_S:
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
         log.info("live output: %s, %d Hz, %d channel(s), latency %.1f ms%s", self.device_name, self.rate,
                  self.channels, self._stream.latency * 1000,
                  "" if self.rate == self.in_rate else f" (resampled from {self.in_rate} Hz)")
         return self
 
     @property
-    def starved(self) -> int:
+    def dry_spells(self) -> int:
         """Times a take ran dry because the job fell behind (counted once per dry spell)."""
-        return self._underruns
-
-    @property
-    def xruns(self) -> int:
-        """Callbacks PortAudio flagged as output underflow (the audio system itself was late)."""
-        return self._xruns
+        return self.scheduler.dry_spells
 
     @property
     def underruns(self) -> int:
-        """Both kinds: what /status reports."""
-        return self._underruns + self._xruns
+        """Dry spells plus device underflows: what /status reports."""
+        return self.scheduler.dry_spells + self.device_underflows
+
+    def report_error(self) -> str | None:
+        """The first callback error as one line, once (the server sends it as `/error -1 internal`); else None.
+        Called off the audio thread."""
+        if self._error is None or self._error_reported:
+            return None
+        self._error_reported = True
+        log.error("live output: the audio callback failed (%d time(s) so far; each played silence): %s",
+                  self.callback_errors, self._error)
+        return f"live output: the audio callback failed and played silence: {self._error} (see the bridge's log)"
 
     def close(self) -> None:
-        self._take = self._next = None
+        self.scheduler.clear()
         if self._stream is not None:
-            try:
-                self._stream.abort()
-                self._stream.close()
-            except self._sd.PortAudioError as exc:
-                log.warning("closing the audio output: %s", exc)
+            self._stream.close()
             self._stream = None
+            if self.callback_errors:
+                log.warning("live output closed after %d failed callback(s)", self.callback_errors)
 
     # --- producer side (the job's thread; one job at a time) ---
 
@@ -226,49 +440,24 @@ class LiveOutput:
         """Queue [channels, n] audio at the model's rate. The first push schedules the take at the monotonic
         time `start_at(ready_time)` returns. Waits while the ring is full; raises Cancelled if `cancel` is set."""
         frames = self._convert(take, audio, last=False)
-        if take.start_time is None:
-            with self._slots:
-                pending, playing = self._next, self._take
-                if pending is not None and not pending.started:
-                    if playing is None or playing.done:  # nothing plays: the pending one comes first
-                        self._take, self._next = pending, None
-                    else:  # two rings: a third take cannot wait; the pending one is dropped
-                        pending.done = True
-                        self._next = None
-                current = self._take if self._take is not None and not self._take.done else None
-                take.ring = self._rings[1] if current is not None and current.ring is self._rings[0] else self._rings[0]
-                when = start_at(self._clock())
-                take.start_time = self._stream_time(when)
-                self._next = take
+        if take.start_sample is None:
+            when = start_at(self._clock())
+            self.scheduler.schedule(take, self.sample_clock.sample_at(when))
             log.debug("live output: take starts in %.3f s", when - self._clock())
         self._write(take, frames, cancel)
 
-    def _stream_time(self, t: float) -> float:
-        """Monotonic time -> the stream's clock. Read between two clock reads close together, so a preemption
-        between the reads cannot skew it (JACK's stream clock itself counts whole frames)."""
-        best = None
-        for _ in range(5):
-            before = self._clock()
-            now = self._stream.time
-            after = self._clock()
-            if best is None or after - before < best[0]:
-                best = (after - before, now - (before + after) / 2)
-            if after - before < 20e-6:
-                break
-        return t + best[1]
-
     def finish(self, take: _Take) -> None:
-        """No more audio for this take: running dry at its end is not an underrun."""
-        if take.resampler is not None and take.start_time is not None:
+        """No more audio for this take: running dry at its end is not a dry spell."""
+        if take.resampler is not None and take.start_sample is not None:
             self._write(take, self._convert(take, np.zeros((self.in_channels, 0), np.float32), last=True), None)
         take.finished = True
 
     def stop(self, take: _Take, at: float | None = None) -> None:
         """End the take at monotonic time `at` (None: now), whatever is still queued."""
-        if take.start_time is None:
+        if take.start_sample is None:
             take.done = True
             return
-        end = 0 if at is None else max(0, round((self._stream_time(at) - take.start_time) * self.rate))
+        end = 0 if at is None else max(0, self.sample_clock.sample_at(at) - take.start_sample)
         take.end_pos = min(take.end_pos, end)
         take.finished = True
         if at is None:
@@ -292,101 +481,42 @@ class LiveOutput:
         return frames.mean(axis=1, keepdims=True) if self.channels == 1 else frames[:, : self.channels]
 
     def _write(self, take: _Take, frames: np.ndarray, cancel: threading.Event | None) -> None:
-        ring = take.ring
-        cap, pos = len(ring), 0
+        pos = 0
         while pos < len(frames):
             if cancel is not None and cancel.is_set():
                 raise Cancelled()
             if take.done:  # replaced by a newer take
                 return
             read = take.read_pos
-            if take.write_pos < read:  # the callback already passed these samples (underrun): drop them
+            if take.write_pos < read:  # the callback already passed these samples (dry spell): drop them
                 skip = min(read - take.write_pos, len(frames) - pos)
                 pos += skip
                 take.write_pos += skip
                 continue
-            space = cap - (take.write_pos - read)
+            space = take.ring.capacity - (take.write_pos - read)
             if space <= 0:
                 time.sleep(0.01)
                 continue
             n = min(space, len(frames) - pos)
-            i = take.write_pos % cap
-            first = min(n, cap - i)
-            ring[i:i + first] = frames[pos:pos + first]
-            if n > first:
-                ring[: n - first] = frames[pos + first:pos + n]
+            take.ring.put(take.write_pos, frames[pos:pos + n])
             take.write_pos += n
             pos += n
 
     # --- the audio callback (PortAudio's thread): copy or zero-fill, never raise, allocate nothing big ---
 
     def _callback(self, outdata, frames, time_info, status) -> None:
+        first = self._played
+        self._played += frames
         try:
             if status.output_underflow:
-                self._xruns += 1
+                self.device_underflows += 1
+                self.sample_clock.lost_blocks()
             if time_info.outputBufferDacTime:
                 self.dac_latency = time_info.outputBufferDacTime - time_info.currentTime
-            dac = time_info.outputBufferDacTime or time_info.currentTime
-            if not self._slots.acquire(blocking=False):
-                # The producer is scheduling a take (microseconds): play on; a take due now starts a block
-                # late, its first samples skipped, so it still lands on its grid.
-                self._play(self._take, outdata, dac)
-                return
-            try:
-                split, nxt = frames, self._next
-                if nxt is not None and not nxt.done:
-                    lead = int(round((nxt.start_time - dac) * self.rate))
-                    if lead < frames:  # the next take starts inside this block
-                        split = max(0, lead)
-                self._play(self._take, outdata[:split], dac)
-                if split < frames:
-                    if self._take is not None:
-                        self._take.done = True
-                    self._take, self._next = nxt, None
-                    self._play(nxt, outdata[split:], dac + split / self.rate)
-            finally:
-                self._slots.release()
-        except Exception:  # an exception would stop the stream for good; count it and play silence
-            self._callback_errors += 1
+            self.sample_clock.note_block(first, time_info.outputBufferDacTime or time_info.currentTime)
+            self.scheduler.render(outdata, first)
+        except Exception as exc:  # an exception would stop the stream for good: count it, play silence
+            self.callback_errors += 1
+            if self._error is None:
+                self._error = f"{type(exc).__name__}: {exc}"
             outdata.fill(0)
-
-    def _play(self, take: _Take | None, out: np.ndarray, dac: float) -> None:
-        """Fill `out` (whose first sample is heard at stream time `dac`) from `take`."""
-        if len(out) == 0:
-            return
-        if take is None or take.done:
-            out.fill(0)
-            return
-        if not take.started:  # silence until its start time, then from its first sample
-            lead = int(round((take.start_time - dac) * self.rate))
-            if lead >= len(out):
-                out.fill(0)
-                return
-            take.started = True
-            if lead > 0:
-                out[:lead] = 0
-                out = out[lead:]
-            else:
-                take.read_pos = -lead  # a few samples late: skip them to land on the grid
-        need = len(out)
-        avail = min(take.write_pos, take.end_pos) - take.read_pos
-        n = min(need, max(0, avail))
-        if n:
-            ring = take.ring
-            cap = len(ring)
-            i = take.read_pos % cap
-            first = min(n, cap - i)
-            out[:first] = ring[i:i + first]
-            if n > first:
-                out[first:n] = ring[: n - first]
-        if n < need:
-            out[n:] = 0
-            if take.finished:
-                take.done = True
-            elif not take.starving:
-                take.starving = True
-                self._underruns += 1
-            take.read_pos += need  # keep time: what arrives late for these samples is dropped
-        else:
-            take.starving = False
-            take.read_pos += n

@@ -187,7 +187,11 @@ class _TempoMap:
 
 def _read_midi_file(path: str | Path) -> mido.MidiFile:
     path = Path(path)
-    if not path.exists():
+    try:
+        exists = path.exists()  # raises for e.g. a name longer than the file system allows
+    except OSError as exc:
+        raise BadMidi(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not exists:
         raise BadMidi(f"MIDI file not found: {path}")
     if not path.is_file():
         raise BadMidi(f"{path} is not a file; give the path of a .mid file")

@@ -272,6 +272,9 @@ class BridgeServer:
         while not self._stopping.wait(protocol.HEARTBEAT_SECONDS if seq else 0):
             self.send("/heartbeat", seq)
             seq = min(seq + 1, protocol.INT32_MAX)
+            failure = self.live.report_error() if self.live is not None else None
+            if failure:  # once: the audio callback cannot send (and must not block); the count is in the log
+                self.error(-1, "internal", failure)
 
     # --- state ---
 

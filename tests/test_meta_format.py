@@ -316,3 +316,50 @@ def test_bad_files_are_refused_without_running_code(tmp_path):
     torch.save(torch.zeros(3), path)
     with pytest.raises(UserError, match="not a Meta MusicGen export"):
         load_meta_pickle(path)
+
+
+# An oracle independent of engine/meta_format.py and tests/meta_checkpoint.py: the key renames of transformers' own
+# conversion scripts (src/transformers/models/musicgen/convert_musicgen_transformers.py and
+# musicgen_melody/convert_musicgen_melody_transformers.py, which read audiocraft's LM state dict), stated as data:
+# substring replacements applied in this order, then in_proj_weight split into q | k | v by rows. The scripts
+# build the decoder alone (MusicgenForCausalLM) and the projections apart; in the composite model the decoder's
+# names sit under `decoder.`.
+TRANSFORMERS_RENAMES = (
+    ("emb", "model.decoder.embed_tokens"), ("transformer", "model.decoder"), ("cross_attention", "encoder_attn"),
+    ("linear1", "fc1"), ("linear2", "fc2"), ("norm1", "self_attn_layer_norm"),
+    ("norm_cross", "encoder_attn_layer_norm"), ("norm2", "final_layer_norm"), ("out_norm", "model.decoder.layer_norm"),
+    ("linears", "lm_heads"), ("condition_provider.conditioners.description.output_proj", "enc_to_dec_proj"),
+    ("condition_provider.conditioners.self_wav.output_proj", "audio_enc_to_dec_proj"),
+)
+
+
+def _as_transformers_converts(best_state: dict, hidden: int) -> dict:
+    out = {}
+    for key, value in best_state.items():
+        if key.endswith("chroma.spec.window"):  # a buffer the scripts drop too (rebuilt from the config)
+            continue
+        for old, new in TRANSFORMERS_RENAMES:
+            key = key.replace(old, new)
+        if not key.startswith(("enc_to_dec_proj", "audio_enc_to_dec_proj")):
+            key = "decoder." + key
+        if key.endswith("in_proj_weight"):
+            for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
+                out[key.replace("in_proj_weight", f"{name}.weight")] = value[i * hidden:(i + 1) * hidden]
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.mark.parametrize("melody", [False, True])
+def test_names_agree_with_transformers_conversion_script(melody):
+    model, dec_cfg = _tiny_musicgen(melody=melody, seed=6)
+    original = _lm_part(model)
+    best = hf_to_meta_lm(original, dec_cfg)  # our writer...
+    by_script = _as_transformers_converts(best, dec_cfg.hidden_size)
+    # ...produces what transformers' script turns back into the original model...
+    assert set(by_script) == set(original)
+    assert all(torch.equal(by_script[k], original[k].half()) for k in original)
+    # ...and our reader renames exactly as the script does.
+    ours, _ = meta_lm_to_hf(best, lm_xp_cfg(dec_cfg, "t5-base", melody=melody))
+    assert set(ours) == set(by_script)
+    assert all(torch.equal(ours[k], by_script[k]) for k in ours)

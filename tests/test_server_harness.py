@@ -151,6 +151,15 @@ class Bridge:
         return self.proc.returncode
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the test process dies, however it dies. A jackd orphaned by a killed or timed-out
+    run keeps its slot, and JACK allows only a few servers at once ("Too many servers already active")."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class Jack:
     """A JACK server with the dummy driver (a real audio graph, no sound card), under its own server name so it
     never meets a JACK server someone else runs. Clients find it through JACK_DEFAULT_SERVER."""
@@ -162,7 +171,7 @@ class Jack:
         self.env = {"JACK_DEFAULT_SERVER": self.name, "JACK_NO_AUDIO_RESERVATION": "1"}
         self.proc = subprocess.Popen(["jackd", "--no-realtime", "-n", self.name, "-d", "dummy", "-r", str(rate),
                                       "-p", str(period)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     env={**os.environ, **self.env})
+                                     env={**os.environ, **self.env}, preexec_fn=_die_with_parent)
         end = time.monotonic() + 15
         while time.monotonic() < end:
             if self.proc.poll() is not None:
