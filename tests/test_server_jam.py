@@ -9,50 +9,9 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-from pythonosc.udp_client import SimpleUDPClient
 
-from bridge.server import BridgeServer, ServeConfig
 from tests.fake_engines import SlowEngine
-from tests.test_server_harness import Listener, free_udp_port
-
-
-class InProcessBridge:
-    """BridgeServer in this process with its engine wrapped in a SlowEngine, driven over UDP."""
-
-    def __init__(self, tmp):
-        self.listener = Listener(free_udp_port())
-        self.out_dir = tmp
-        self.slow: SlowEngine | None = None
-
-        def wrap(engine):
-            self.slow = SlowEngine(engine)
-            return self.slow
-
-        self.server = BridgeServer(ServeConfig(model="random-tiny", device="cpu", port=free_udp_port(),
-                                               reply_port=self.listener.sock.getsockname()[1], out_dir=str(tmp),
-                                               wrap_engine=wrap))
-        self.client = SimpleUDPClient("127.0.0.1", self.server.port)
-        self.server.start()
-        self.listener.wait("/status", lambda a: a[0] == "ready", timeout=120, take=False)
-
-    def send(self, address: str, *args) -> None:
-        self.client.send_message(address, list(args))
-
-    def close(self) -> None:
-        self.server.stop()
-        self.listener.close()
-
-
-@pytest.fixture(scope="module")
-def bridge(tmp_path_factory):
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the subprocess servers run (OMP_NUM_THREADS=1): spinning workers on a busy host
-    b = InProcessBridge(tmp_path_factory.mktemp("jam"))
-    yield b
-    b.close()
-    torch.set_num_threads(threads)
+from tests.inprocess_bridge import InProcessBridge, one_torch_thread
 
 
 def song(t0: float, beats0: float, bpm: float):
