@@ -26,7 +26,8 @@ are not touched.
 
 With a live output (`serve --audio-device`), each result is also played as it is made: it starts on the song's
 next bar line after its first audio is ready (a jam: on the bar its first /chunk names), replacing the previous
-result exactly there. `/jam/stop` lets it play to the next bar line; a cancel silences it at once.
+result exactly there. `/jam/stop` lets it play to the next bar line; a cancel silences it at once. When jobs run
+side by side, the live output plays the one that started first, until it ends (take 0 of a multi-take request).
 """
 
 from __future__ import annotations
@@ -162,6 +163,7 @@ class JobRunner:
         self._lock = threading.Condition()
         self._queue: collections.deque[Job] = collections.deque()
         self._running: list[Job] = []
+        self._live_owner: Job | None = None  # the job that feeds the live output
         self._closed = False
         self._threads: list[threading.Thread] = []
         self._add_workers(1)
@@ -285,6 +287,8 @@ class JobRunner:
             finally:
                 with self._lock:
                     self._running.remove(job)
+                    if self._live_owner is job:
+                        self._live_owner = None
                 self._on_change()
 
     def _run(self, job: Job) -> None:
@@ -339,6 +343,17 @@ class JobRunner:
             return state.next_bar_time(earliest) or earliest
         return when
 
+    def _live_take(self, job: Job):
+        """A take on the live output for this job, unless another running job plays there (LiveOutput is fed by
+        one job at a time; with several streams at once, the first to start keeps it until it ends)."""
+        if self.live is None:
+            return None
+        with self._lock:
+            if self._live_owner is not None and self._live_owner is not job:
+                return None
+            self._live_owner = job
+        return self.live.begin_take()
+
     def _next_bar_time(self) -> float | None:
         state = self.transport.snapshot()
         return state.next_bar_time(self.transport.clock() + START_MARGIN_S)
@@ -380,7 +395,7 @@ class JobRunner:
 
         def render(i: int) -> np.ndarray:
             stream, pieces = streams[i], []
-            take = self.live.begin_take() if self.live and i == 0 else None
+            take = self._live_take(job) if i == 0 else None
             start_at = self._start_at()
             try:
                 t0 = time.perf_counter()
@@ -457,7 +472,7 @@ class JobRunner:
                              melody_for=lambda tempo: self._melody(job, engine, tempo),
                              notify=notify, name=f"#{job.req} jam"))
         writer = TakeWriter(self.namer.path(job.req, "jam"), sr, info.channels)
-        take = self.live.begin_take() if self.live else None
+        take = self._live_take(job)
         start_at = None
         try:
             for chunk in jam:
