@@ -298,6 +298,9 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
                    "drives it (bridge/jam_bench.py): chunks late, real-time factor, first bar, steps/s")
     p.add_argument("--jam-seconds", type=float, default=60.0, help="with --jam: seconds of audio (default 60)")
     p.add_argument("--model", default=None, help="with --jam: a model folder or name (default: the small shape)")
+    p.add_argument("--jam-dtype", default=None, help="with --jam: the weight format (default: serve's)")
+    p.add_argument("--jam-time-limit", type=float, default=1200.0,
+                   help="with --jam: stop after this many seconds of jamming and report what was delivered")
     p.set_defaults(func=run_bench)
     return p
 

@@ -73,7 +73,8 @@ class _Device:
 
 
 def run_jam_bench(model: str, seconds: float = 60.0, *, dtype: str | None = None, device: str = "cpu",
-                  threads: int | None = None, out_dir: str | None = None, wrap_engine=None) -> dict:
+                  threads: int | None = None, out_dir: str | None = None, wrap_engine=None,
+                  time_limit: float = 1200.0) -> dict:
     """Jam for `seconds` of audio through a real BridgeServer; returns the figures (see the module docstring)."""
     import torch
 
@@ -101,10 +102,9 @@ def run_jam_bench(model: str, seconds: float = 60.0, *, dtype: str | None = None
         beat_s = 60.0 / BPM
         chunk_s = NUMERATOR * 4 / DENOMINATOR * beat_s
         need = int(-(-seconds // chunk_s))  # chunks that cover `seconds`
-        deadline = time.monotonic() + 120 + 20 * seconds  # a run slower than 0.05x real time is not worth waiting
-        if dev.wait(lambda a, args: a == "/chunk" and args[1] == need - 1 or a == "/error" and args[0] == REQ
-                    and args[1] != "slow", deadline - time.monotonic()) is None:
-            raise RuntimeError(f"the jam did not deliver {need} chunks in time")
+        # Past the time limit, the figures are of what was delivered by then (`complete` False).
+        complete = dev.wait(lambda a, args: a == "/chunk" and args[1] == need - 1 or a == "/error" and
+                            args[0] == REQ and args[1] != "slow", time_limit) is not None
         t_status = time.monotonic()
         client.send_message("/status", [])
         answer = dev.wait(lambda a, args: a == "/status" and dev.all("/status")[-1][0] >= t_status, 10)
@@ -124,7 +124,11 @@ def run_jam_bench(model: str, seconds: float = 60.0, *, dtype: str | None = None
     time_of = lambda beat: t0 + beat * beat_s  # noqa: E731  (the transport was at beat 0 at t0)
     late = [a[1] for t, a in chunks if t > time_of(a[5])]
     first_t, first = chunks[0]
+    if not chunks:
+        raise RuntimeError(f"the jam delivered no chunk within {time_limit:g} s")
     return {
+        "complete": complete,
+        "wall_s": chunks[-1][0] - t0,
         "chunks": len(chunks),
         "audio_s": sum(a[4] for _, a in chunks) * beat_s,
         "chunks_late": len(late),
@@ -155,6 +159,9 @@ def run_jam_command(args) -> int:
     label = Path(model).name if args.model else "small shape, random weights"
     print(f"machine: {machine()}; jam of {args.jam_seconds:g} s at {BPM:g} bpm {NUMERATOR}/{DENOMINATOR}, 1-bar "
           "chunks, through the OSC server", flush=True)
-    result = run_jam_bench(model, args.jam_seconds, dtype=getattr(args, "dtype", None), threads=args.threads)
+    result = run_jam_bench(model, args.jam_seconds, dtype=args.jam_dtype or getattr(args, "dtype", None),
+                           threads=args.threads, time_limit=args.jam_time_limit)
     print(format_jam(result, label))
+    if not result["complete"]:
+        print(f"(stopped at the time limit, {args.jam_time_limit:g} s, after {result['audio_s']:g} s of audio)")
     return 0
