@@ -178,7 +178,9 @@ class Jam:
                     if self._changed():
                         break
             finally:
-                it.close()  # an in-process stream holds the model until its generator is closed
+                close = getattr(it, "close", None)
+                if close is not None:
+                    close()  # an in-process stream holds the model until its generator is closed
                 with self._lock:
                     self._stream = None
 
