@@ -116,16 +116,16 @@ def run_jam_bench(model: str, seconds: float = 60.0, *, dtype: str | None = None
         dev.close()
         if tmp is not None:
             tmp.cleanup()
+    chunks = [(t, a) for t, a in dev.all("/chunk") if a[0] == REQ][:need]
+    if not chunks:
+        raise RuntimeError(f"the jam delivered no chunk within {time_limit:g} s of /jam/start")
     errors = [a for _, a in dev.all("/error") if a[0] in (REQ, -1)]
     bad = [a for a in errors if a[1] not in ("slow", "engine_lost")]
     if bad:
         raise RuntimeError(f"the jam failed: {bad[0]}")
-    chunks = [(t, a) for t, a in dev.all("/chunk") if a[0] == REQ][:need]
     time_of = lambda beat: t0 + beat * beat_s  # noqa: E731  (the transport was at beat 0 at t0)
     late = [a[1] for t, a in chunks if t > time_of(a[5])]
     first_t, first = chunks[0]
-    if not chunks:
-        raise RuntimeError(f"the jam delivered no chunk within {time_limit:g} s")
     return {
         "complete": complete,
         "wall_s": chunks[-1][0] - t0,
