@@ -26,7 +26,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="facebook/musicgen-small",
                    help="a local folder (Hugging Face or Meta format), a hub id, or random-tiny (noise, for wiring tests)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16, or int8 (int8 weights, CPU only); T5 stays float32")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (default: int8 weights on CPU, bfloat16 on CUDA, float16 on MPS), float32, bfloat16, "
+                        "float16, int8 or int4 (weight-only, CPU only); T5 runs in bf16 for bf16/int8/int4, else fp32")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -187,7 +189,7 @@ def cmd_generate(args) -> int:
 
     from bridge.audio_io import atomic_output, load_audio, write_wav_atomic
     from engine.bars import Tempo, parse_time_signature
-    from engine.checkpoint import load_model
+    from bridge.model_loading import load_model
     from engine.session import StreamSession
 
     preset = _apply_preset(args)

@@ -67,7 +67,7 @@ class ServeConfig:
     audio_device: str | None = None
     input_device: str | None = None
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: str = "auto"
     presets: str | None = None
     max_queued: int = 4
     wrap_engine: Callable[[Engine], Engine] | None = None  # for tests and benchmarks: e.g. an engine slowed down
@@ -230,8 +230,9 @@ class BridgeServer:
     def _load_model(self) -> None:
         t0 = time.perf_counter()
         try:
-            from engine.checkpoint import load_model
             from engine.local_engine import LocalEngine
+
+            from .model_loading import load_model
 
             from .jobs import JobRunner
 

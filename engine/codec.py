@@ -5,9 +5,44 @@ Stereo checkpoints code each channel on its own and interleave the codebooks [k0
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor
+
+# facebook/encodec_32khz as transformers.EncodecConfig arguments: the codec inside every published MusicGen, and
+# the one description of it here (the bench checkpoint, the tiny test checkpoints and the Meta exports that name
+# it instead of shipping it all start from this).
+MUSICGEN_CODEC = {
+    "audio_channels": 1, "sampling_rate": 32000, "target_bandwidths": [2.2], "num_filters": 64,
+    "upsampling_ratios": [8, 5, 4, 4], "num_lstm_layers": 2, "num_residual_layers": 1, "codebook_size": 2048,
+    "codebook_dim": 128, "hidden_size": 128, "kernel_size": 7, "last_kernel_size": 7, "residual_kernel_size": 3,
+    "dilation_growth_rate": 2, "compress": 2, "norm_type": "weight_norm", "pad_mode": "reflect", "normalize": False,
+    "use_causal_conv": False, "use_conv_shortcut": False, "trim_right_ratio": 1.0, "chunk_length_s": None,
+    "overlap": None,
+}
+
+
+def musicgen_codec_config(**changes):
+    """transformers' EncodecConfig of MUSICGEN_CODEC, with `changes` (e.g. a smaller width for tests)."""
+    from transformers import EncodecConfig
+
+    return EncodecConfig(**{**MUSICGEN_CODEC, **changes})
+
+
+def codec_facts(kwargs: dict) -> dict:
+    """sample_rate, frame_rate, num_codebooks and codebook_size of the codec that EncodecConfig(**kwargs) builds
+    (transformers derives the number of quantizers from the top bandwidth: n_q * frame_rate * bits / 1000)."""
+    hop = math.prod(kwargs["upsampling_ratios"])
+    bits = math.ceil(math.log2(kwargs["codebook_size"]))
+    frame_rate = math.ceil(kwargs["sampling_rate"] / hop)
+    return {
+        "sample_rate": kwargs["sampling_rate"],
+        "frame_rate": kwargs["sampling_rate"] / hop,
+        "num_codebooks": int(1000 * kwargs["target_bandwidths"][-1] // (frame_rate * bits)),
+        "codebook_size": kwargs["codebook_size"],
+    }
 
 
 class Codec:

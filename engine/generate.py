@@ -92,8 +92,8 @@ def open_stream(
 
 def warm_up(model: MusicGen) -> float:
     """A few guided decode steps, once after loading, so the first request pays no one-time cost: on CPU the
-    decode step is traced here (engine.steps.TracedStep), and oneDNN sets up its kernels.
-    Returns the seconds it took."""
+    decode step is traced here (engine.steps.TracedStep; benchmarks/RESULTS.md has its cost), and oneDNN sets up
+    its kernels. Returns the seconds it took."""
     t0 = time.perf_counter()
     open_stream(model, "", SamplingSettings(cfg=3.0, seed=0), frames=2).run()
     return time.perf_counter() - t0

@@ -26,6 +26,7 @@ import torch
 import yaml
 from torch import Tensor
 
+from engine.codec import MUSICGEN_CODEC, codec_facts
 from engine.errors import ModelNotFound, UserError
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,7 @@ CODEC_FILE = "compression_state_dict.bin"
 EXTRA_SAFE_GLOBALS: list = []
 
 # What a `//pretrained/NAME` or {'pretrained': NAME} codec is, for the names Meta's MusicGen releases use.
-KNOWN_CODECS = {
-    "facebook/encodec_32khz": {"sample_rate": 32000, "frame_rate": 50, "num_codebooks": 4, "codebook_size": 2048},
-}
+KNOWN_CODECS = {"facebook/encodec_32khz": codec_facts(MUSICGEN_CODEC)}
 
 # T5Conditioner.MODELS_DIMS in audiocraft: the width of each text encoder's hidden states.
 T5_DIMS = {
@@ -589,15 +588,7 @@ def _codec_facts(codec_state, codec_cfg: dict) -> dict | None:
     """sample_rate, frame_rate, num_codebooks, codebook_size of the codec, where they can be known."""
     if codec_state is None:
         return KNOWN_CODECS.get(codec_cfg["pretrained"])
-    hop = math.prod(codec_cfg["upsampling_ratios"])
-    bits = math.ceil(math.log2(codec_cfg["codebook_size"]))
-    frame_rate = math.ceil(codec_cfg["sampling_rate"] / hop)
-    return {
-        "sample_rate": codec_cfg["sampling_rate"],
-        "frame_rate": codec_cfg["sampling_rate"] / hop,
-        "num_codebooks": int(1000 * codec_cfg["target_bandwidths"][-1] // (frame_rate * bits)),
-        "codebook_size": codec_cfg["codebook_size"],
-    }
+    return codec_facts(codec_cfg)
 
 
 def read_meta_folder(folder: str | Path) -> MetaCheckpoint:

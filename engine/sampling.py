@@ -6,7 +6,7 @@ generator owned by the request, so a seed gives the same music whatever else is 
 
 The draw is the exponential race that `torch.multinomial` runs for one sample (argmax of p_i / E_i with E_i ~
 Exp(1) picks i with probability p_i), with the exponentials made from `torch.rand`: on CPU `exponential_` with
-a generator costs ~260 us per step for 4 x 2048 values, `rand` ~40 us.
+a generator costs several times as much (benchmarks/RESULTS.md, "Sampling").
 """
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ from engine.stream_decode import StreamingDecoder
 log = logging.getLogger(__name__)
 
 PROMPT_DECODE_CONTEXT = 25  # prompt frames decoded (and discarded) first so new audio joins the prompt seamlessly
-# Each decoder push re-runs the codec's synthesis stage over its context and holdback (~30 ms at full size on a
-# laptop CPU): settled frames are pushed in groups, and at once when a chunk can be completed.
+# Each decoder push re-runs the codec's synthesis stage over its context and holdback (a fixed cost per push,
+# measured in benchmarks/RESULTS.md): settled frames are pushed in groups, and at once when a chunk can be completed.
 DECODE_EVERY_FRAMES = 25
 
 

@@ -10,7 +10,7 @@ The 32 kHz MusicGen decoder (transformers' `EncodecDecoder`) is three stages, ha
    (h, c) state can be carried from push to push and is exact: no left context needed, whatever the LSTM's
    memory (random weights or real).
 3. `synth`: ELU, transposed convs (x8, x5, x4, x4) with residual blocks, final conv. Finite support: an LSTM
-   frame moves the samples from 482 before its own 640 to 465 after them (measured), less than a frame. So each
+   frame moves samples less than a frame before and after its own 640 (benchmarks/RESULTS.md). So each
    push re-runs this stage on a small window: `left_context` frames before the first new frame (their samples
    are trimmed) and the `holdback - 3` newest frames, whose audio waits for the next push (their right edge
    sees the window's padding instead of real data).
@@ -36,7 +36,7 @@ from engine.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LEFT_CONTEXT_FRAMES = 2  # 1 is exact (support < 1 frame); 1 more costs ~2% at 1 s chunks, guards rounding
+DEFAULT_LEFT_CONTEXT_FRAMES = 2  # 1 is exact (support < 1 frame); 1 more guards rounding at a small cost (RESULTS.md)
 DEFAULT_HOLDBACK_FRAMES = 4  # 3 for the pre-LSTM conv's right reach + 1 for the synthesis stage's: 80 ms
 
 

@@ -1,6 +1,6 @@
 """Text conditioning: the checkpoint's T5 encoder (through transformers) and its projection to the LM.
 
-T5 comes in the precision the loader chose (engine/checkpoint.py `text_dtype`): fp32, or bf16 storage and compute
+T5 comes in the precision the loader chose (engine/assemble.py `text_dtype`): fp32, or bf16 storage and compute
 for bf16 and int8 models (half its memory: 220 MB less for t5-base; T5 was trained in bf16), with the layers
 transformers keeps in fp32 for stability (T5's `wo`) kept there. The projected states are always fp32.
 

@@ -34,14 +34,15 @@ def tiny_tokenizer():
 def tiny_config(channels: int = 1, melody: bool = False, dim: int = 32, layers: int = 2, heads: int = 4,
                 max_positions: int = 512):
     """A transformers MusicgenConfig (or MusicgenMelodyConfig) of the real structure and a tiny size."""
-    from transformers import EncodecConfig, MusicgenDecoderConfig, T5Config
+    from transformers import MusicgenDecoderConfig, T5Config
+
+    from engine.codec import musicgen_codec_config
 
     t5 = T5Config(vocab_size=len(WORDS) + 3, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4,
                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-    codec = EncodecConfig(audio_channels=1, sampling_rate=32000, num_filters=4, num_residual_layers=1,
-                          upsampling_ratios=[8, 5, 4, 4], codebook_size=2048, codebook_dim=8, hidden_size=8,
-                          num_lstm_layers=2, normalize=False, use_causal_conv=False, target_bandwidths=[2.2],
-                          chunk_length_s=None, overlap=None)
+    # The real codec's geometry (rate, hop, codebooks), narrow; with the shortcut convs the tiny checkpoints were
+    # always built with (the real one has none).
+    codec = musicgen_codec_config(num_filters=4, codebook_dim=8, hidden_size=8, use_conv_shortcut=True)
     decoder = MusicgenDecoderConfig(vocab_size=2048, hidden_size=dim, num_hidden_layers=layers,
                                     num_attention_heads=heads, ffn_dim=4 * dim, num_codebooks=4 * channels,
                                     max_position_embeddings=max_positions, audio_channels=channels)

@@ -65,7 +65,7 @@ class TokenStream:
         if keep_frames >= window_frames:
             raise ValueError("keep_frames must be smaller than window_frames")
         self.lm, self.pattern, self.settings, self.cond = lm, pattern, settings, cond
-        self.K, self.D = pattern.n_codebooks, pattern.max_delay
+        self.K, self.max_delay = pattern.n_codebooks, pattern.max_delay
         self.special = lm.cfg.special_token
         self.device = lm.device
         self.window_frames, self.keep_frames = window_frames, keep_frames
@@ -163,7 +163,7 @@ class TokenStream:
             if self.win_prompt <= f and self.origin + f < self.win_end:
                 self.seq[k, col] = tokens[k]
         self.col += 1
-        f = col - 1 - self.D  # the window's frame whose last codebook this column settled
+        f = col - 1 - self.max_delay  # the window's frame whose last codebook this column settled
         if f < self.win_prompt or self.origin + f >= self.win_end:
             return self.history[:, :0]
         if self.n_final >= self.history.shape[1]:

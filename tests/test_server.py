@@ -13,6 +13,7 @@ import soundfile as sf
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from bridge import protocol
+from engine.devices import CPU_AUTO
 from bridge.presets import load_preset, render_prompt
 from tests.test_server_harness import Bridge, Listener, free_udp_port
 
@@ -53,8 +54,10 @@ def test_ping_answers_at_once_and_status_goes_ready(bridge):
     state, model, steps, queued, realtime, dtype, underruns = \
         bridge.listener.wait("/status", lambda a: a[0] == "ready" and a[1])[1]
     assert model == "random-tiny" and queued == 0 and steps >= 0 and realtime >= 0 and underruns == 0
-    assert dtype in ("float32", "bfloat16", "int8", "int4")
-    log = bridge.log()  # the one-time costs (the traced CPU step) were paid before it said ready
+    assert dtype == CPU_AUTO  # serve's default is --dtype auto, and /status names what it chose
+    log = bridge.log()
+    assert f"--dtype auto: {CPU_AUTO} (CPU:" in log  # the startup log says what auto picked and why
+    # the one-time costs (the traced CPU step) were paid before it said ready
     assert "warmed up in" in log and log.index("warmed up in") < log.index("ready after")
 
 
@@ -281,6 +284,17 @@ def test_without_a_model_it_stays_up_and_says_why(tmp_path):
         assert b.stop(signal.SIGINT) == 0
     assert "Traceback" not in b.log()
 
+
+
+def test_an_unknown_dtype_is_a_no_model_error_and_it_stays_up(tmp_path):
+    b = Bridge(tmp_path, "--dtype", "float7")
+    try:
+        _, (req, code, msg) = b.listener.wait("/error", lambda a: a[1] == "no_model", timeout=60)
+        assert req == -1 and "unknown dtype 'float7'" in msg
+        assert b.ping()[1] == protocol.VERSION
+    finally:
+        assert b.stop(signal.SIGINT) == 0
+    assert "Traceback" not in b.log()
 
 
 def test_protocol_command_prints_the_table(capsys):
