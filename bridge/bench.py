@@ -345,11 +345,22 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where the small-shape checkpoint is kept")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.add_argument("--jam", action="store_true", help="instead: a 60 s jam through the OSC server, as the device "
+                   "drives it (bridge/jam_bench.py): chunks late, real-time factor, first bar, steps/s")
+    p.add_argument("--jam-seconds", type=float, default=60.0, help="with --jam: seconds of audio (default 60)")
+    p.add_argument("--model", default=None, help="with --jam: a model folder or name (default: the small shape)")
+    p.add_argument("--jam-dtype", default=None, help="with --jam: the weight format (default: serve's)")
+    p.add_argument("--jam-time-limit", type=float, default=1200.0,
+                   help="with --jam: stop after this many seconds of jamming and report what was delivered")
     p.set_defaults(func=run_bench)
     return p
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if args.jam:
+        from bridge.jam_bench import run_jam_command
+
+        return run_jam_command(args)
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     bad = [r for r in rows if r not in ROWS]
     if bad:

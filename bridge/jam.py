@@ -86,6 +86,7 @@ class Jam:
         self.beats = Fraction(0)  # jam audio handed out, in beats
         self.bars = Fraction(0)
         self._made_s, self._t_first = 0.0, 0.0
+        self._resuming = False  # the next chunk is the first after a lost engine
 
     # --- from any thread ---
 
@@ -177,7 +178,9 @@ class Jam:
                     if self._changed():
                         break
             finally:
-                it.close()  # an in-process stream holds the model until its generator is closed
+                close = getattr(it, "close", None)
+                if close is not None:
+                    close()  # an in-process stream holds the model until its generator is closed
                 with self._lock:
                     self._stream = None
 
@@ -195,11 +198,15 @@ class Jam:
                 later = self.pacer.late(song_beat, state, now, self.meter.recent)
                 if later is not None:
                     moved = later - song_beat
-                    self.notify("slow", self.pacer.slow_message(moved, state.tempo, self.meter.recent, later))
-                    log.warning("%s re-anchored %s beats later (real-time factor %.2f)", self.name, moved,
-                                self.meter.recent)
+                    if self._resuming:  # the device heard of the loss already: the resumed audio just moves on
+                        log.info("%s resumes %s beats later, on song beat %s", self.name, moved, later)
+                    else:
+                        self.notify("slow", self.pacer.slow_message(moved, state.tempo, self.meter.recent, later))
+                        log.warning("%s re-anchored %s beats later (real-time factor %.2f)", self.name, moved,
+                                    self.meter.recent)
                     self._song_beat += moved
                     song_beat = later
+        self._resuming = False
         out = JamChunk(self.chunks, audio, self.beats, beats, song_beat, self.tempo)
         if self.chunks == 0:
             self._t_first = time.monotonic()
@@ -243,6 +250,7 @@ class Jam:
 
     def _lost(self, exc: EngineLost, tries: int) -> None:
         """The engine went away mid-stream: say so once, wait, and let the loop reopen from the tail."""
+        self._resuming = True
         if tries == 0:
             log.warning("%s: engine lost after %d chunks: %s; resuming from the tail", self.name, self.chunks, exc)
             self.notify("engine_lost", f"{exc}; the jam resumes on the next bar line when the engine is back")

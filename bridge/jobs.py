@@ -8,7 +8,9 @@ that reaches the engine is data (prompt text, audio and chroma arrays), never a 
 
 The kinds of job and what they send (every job starts with `/ack`, sent by the server on acceptance):
 - generate: exactly N bars at the tempo and meter the request was made with; `/progress` (at most
-  PROGRESS_MAX_PER_SECOND per second), then `/done req wav seconds bars`.
+  PROGRESS_MAX_PER_SECOND per second), then `/done req wav seconds bars`. With `takes` > 1, that many streams
+  (seeds: `take_seed`), each answered with `/take req index wav` as it completes, then `/done` naming take 0
+  (the take that plays live).
 - continue: the same, continuing the last `prompt_bars` bars of a WAV (default DEFAULT_PROMPT_BARS, or the whole
   file when shorter); only the new audio is written.
 - jam: endless, bar-aligned chunks from a `bridge.jam.Jam`, each written as a WAV and announced with `/chunk req
@@ -24,7 +26,8 @@ are not touched.
 
 With a live output (`serve --audio-device`), each result is also played as it is made: it starts on the song's
 next bar line after its first audio is ready (a jam: on the bar its first /chunk names), replacing the previous
-result exactly there. `/jam/stop` lets it play to the next bar line; a cancel silences it at once.
+result exactly there. `/jam/stop` lets it play to the next bar line; a cancel silences it at once. When jobs run
+side by side, the live output plays the one that started first, until it ends (take 0 of a multi-take request).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import collections
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable
@@ -42,7 +46,7 @@ import numpy as np
 from engine.bars import Tempo, format_bpm
 from engine.errors import Cancelled, UserError
 from engine.interface import Engine, EngineStream, StreamSpec
-from engine.sampling import SamplingSettings
+from engine.sampling import SamplingSettings, resolve_seed
 
 from . import protocol
 from .audio_io import load_audio
@@ -81,6 +85,14 @@ class Request:
     prompt_bars: int | None = None
     song_beat: Fraction | None = None  # jam: the earliest song beat its first chunk belongs on (None: no transport)
     follow: Callable[[], tuple[Tempo, str]] | None = None  # jam: the current (tempo, prompt template) to follow
+    takes: int = 1  # generate: variations rendered at once (seeds: see take_seed)
+
+
+def take_seed(seed: int, index: int) -> int:
+    """The seed of take `index` of a multi-take request whose (resolved) seed is `seed`: seed + index. Take 0 is
+    the request's own seed, so it equals the same request with one take, and take i equals a one-take request
+    with seed + i: any take can be redone alone."""
+    return (seed + index) % 2**63
 
 
 class Job:
@@ -151,6 +163,7 @@ class JobRunner:
         self._lock = threading.Condition()
         self._queue: collections.deque[Job] = collections.deque()
         self._running: list[Job] = []
+        self._live_owner: Job | None = None  # the job that feeds the live output
         self._closed = False
         self._threads: list[threading.Thread] = []
         self._add_workers(1)
@@ -274,6 +287,8 @@ class JobRunner:
             finally:
                 with self._lock:
                     self._running.remove(job)
+                    if self._live_owner is job:
+                        self._live_owner = None
                 self._on_change()
 
     def _run(self, job: Job) -> None:
@@ -328,6 +343,17 @@ class JobRunner:
             return state.next_bar_time(earliest) or earliest
         return when
 
+    def _live_take(self, job: Job):
+        """A take on the live output for this job, unless another running job plays there (LiveOutput is fed by
+        one job at a time; with several streams at once, the first to start keeps it until it ends)."""
+        if self.live is None:
+            return None
+        with self._lock:
+            if self._live_owner is not None and self._live_owner is not job:
+                return None
+            self._live_owner = job
+        return self.live.begin_take()
+
     def _next_bar_time(self) -> float | None:
         state = self.transport.snapshot()
         return state.next_bar_time(self.transport.clock() + START_MARGIN_S)
@@ -339,7 +365,8 @@ class JobRunner:
     # --- the kinds of job ---
 
     def _render(self, job: Job, engine: Engine) -> None:
-        """/generate and /continue: exactly `bars` bars, then one WAV and /done."""
+        """/generate and /continue: exactly `bars` bars, then one WAV and /done; with takes, one WAV and a /take
+        per take as each completes (take 0 plays live), then /done naming take 0."""
         r, info = job.request, engine.info
         sr = info.sample_rate
         audio_prompt = None
@@ -356,36 +383,71 @@ class JobRunner:
         spec = StreamSpec(self._prompt(r.prompt, r.tempo, r.key), r.sampling, tempo=r.tempo, bars=r.bars,
                           chunk_seconds=PROGRESS_CHUNK_SECONDS, audio_prompt=audio_prompt, melody=melody,
                           context_seconds=r.context_seconds if slide else None, tempo_in_prompt=r.tempo_in_prompt)
-        stream = job.attach(engine.open(spec))
-        take = self.live.begin_take() if self.live else None
-        start_at = self._start_at()
-        meter = RateMeter(info.frame_rate)
-        pieces, done = [], 0
-        try:
-            it, t0 = iter(stream), time.perf_counter()
-            for chunk in it:
-                if not pieces:
-                    log.info("#%d prompt %r, seed %s, %d samples", job.req, stream.prompt_text, stream.seed, total)
-                pieces.append(chunk.audio)
-                done += chunk.audio.shape[1]
+        if r.takes > 1:
+            seed = resolve_seed(r.sampling.seed)
+            specs = [spec.with_seed(take_seed(seed, i)) for i in range(r.takes)]
+        else:
+            specs = [spec]
+        streams = [job.attach(engine.open(s)) for s in specs]
+        kind = "gen" if r.kind == "generate" else "cont"
+        made = [0] * len(streams)
+        meters = [RateMeter(info.frame_rate) for _ in streams]
+
+        def render(i: int) -> np.ndarray:
+            stream, pieces = streams[i], []
+            take = self._live_take(job) if i == 0 else None
+            start_at = self._start_at()
+            try:
+                t0 = time.perf_counter()
+                for chunk in stream:
+                    if not pieces:
+                        log.info("#%d take %d: prompt %r, seed %s, %d samples", job.req, i, stream.prompt_text,
+                                 stream.seed, total)
+                    pieces.append(chunk.audio)
+                    made[i] += chunk.audio.shape[1]
+                    if take is not None:
+                        self.live.push(take, chunk.audio, start_at, job.cancel_event)
+                    if sum(made) < total * len(streams):
+                        job.progress(sum(made) / (total * len(streams)))
+                meters[i].add(stream.steps, time.perf_counter() - t0)
+            except BaseException:
                 if take is not None:
-                    self.live.push(take, chunk.audio, start_at, job.cancel_event)
-                if not chunk.last:
-                    job.progress(done / total)
-            meter.add(stream.steps, time.perf_counter() - t0)
-        except BaseException:
+                    self.live.stop(take)  # a cancelled result falls silent at once
+                raise
             if take is not None:
-                self.live.stop(take)  # a cancelled result falls silent at once
-            raise
-        self._measured(meter.steps_per_s, meter.realtime)
-        if take is not None:
-            self.live.finish(take)
-        audio = np.concatenate(pieces, axis=1)
-        if audio.shape[1] != total:  # the engine promises exact bars; a mismatch is a bug worth failing on
-            raise RuntimeError(f"rendered {audio.shape[1]} samples for {r.bars} bars, expected {total}")
-        path = write_wav(self.namer.path(job.req, "gen" if r.kind == "generate" else "cont"), audio, sr)
+                self.live.finish(take)
+            audio = np.concatenate(pieces, axis=1)
+            if audio.shape[1] != total:  # the engine promises exact bars; a mismatch is a bug worth failing on
+                raise RuntimeError(f"rendered {audio.shape[1]} samples for {r.bars} bars, expected {total}")
+            return audio
+
+        paths = {}
+        for i, audio in self._each_take(job, streams, render):
+            paths[i] = write_wav(self.namer.path(job.req, kind, i if len(streams) > 1 else None), audio, sr)
+            if len(streams) > 1:
+                self._send("/take", job.req, i, str(paths[i]))
+        steps = sum(m.steps_per_s for m in meters) / len(meters)
+        self._measured(steps, steps / info.frame_rate)
         # Exactly `bars` bars by the bar arithmetic's rounding rule (bar lines fall on whole samples), so say so.
-        self._send("/done", job.req, str(path), total / sr, float(r.bars))
+        self._send("/done", job.req, str(paths[0]), total / sr, float(r.bars))
+
+    def _each_take(self, job: Job, streams: list[EngineStream], render: Callable[[int], np.ndarray]):
+        """(index, audio) of each take as it completes: one after another when the engine runs one stream at a
+        time (take 0 first, as it plays live), side by side (threads) when it runs several."""
+        width = min(len(streams), max(1, self._engine.capacity if self._engine else 1))
+        if width == 1:
+            for i in range(len(streams)):
+                yield i, render(i)
+            return
+        with ThreadPoolExecutor(width, thread_name_prefix=f"take-{job.req}") as pool:
+            futures = {pool.submit(render, i): i for i in range(len(streams))}
+            try:
+                for future in as_completed(futures):
+                    yield futures[future], future.result()
+            except BaseException:
+                for stream in streams:  # one take failed or the job was cancelled: the others end too
+                    stream.cancel()
+                raise
 
     def _jam(self, job: Job, engine: Engine) -> None:
         """Chunks from a Jam until /jam/stop: each a WAV, a /chunk and live audio; the whole jam a WAV at the end."""
@@ -410,7 +472,7 @@ class JobRunner:
                              melody_for=lambda tempo: self._melody(job, engine, tempo),
                              notify=notify, name=f"#{job.req} jam"))
         writer = TakeWriter(self.namer.path(job.req, "jam"), sr, info.channels)
-        take = self.live.begin_take() if self.live else None
+        take = self._live_take(job)
         start_at = None
         try:
             for chunk in jam:

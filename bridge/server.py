@@ -395,9 +395,9 @@ class BridgeServer:
         log.info("preset %s: %s", name, preset.description or preset.prompt)
         self.send("/ack", -1, "/preset")
 
-    def on_generate(self, req: int, prompt: str, bars: int) -> None:
+    def on_generate(self, req: int, prompt: str, bars: int, takes: int | None = None) -> None:
         self._require_model()
-        self._submit(req, "/generate", self._request(req, "generate", prompt, bars=bars))
+        self._submit(req, "/generate", self._request(req, "generate", prompt, bars=bars, takes=takes or 1))
 
     def on_continue(self, req: int, wav_path: str, bars: int, prompt_bars: int | None = None) -> None:
         _check_read_path(wav_path, "wav_path")

@@ -107,3 +107,39 @@ class _SlowStream:
         finally:
             it.close()
 
+
+
+class PoolEngine:
+    """Several engines as one of capacity len(engines) (a stand-in for a batching engine): each stream runs on
+    the inner engine with the fewest streams."""
+
+    def __init__(self, engines: list):
+        self.engines = engines
+        self.info, self.capacity = engines[0].info, len(engines)
+        self.load = [0] * len(engines)
+        self._lock = threading.Lock()
+
+    def open(self, spec: StreamSpec):
+        with self._lock:
+            i = self.load.index(min(self.load))
+            self.load[i] += 1
+        return _PooledStream(self, i, self.engines[i].open(spec))
+
+    def close(self) -> None:
+        for e in self.engines:
+            e.close()
+
+
+class _PooledStream:
+    def __init__(self, pool: PoolEngine, index: int, inner):
+        self.pool, self.index, self.inner = pool, index, inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __iter__(self):
+        try:
+            yield from self.inner
+        finally:
+            with self.pool._lock:
+                self.pool.load[self.index] -= 1

@@ -196,8 +196,14 @@ def test_jam_streams_bar_chunks_on_song_beats_and_follows_tempo(bridge):
     assert [wav(c[2]).shape[1] for c in every[:2]] == [32000, 32000]  # exactly a bar at 240 bpm
     for prev, c in zip(every, every[1:]):  # contiguous in beats, whole bars, on the song's grid
         assert c[3] == pytest.approx(prev[3] + prev[4]) and c[4] == pytest.approx(4.0)
-    assert every[0][3] == 0 and every[0][5] == pytest.approx(8.0)
-    assert all(c[5] == pytest.approx(8.0 + c[3]) for c in every)
+    # The bar after /jam/start is beat 8; a host too busy to keep up starts the jam on a later bar line
+    # (honest pacing, tests/test_server_jam.py), and then every chunk follows on from there.
+    # (If the host slows down mid-jam, it moves on once more by whole bars, with /error 40 slow.)
+    first = every[0][5]
+    assert every[0][3] == 0 and first >= 8.0 and first % 4 == 0
+    offsets = [c[5] - c[3] for c in every]
+    assert offsets == sorted(offsets) and all(o % 4 == 0 for o in offsets)
+    assert len(set(offsets)) == 1 + len(bridge.listener.all("/error", lambda a: a[:2] == [40, "slow"]))
     whole = wav(done[1])
     # Chunks are stereo for the device's players (a mono model on both sides); the whole jam keeps the model's.
     assert np.array_equal(whole, np.concatenate([wav(c[2])[:whole.shape[0]] for c in every], axis=1))

@@ -73,8 +73,8 @@ class Listener:
                 self.cond.wait(left)
 
     def result(self, req: int, timeout: float = 60.0):
-        """The /done or /error that ends request `req`."""
-        return self.wait(TERMINAL, lambda a: a[0] == req, timeout)
+        """The /done or /error that ends request `req` (`/error req slow` does not end a jam: it goes on later)."""
+        return self.wait(TERMINAL, lambda a: a[0] == req and a[1] != "slow", timeout)
 
     def all(self, address: str, match=None) -> list[list]:
         with self.cond:
