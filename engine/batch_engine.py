@@ -224,7 +224,13 @@ class BatchEngine:
                 tok, pos = inp.tokens, inp.start
             tokens.append(tok[None].expand(s.rows, -1, -1))
             positions += [pos] * s.rows
-        B = len(positions)
+        # Rows padded to a power of two (free rows of the cache, fed anything): a traced step per bucket, not per
+        # batch size.
+        B = min(self.cache.rows, 1 << (len(positions) - 1).bit_length())
+        pad = B - len(positions)
+        if pad:
+            tokens.append(torch.full((pad, self.model.pattern.n_codebooks, 1), lm.cfg.special_token))
+            positions += [0] * pad
         input_pos = torch.tensor(positions, device=lm.device)[:, None]
         kv_len = max(positions) + 1
         with self.cache.bind(0, B):
