@@ -294,11 +294,17 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where the small-shape checkpoint is kept")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.add_argument("--streams", default=None, metavar="1,2,4,8",
+                   help="instead: streams at once on the batching engine (bridge/bench_streams.py), in --streams-dtype")
+    p.add_argument("--streams-dtype", default="float32", help="weights for --streams (default float32, the CLI's)")
+    p.add_argument("--rounds", type=int, default=3, help="--streams: rounds of 1 vs 4 requests and takes")
     p.set_defaults(func=run_bench)
     return p
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if args.streams:
+        return _run_streams(args)
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     bad = [r for r in rows if r not in ROWS]
     if bad:
@@ -318,6 +324,27 @@ def run_bench(args: argparse.Namespace) -> int:
     print(format_table(results))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "threads": threads, "steps": args.steps, "rows": results}, indent=1))
+    return 0
+
+
+def _run_streams(args: argparse.Namespace) -> int:
+    import torch
+
+    from bridge.bench_streams import run_streams_bench
+
+    try:
+        counts = [int(n) for n in args.streams.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        print(f"--streams wants stream counts like 1,2,4,8, got {args.streams!r}", file=sys.stderr)
+        return 2
+    threads = args.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    folder = ensure_checkpoint(args.cache_dir)
+    print(f"machine: {machine()}; {threads} threads; {args.steps} steps per stream; small shape, random weights, "
+          "guidance on", flush=True)
+    print(run_streams_bench(folder, counts, DTYPES.get(args.streams_dtype, args.streams_dtype), args.steps, args.rounds))
     return 0
 
 

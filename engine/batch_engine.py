@@ -60,6 +60,17 @@ def available_memory(device: torch.device) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
+def full_window_len(model: MusicGen) -> int:
+    """The longest cache a request can need: a full window, and a melody model's prefix with its text."""
+    return model.prefix_frames + (64 if model.melody is not None else 0) + model.pattern.columns(model.max_frames)
+
+
+def rows_from_memory(model: MusicGen) -> int:
+    """How many full-window rows a share of the free memory holds, at most MAX_ROWS (at least 2: one request)."""
+    row = kv_bytes_per_row(model.lm, full_window_len(model))
+    return max(2, min(MAX_ROWS, int(MEMORY_SHARE * available_memory(model.lm.device) // row)))
+
+
 @dataclass
 class BatchStats:
     rounds: int = 0  # batched decoder calls
@@ -75,12 +86,9 @@ class BatchEngine:
     def __init__(self, model: MusicGen, *, max_rows: int | None = None, step_mode: str = "auto"):
         self.model, self.info = model, engine_info(model)
         lm = model.lm
-        # Longest cache a request can need: a full window, the melody prefix and its text.
-        self.full_len = model.prefix_frames + (64 if model.melody is not None else 0) + model.pattern.columns(model.max_frames)
+        self.full_len = full_window_len(model)
         self.row_bytes = kv_bytes_per_row(lm, self.full_len)
-        if max_rows is None:
-            max_rows = min(MAX_ROWS, int(MEMORY_SHARE * available_memory(lm.device) // self.row_bytes))
-        self.max_rows = max(2, max_rows)
+        self.max_rows = max(2, max_rows if max_rows is not None else rows_from_memory(model))
         self.capacity = self.max_rows // 2
         mode = resolve_step_mode(step_mode, lm.device)
         self.step_mode = "eager" if mode == "graph" else mode  # a CUDA graph would pin the batch's shape
