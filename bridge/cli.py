@@ -90,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("serve", help="run the OSC bridge for the Max for Live device")
-    s.add_argument("--host", default=protocol.HOST, help="address to listen on (default: loopback only)")
+    s.add_argument("--host", default=protocol.HOST,
+                   help="address to listen on (default: loopback only; beyond loopback, anyone who can reach the "
+                   "port can use the bridge and get its replies)")
     s.add_argument("--port", type=int, default=protocol.PORT, help="port to listen on")
     s.add_argument("--reply-port", type=int, default=protocol.REPLY_PORT, help="port the device listens on")
     s.add_argument("--out-dir", default=None,
