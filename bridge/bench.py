@@ -344,7 +344,8 @@ def _run_streams(args: argparse.Namespace) -> int:
     folder = ensure_checkpoint(args.cache_dir)
     print(f"machine: {machine()}; {threads} threads; {args.steps} steps per stream; small shape, random weights, "
           "guidance on", flush=True)
-    print(run_streams_bench(folder, counts, DTYPES.get(args.streams_dtype, args.streams_dtype), args.steps, args.rounds))
+    run_streams_bench(folder, counts, DTYPES.get(args.streams_dtype, args.streams_dtype), args.steps, args.rounds,
+                      out=lambda line: print(line, flush=True))
     return 0
 
 

@@ -62,7 +62,9 @@ def _takes(engine, spec, n: int) -> float:
     return time.perf_counter() - t0
 
 
-def run_streams_bench(folder: Path, counts: list[int], dtype: str, steps: int, rounds: int, bars: int = 2) -> str:
+def run_streams_bench(folder: Path, counts: list[int], dtype: str, steps: int, rounds: int, bars: int = 2,
+                      out=print) -> None:
+    """Print (with `out`) each table line as it is measured: on a busy machine a run is long."""
     from engine.bars import Tempo
     from engine.batch_cache import kv_bytes_per_row
     from engine.batch_engine import BatchEngine, rows_from_memory
@@ -73,27 +75,26 @@ def run_streams_bench(folder: Path, counts: list[int], dtype: str, steps: int, r
     model = load_model(str(folder), device="cpu", dtype=dtype)
     warm_up(model)
     engine = BatchEngine(model, max_rows=2 * max(counts + [4]))
-    lines = [f"dtype {dtype}; KV cache per row: {kv_bytes_per_row(model.lm, engine.full_len) / 1e6:.1f} MB at a full "
+    out(f"dtype {dtype}; KV cache per row: {kv_bytes_per_row(model.lm, engine.full_len) / 1e6:.1f} MB at a full "
              f"{model.max_seconds:.0f} s window ({kv_bytes_per_row(model.lm, 1) / 1e3:.0f} kB per position); "
-             f"row cap from memory on this machine now: {rows_from_memory(model)} rows"]
+             f"row cap from memory on this machine now: {rows_from_memory(model)} rows")
     try:
         token_round(engine, max(counts), 8)  # trace the step for every batch bucket before timing
-        lines += ["", f"| streams | steps/s (all) | real-time factor per stream | wall (s) for {steps} steps each | "
-                      "prefill time (s) |", "|---:|---:|---:|---:|---:|"]
+        out(f"\n| streams | steps/s (all) | real-time factor per stream | wall (s) for {steps} steps each | "
+            "prefill time (s) |\n|---:|---:|---:|---:|---:|")
         for n in counts:
             r = token_round(engine, n, steps)
-            lines.append(f"| {n} | {r['steps_per_s']:.1f} | {r['rtf_per_stream']:.2f} | {r['wall_s']:.1f} | "
+            out(f"| {n} | {r['steps_per_s']:.1f} | {r['rtf_per_stream']:.2f} | {r['wall_s']:.1f} | "
                          f"{r['prefill_s']:.2f} ({r['prefills']}) |")
         tempo = Tempo(Fraction(120), 4, 4)
         spec = StreamSpec(PROMPT, _settings(7), tempo=tempo, bars=bars, chunk_bars=1)
-        lines += ["", f"| round | 1 request (s) | 4 requests (s) | ratio | 1 take (s) | 4 takes (s) | ratio |",
-                  "|---:|---:|---:|---:|---:|---:|---:|"]
+        out(f"\n{bars}-bar requests at 120 bpm:\n| round | 1 request (s) | 4 requests (s) | ratio | 1 take (s) | "
+            "4 takes (s) | ratio |\n|---:|---:|---:|---:|---:|---:|---:|")
         for k in range(rounds):
             one = _requests(engine, [spec.with_seed(10 * k)])
             four = _requests(engine, [StreamSpec(f"{PROMPT}, take {i}", _settings(10 * k + i), tempo=tempo, bars=bars,
                                                  chunk_bars=1) for i in range(4)])
             t1, t4 = _takes(engine, spec.with_seed(10 * k), 1), _takes(engine, spec.with_seed(10 * k), 4)
-            lines.append(f"| {k + 1} | {one:.1f} | {four:.1f} | {four / one:.2f} | {t1:.1f} | {t4:.1f} | {t4 / t1:.2f} |")
+            out(f"| {k + 1} | {one:.1f} | {four:.1f} | {four / one:.2f} | {t1:.1f} | {t4:.1f} | {t4 / t1:.2f} |")
     finally:
         engine.close()
-    return "\n".join(lines)

@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also play results live to this output device (e.g. BlackHole, a JACK port), on bar lines")
     s.add_argument("--input-device", default=None, metavar="NAME", help="microphone for humming a melody")
     s.add_argument("--presets-dir", default=None, help="folder of preset .json files (default: presets/)")
+    s.add_argument("--engine", choices=("batch", "local"), default="batch",
+                   help="batch: streams advance together in one decoder step (default); local: one stream at a time")
     add_model_args(s)
     s.set_defaults(func=cmd_serve)
 
@@ -134,7 +136,7 @@ def cmd_serve(args) -> int:
         os.makedirs(out_dir, exist_ok=True)
     return serve(ServeConfig(model=args.model, host=args.host, port=args.port, reply_port=args.reply_port,
                              out_dir=out_dir, audio_device=args.audio_device, input_device=args.input_device,
-                             device=args.device, dtype=args.dtype, presets=args.presets_dir))
+                             device=args.device, dtype=args.dtype, presets=args.presets_dir, engine=args.engine))
 
 
 def cmd_protocol(args) -> int:

@@ -105,6 +105,24 @@ class BatchEngine:
         log.info("batch engine: up to %d rows (%d guided streams), %.1f MB of KV cache per full-window row, %s steps",
                  self.max_rows, self.capacity, self.row_bytes / 1e6, self.step_mode)
 
+    @torch.inference_mode()
+    def warm_up(self) -> float:
+        """Trace the batched step for every row bucket (2, 4, ... max_rows) before serving, so a stream that joins
+        does not stall the others while a trace is made. Returns the seconds it took."""
+        t0 = time.perf_counter()
+        lm, K = self.model.lm, self.model.pattern.n_codebooks
+        with self._cv:
+            if self.active or self.waiting:
+                return 0.0
+            self.cache.ensure(self.max_rows, 8, 1, 0)
+            buckets = sorted({min(self.max_rows, 1 << (n - 1).bit_length()) for n in range(2, self.max_rows + 1)})
+            for B in buckets:
+                tokens = torch.full((B, K, 1), lm.cfg.special_token, device=lm.device)
+                with self.cache.bind(0, B):
+                    self.decode(tokens, torch.zeros(B, 1, dtype=torch.long, device=lm.device), 1)
+            self.cache.release()
+        return time.perf_counter() - t0
+
     # --- Engine ---
 
     def open(self, spec: StreamSpec) -> "BatchEngineStream":
