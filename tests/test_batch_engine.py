@@ -23,10 +23,10 @@ from engine.sampling import SamplingSettings
 
 # Prompts of different lengths (padded text keys), every sampling mode, with and without guidance.
 REQUESTS = [
-    ("warm keys", SamplingSettings(seed=1, top_k=50), 40),
-    ("techno drums at night, 128 bpm, loud and dark", SamplingSettings(seed=2), 55),
-    ("x", SamplingSettings(seed=3, greedy=True), 30),
-    ("ambient pad", SamplingSettings(seed=4, cfg=1.0, top_p=0.9), 47),
+    ("warm keys", SamplingSettings(seed=1, top_k=50), 24),
+    ("techno drums at night, 128 bpm, loud and dark", SamplingSettings(seed=2), 33),
+    ("x", SamplingSettings(seed=3, greedy=True), 18),
+    ("ambient pad", SamplingSettings(seed=4, cfg=1.0, top_p=0.9), 29),
 ]
 
 
@@ -104,7 +104,7 @@ def test_unmasked_text_padding_would_change_codes(mono_model, monkeypatch):
 
 def test_join_and_leave_mid_stream(mono_model):
     engine = BatchEngine(mono_model)
-    long_req, short_req = ("slow strings", SamplingSettings(seed=7), 150), ("hi hats", SamplingSettings(seed=8), 20)
+    long_req, short_req = ("slow strings", SamplingSettings(seed=7), 90), ("hi hats", SamplingSettings(seed=8), 15)
     try:
         a = engine.token_stream(*long_req[:2], frames=long_req[2])
         got = {}
@@ -128,29 +128,29 @@ def test_endless_row_slides_its_own_window(mono_model):
     window = dict(window_frames=30, keep_frames=10)
     settings = SamplingSettings(seed=9, top_k=20)
     ref = open_stream(mono_model, "dub", settings, frames=None, **window)
-    while ref.new_frames < 80:
+    while ref.new_frames < 50:
         ref.step()
     engine = BatchEngine(mono_model)
     try:
         other = {}
-        t = threading.Thread(target=lambda: other.setdefault("codes", engine.token_stream("organ", SamplingSettings(seed=10), frames=70).run().clone()))
+        t = threading.Thread(target=lambda: other.setdefault("codes", engine.token_stream("organ", SamplingSettings(seed=10), frames=45).run().clone()))
         t.start()
         jam = engine.token_stream("dub", settings, frames=None, **window)
-        while jam.new_frames < 80:
+        while jam.new_frames < 50:
             jam.step()
-        codes = jam.codes(0, 80).clone()
+        codes = jam.codes(0, 50).clone()
         jam.release()
         t.join(60)
-        assert engine.stats.prefills >= 4  # two joins and the jam's slides
+        assert engine.stats.prefills >= 3  # two joins and at least one slide of the jam
     finally:
         engine.close()
-    assert torch.equal(codes, ref.codes(0, 80))
-    assert torch.equal(other["codes"], alone(mono_model, "organ", SamplingSettings(seed=10), 70))
+    assert torch.equal(codes, ref.codes(0, 50))
+    assert torch.equal(other["codes"], alone(mono_model, "organ", SamplingSettings(seed=10), 45))
 
 
 def test_cancel_one_row_leaves_the_others(mono_model):
     engine = BatchEngine(mono_model)
-    reqs = [("a", SamplingSettings(seed=11), 60), ("bb", SamplingSettings(seed=12), 60), ("ccc", SamplingSettings(seed=13), 60)]
+    reqs = [("a", SamplingSettings(seed=11), 40), ("bb", SamplingSettings(seed=12), 40), ("ccc", SamplingSettings(seed=13), 40)]
     try:
         streams = [engine.token_stream(p, s, frames=f) for p, s, f in reqs]
         results, errors = {}, {}
@@ -164,7 +164,7 @@ def test_cancel_one_row_leaves_the_others(mono_model):
         threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
         for t in threads:
             t.start()
-        while streams[1].cursor.n_final < 15:
+        while streams[1].cursor.n_final < 10:
             time.sleep(0.001)
         streams[1].cancel.set()  # the middle request: the last one's rows move into its place
         for t in threads:
@@ -200,8 +200,8 @@ def test_endless_streams_are_admitted_first(mono_model):
 def test_engine_streams_equal_local_engine(mono_model):
     """Through the Engine interface: chunks of two streams at once equal the in-process engine's, one by one."""
     tempo = Tempo(Fraction(120), 4, 4)
-    specs = [StreamSpec("warm keys", SamplingSettings(seed=17, top_k=50), tempo=tempo, bars=1, chunk_bars=Fraction(1, 2)),
-             StreamSpec("deep house", SamplingSettings(seed=18), seconds=1.5, chunk_seconds=0.5)]
+    specs = [StreamSpec("warm keys", SamplingSettings(seed=17, top_k=50), tempo=tempo, bars=Fraction(1, 2), chunk_bars=Fraction(1, 4)),
+             StreamSpec("deep house", SamplingSettings(seed=18), seconds=1.0, chunk_seconds=0.5)]
     local = LocalEngine(mono_model)
     expected = [np.concatenate([c.audio for c in local.open(s)], 1) for s in specs]
     engine = BatchEngine(mono_model)
