@@ -111,7 +111,7 @@ class BatchedStream:
         return self.cursor.codes(start, self._consumed if stop is None else stop)
 
     def step(self) -> Tensor:
-        """The frames [K, n] settled since the last call (n ≥ 0), waiting until there is at least one."""
+        """The next settled frame [K, 1] (waiting for it), or [K, 0] once the stream has ended."""
         with self._cv:
             while self._consumed == self._settled and self._error is None and not self._finished:
                 if self.cancel.is_set():
@@ -121,7 +121,10 @@ class BatchedStream:
                 raise self._error
             if self.cancel.is_set():
                 raise Cancelled()
-            start, self._consumed = self._consumed, self._settled
+            # One frame a call, as a TokenStream step settles at most one: the session then pushes the same groups
+            # of frames to the codec, so the audio is bit-identical to a stream run alone.
+            start = self._consumed
+            self._consumed = min(self._settled, start + 1)
         self._scheduler.wake()  # an endless stream may have room to run ahead again
         return self.cursor.codes(start, self._consumed)
 
