@@ -352,6 +352,10 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--jam-dtype", default=None, help="with --jam: the weight format (default: serve's)")
     p.add_argument("--jam-time-limit", type=float, default=1200.0,
                    help="with --jam: stop after this many seconds of jamming and report what was delivered")
+    p.add_argument("--streams", default=None, metavar="1,2,4,8",
+                   help="instead: streams at once on the batching engine (bridge/bench_streams.py), in --streams-dtype")
+    p.add_argument("--streams-dtype", default="auto", help="weights for --streams (default auto, as serve)")
+    p.add_argument("--rounds", type=int, default=3, help="--streams: rounds of 1 vs 4 requests and takes")
     p.set_defaults(func=run_bench)
     return p
 
@@ -361,6 +365,8 @@ def run_bench(args: argparse.Namespace) -> int:
         from bridge.jam_bench import run_jam_command
 
         return run_jam_command(args)
+    if args.streams:
+        return _run_streams(args)
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     bad = [r for r in rows if r not in ROWS]
     if bad:
@@ -384,6 +390,28 @@ def run_bench(args: argparse.Namespace) -> int:
     print(format_table(results, auto=str(auto_dtype(torch.device("cpu"))[0]).removeprefix("torch.")))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "threads": threads, "steps": args.steps, "rows": results}, indent=1))
+    return 0
+
+
+def _run_streams(args: argparse.Namespace) -> int:
+    import torch
+
+    from bridge.bench_streams import run_streams_bench
+
+    try:
+        counts = [int(n) for n in args.streams.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        print(f"--streams wants stream counts like 1,2,4,8, got {args.streams!r}", file=sys.stderr)
+        return 2
+    threads = args.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    folder = ensure_checkpoint(args.cache_dir)
+    print(f"machine: {machine()}; {threads} threads; {args.steps} steps per stream; small shape, random weights, "
+          "guidance on", flush=True)
+    run_streams_bench(folder, counts, DTYPES.get(args.streams_dtype, args.streams_dtype), args.steps, args.rounds,
+                      out=lambda line: print(line, flush=True))
     return 0
 
 

@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--context-seconds", type=_positive_float, default=None,
                    help="slide the model's window past this context (endless mode; allows lengths past the model's limit)")
     g.add_argument("--stream-dir", default=None, help="write each chunk there as its own WAV as soon as it is final")
+    g.add_argument("--takes", type=int, default=1, help="render 1-4 variations at once (seeds seed, seed+1, ...): "
+                   "NAME-1.wav ... NAME-N.wav")
     g.add_argument("--melody", default=None, metavar="FILE", help="melody to follow (.wav/.mid; melody models only)")
     g.add_argument("--hum", action="store_true", help="--melody is a voice recording: track its pitch")
     g.add_argument("--melody-track", default=None, help="MIDI track (index or name) for --melody")
@@ -101,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also play results live to this output device (e.g. BlackHole, a JACK port), on bar lines")
     s.add_argument("--input-device", default=None, metavar="NAME", help="microphone for humming a melody")
     s.add_argument("--presets-dir", default=None, help="folder of preset .json files (default: presets/)")
+    s.add_argument("--engine", choices=("batch", "local"), default="batch",
+                   help="batch: streams advance together in one decoder step (default); local: one stream at a time")
     add_model_args(s)
     s.set_defaults(func=cmd_serve)
 
@@ -134,7 +138,7 @@ def cmd_serve(args) -> int:
         os.makedirs(out_dir, exist_ok=True)
     return serve(ServeConfig(model=args.model, host=args.host, port=args.port, reply_port=args.reply_port,
                              out_dir=out_dir, audio_device=args.audio_device, input_device=args.input_device,
-                             device=args.device, dtype=args.dtype, presets=args.presets_dir))
+                             device=args.device, dtype=args.dtype, presets=args.presets_dir, engine=args.engine))
 
 
 def cmd_protocol(args) -> int:
@@ -199,6 +203,10 @@ def cmd_generate(args) -> int:
         _check_out_path(args.codes_out, ".npy")
     if args.stream_dir and not os.path.isdir(args.stream_dir):
         raise UserError(f"--stream-dir {args.stream_dir} is not a folder: create it first", code="bad_args")
+    if not 1 <= args.takes <= 4:
+        raise UserError(f"--takes must be 1 to 4, got {args.takes}", code="bad_args")
+    if args.takes > 1 and args.stream_dir:
+        raise UserError("--stream-dir writes one take's chunks: leave it out with --takes", code="bad_args")
     tempo = None
     if args.bpm is not None:
         tempo = Tempo(args.bpm, *parse_time_signature(args.time_signature))
@@ -212,6 +220,8 @@ def cmd_generate(args) -> int:
         melody = melody_chroma_from_file(args.melody, hum=args.hum, bpm=float(args.bpm) if args.bpm else None,
                                          track=args.melody_track)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
+    if args.takes > 1:
+        return _generate_takes(args, model, settings, tempo, audio_prompt, melody)
 
     started = time.perf_counter()
     session = StreamSession(
@@ -238,6 +248,47 @@ def cmd_generate(args) -> int:
     print(f"wrote {args.out}: {audio.shape[1] / model.sample_rate:.2f} s, {audio.shape[0]} channel(s), "
           f"{model.sample_rate} Hz, seed {session.seed}; first audio after {first_audio:.2f} s, "
           f"{session.steps / elapsed:.1f} steps/s")
+    return 0
+
+
+def _take_path(path: str, index: int) -> str:
+    """NAME.ext -> NAME-<index + 1>.ext"""
+    stem, ext = os.path.splitext(path)
+    return f"{stem}-{index + 1}{ext}"
+
+
+def _generate_takes(args, model, settings, tempo, audio_prompt, melody) -> int:
+    """`generate --takes N`: N variations rendered together on a batching engine, one WAV (and .npy) each."""
+    import time
+
+    import numpy as np
+
+    from bridge.audio_io import atomic_output, write_wav_atomic
+    from engine.batch_engine import BatchEngine
+    from engine.interface import StreamSpec
+    from engine.takes import render_takes
+
+    spec = StreamSpec(args.prompt, settings, tempo=tempo, bars=args.bars,
+                      seconds=None if args.bars is not None else args.seconds,
+                      chunk_seconds=args.chunk_seconds, chunk_bars=args.chunk_bars, audio_prompt=audio_prompt,
+                      melody=melody, context_seconds=args.context_seconds, tempo_in_prompt=not args.no_tempo_text)
+    started = time.perf_counter()
+    engine = BatchEngine(model, max_rows=2 * args.takes)
+    try:
+        takes = render_takes(engine, spec, args.takes)
+    finally:
+        engine.close()
+    elapsed = time.perf_counter() - started
+    for take in takes:
+        path = _take_path(args.out, take.index)
+        write_wav_atomic(path, take.audio, model.sample_rate)
+        if args.codes_out and take.codes is not None:
+            with atomic_output(_take_path(args.codes_out, take.index)) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, take.codes.numpy().astype(np.int64))
+        print(f"wrote {path}: {take.audio.shape[1] / model.sample_rate:.2f} s, seed {take.seed}")
+    steps = sum(t.steps for t in takes)
+    print(f"{len(takes)} takes in {elapsed:.2f} s ({steps / elapsed:.1f} steps/s together)")
     return 0
 
 

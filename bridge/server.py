@@ -70,6 +70,7 @@ class ServeConfig:
     dtype: str = "auto"
     presets: str | None = None
     max_queued: int = 4
+    engine: str = "batch"  # "batch": streams advance together (engine.batch_engine); "local": one at a time
     wrap_engine: Callable[[Engine], Engine] | None = None  # for tests and benchmarks: e.g. an engine slowed down
 
 
@@ -230,10 +231,7 @@ class BridgeServer:
     def _load_model(self) -> None:
         t0 = time.perf_counter()
         try:
-            from engine.local_engine import LocalEngine
-
             from .model_loading import load_model
-
             from .jobs import JobRunner
 
             self.runner = JobRunner(self.send, self.namer, transport=self.transport,
@@ -241,7 +239,7 @@ class BridgeServer:
             self._set_load_state("loading")
             model = load_model(self.config.model, device=self.config.device, dtype=self.config.dtype)
             _warm_up(model)
-            engine = LocalEngine(model)
+            engine = _make_engine(self.config.engine, model)
             if self.config.wrap_engine is not None:
                 engine = self.config.wrap_engine(engine)
         except Exception as exc:
@@ -548,6 +546,21 @@ def serve(config: ServeConfig) -> int:
     server = BridgeServer(config)
     return server.serve_until_signal()
 
+
+
+def _make_engine(kind: str, model) -> Engine:
+    """The in-process engine `kind` over a loaded model: "batch" (several streams at once) or "local"."""
+    if kind == "local":
+        from engine.local_engine import LocalEngine
+
+        return LocalEngine(model)
+    if kind != "batch":
+        raise UserError(f"unknown engine {kind!r}: batch or local", code="bad_args")
+    from engine.batch_engine import BatchEngine
+
+    engine = BatchEngine(model)
+    log.info("batched step traced for up to %d rows in %.1f s", engine.max_rows, engine.warm_up())
+    return engine
 
 
 def _warm_up(model) -> None:

@@ -72,8 +72,10 @@ def open_stream(
     align: Callable[[int], int] | None = None,
     cancel: threading.Event | None = None,
     step_mode: str = "auto",
+    make: Callable[..., TokenStream] = TokenStream,
 ) -> TokenStream:
-    """A token stream for one request; `frames=None` streams without end (sliding windows)."""
+    """A token stream for one request; `frames=None` streams without end (sliding windows). `make` builds it from
+    TokenStream's arguments (a batching engine passes its own row class)."""
     settings = SamplingSettings(**{**settings.__dict__, "seed": resolve_seed(settings.seed)}).validate(model.lm.cfg.card)
     window = min(window_frames or model.max_frames, model.max_frames)
     keep = keep_frames if keep_frames is not None else int(window * KEEP_FRACTION)
@@ -83,7 +85,7 @@ def open_stream(
     # A long text prompt on a melody model takes positions from the window.
     window = max(2, min(window, model.max_positions - max_prefix - model.pattern.columns(0)))
     keep = max(1, min(keep, window - 1))
-    return TokenStream(
+    return make(
         model.lm, model.pattern, settings, cond,
         prompt=prompt_codes, total_frames=frames, window_frames=window, keep_frames=keep, align=align,
         cancel=cancel, max_prefix=max_prefix, step_mode=step_mode,

@@ -62,14 +62,18 @@ def sinusoids(positions: Tensor, dim: int) -> Tensor:
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-    """softmax(q k^T / sqrt(d) + mask) v over [B, H, T|L, d]; `mask` is boolean (True = attend) or None."""
-    if mask is None and q.shape[-2] == 1 and q.device.type == "cpu":
+    """softmax(q k^T / sqrt(d) + mask) v over [B, H, T|L, d]; `mask` is boolean (True = attend), additive
+    (float, 0 or -inf, broadcastable to [B, H, T, L]: per-row lengths in a batch of streams) or None."""
+    if q.shape[-2] == 1 and q.device.type == "cpu" and (mask is None or mask.is_floating_point()):
         # One query: two batched matmuls over [B*H] views of the cache (no copies), the 1/sqrt(d) scale folded
         # into the first one's alpha. SDPA's CPU kernel costs more in setup than this math at T=1, and in bf16
         # it is several times slower.
         B, H, _, d = q.shape
         L = k.shape[-2]
-        scores = torch.baddbmm(_NO_BIAS.to(q.dtype), q.reshape(B * H, 1, d), k.reshape(B * H, L, d).transpose(1, 2), beta=0, alpha=1.0 / math.sqrt(d))
+        # An additive mask rides in baddbmm's added term; masked keys get exactly zero weight, and a row's result
+        # is bit-identical to attending to its own keys alone.
+        bias, beta = (_NO_BIAS.to(q.dtype), 0) if mask is None else (mask.to(q.dtype).expand(B, H, 1, L).reshape(B * H, 1, L), 1)
+        scores = torch.baddbmm(bias, q.reshape(B * H, 1, d), k.reshape(B * H, L, d).transpose(1, 2), beta=beta, alpha=1.0 / math.sqrt(d))
         return torch.bmm(torch.softmax(scores, dim=-1), v.reshape(B * H, L, d)).view(B, H, 1, d)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
@@ -95,8 +99,11 @@ class KVCache(nn.Module):
         return self.kv[1]
 
     def update(self, input_pos: Tensor, kv: Tensor) -> Tensor:
-        """Write kv [2, B, H, T, d] at positions `input_pos` [T]; returns the whole cache."""
-        return self.kv.index_copy_(3, input_pos, kv)
+        """Write kv [2, B, H, T, d] at positions `input_pos`: [T] for every row, or [B, T] one per row (a batch of
+        streams); returns the whole cache."""
+        if input_pos.dim() == 1:
+            return self.kv.index_copy_(3, input_pos, kv)
+        return self.kv.scatter_(3, input_pos[None, :, None, :, None].expand(kv.shape), kv)
 
 
 class SelfAttention(nn.Module):
@@ -119,8 +126,10 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Attention to the projected text states. No key mask, as Meta's code: the null condition is all zeros,
-    so its keys and values are zero and it contributes nothing (the same as Hugging Face's masked version)."""
+    """Attention to the projected text states. No key mask for one stream, as Meta's code: the null condition is
+    all zeros, so its keys and values are zero and it contributes nothing (the same as Hugging Face's masked
+    version). A batch of streams pads prompts of different lengths to one S: zero keys are not neutral under
+    softmax (they score 0, not -inf), so the batch sets `mask`, an additive key mask [B, 1, 1, S]."""
 
     def __init__(self, cfg: LMConfig):
         super().__init__()
@@ -130,10 +139,16 @@ class CrossAttention(nn.Module):
         self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
         self.k: Tensor | None = None
         self.v: Tensor | None = None
+        self.mask: Tensor | None = None
 
-    def set_condition(self, cond: Tensor) -> None:
+    def keys_values(self, cond: Tensor) -> tuple[Tensor, Tensor]:
+        """Projected text states [B, S, D] -> keys, values [B, H, S, d] (views of one projection)."""
         B, S, D = cond.shape
         k, v = self.wkv(cond).to(cond.dtype).view(B, S, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def set_condition(self, cond: Tensor) -> None:
+        k, v = self.keys_values(cond)
         if self.k is not None and self.k.shape == k.shape and self.k.dtype == k.dtype and self.k.device == k.device:
             # Same shape: write in place, so a captured CUDA graph that reads these buffers stays valid.
             self.k.copy_(k)
@@ -144,7 +159,7 @@ class CrossAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, T, D = x.shape
         q = self.wq(x).to(x.dtype).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        y = attend(q, self.k, self.v, None)
+        y = attend(q, self.k, self.v, self.mask)
         return self.wo(y.transpose(1, 2).reshape(B, T, D))
 
 
@@ -221,7 +236,8 @@ class MusicGenLM(nn.Module):
         return h
 
     def forward(self, h: Tensor, input_pos: Tensor, kv_len: int | None, last_only: bool = True) -> Tensor:
-        """Run embedded inputs [B, T, D] at cache positions `input_pos` [T].
+        """Run embedded inputs [B, T, D] at cache positions `input_pos` [T], or one column per row at `input_pos`
+        [B, 1] (a batch of streams, each row at its own position, sliced only).
 
         Sliced (`kv_len` given): `input_pos` must be the last T positions before `kv_len` (what generation does),
         so a single new position attends to everything before it and needs no mask. Static (`kv_len=None`):
@@ -230,14 +246,22 @@ class MusicGenLM(nn.Module):
         """
         h = self.positioned(h, input_pos)
         T = h.shape[1]
-        if kv_len is None:
+        if input_pos.dim() == 2:
+            mask = self.row_mask(input_pos, kv_len)
+        elif kv_len is None:
             mask = self.causal[input_pos][None, None]
         else:
             mask = None if T == 1 else self.causal[input_pos, :kv_len][None, None]
         return self.layers_and_heads(h, input_pos, mask, kv_len, last_only)
 
+    def row_mask(self, input_pos: Tensor, kv_len: int) -> Tensor:
+        """Additive mask [B, 1, 1, kv_len] for one column per row at `input_pos` [B, 1]: row b attends to cache
+        positions 0 .. input_pos[b] (its own length), whatever the longest row's `kv_len`."""
+        keys = torch.arange(kv_len, device=input_pos.device)
+        return torch.where(keys > input_pos.view(-1, 1, 1, 1), float("-inf"), 0.0)
+
     def positioned(self, h: Tensor, input_pos: Tensor) -> Tensor:
-        """Embedded inputs [B, T, D] plus the position table rows of `input_pos`, in `act_dtype`."""
+        """Embedded inputs [B, T, D] plus the position table rows of `input_pos` ([T] or [B, T]), in `act_dtype`."""
         return (h.float() + self.pos_table[input_pos]).to(self.act_dtype)
 
     def layers_and_heads(self, h: Tensor, input_pos: Tensor, mask: Tensor | None, kv_len: int | None, last_only: bool = True) -> Tensor:

@@ -106,3 +106,9 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
     g = torch.Generator(device=device)
     g.manual_seed(seed)
     return g
+
+
+def take_seed(seed: int, index: int) -> int:
+    """The seed of take `index` (0-based) of a request whose resolved seed is `seed`: take 0 is the request
+    itself, so asking for one take or several gives the same first take. Wraps inside the valid seed range."""
+    return (seed + index) % 2**63

@@ -12,7 +12,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from engine.model import MusicGen
 from engine.resample import resample
 from engine.sampling import SamplingSettings
 from engine.stream_decode import StreamingDecoder
+from engine.token_stream import TokenStream
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ class StreamSession:
     """One streaming request. Iterate it for `Chunk`s; `cancel()` from any thread stops it within one step.
 
     Length: `seconds`, or `bars` with a `tempo`, or neither for endless (until cancelled or `stop()`).
-    Chunks: `chunk_bars` (needs a tempo) or `chunk_seconds`.
+    Chunks: `chunk_bars` (needs a tempo) or `chunk_seconds`. `open_tokens` opens the token stream
+    (`engine.generate.open_stream`'s signature; a batching engine gives its own).
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class StreamSession:
         context_seconds: float | None = None,
         keep_seconds: float | None = None,
         tempo_in_prompt: bool = True,
+        open_tokens: Callable[..., TokenStream] = open_stream,
     ):
         self.model, self.tempo = model, tempo
         sr = model.sample_rate
@@ -108,7 +111,7 @@ class StreamSession:
         keep = None if keep_seconds is None else frames_for_seconds(model, keep_seconds)
         self.cancel_event = threading.Event()
         frames = None if self.total_samples is None else -(-self.total_samples // model.hop)
-        self.stream = open_stream(model, self.prompt_text, settings, frames=frames, prompt_codes=prompt_codes,
+        self.stream = open_tokens(model, self.prompt_text, settings, frames=frames, prompt_codes=prompt_codes,
                                   melody=melody, window_frames=window, keep_frames=keep, align=self._align,
                                   cancel=self.cancel_event)
         self.seed = self.stream.seed

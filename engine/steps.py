@@ -76,20 +76,23 @@ class _StepGraph(nn.Module):
         super().__init__()
         self.lm = lm
 
-    def forward(self, h: Tensor, input_pos: Tensor, lengths: Tensor, kvs: list[Tensor], cross: list[Tensor] | None = None) -> Tensor:
+    def forward(self, h: Tensor, input_pos: Tensor, lengths: Tensor, kvs: list[Tensor], cross: list[Tensor] | None = None,
+                cross_mask: Tensor | None = None) -> Tensor:
         lm = self.lm
-        saved = [(l.attn.kv_cache.kv, l.cross.k if l.cross is not None else None, l.cross.v if l.cross is not None else None) for l in lm.layers]
+        saved = [(l.attn.kv_cache.kv, *((l.cross.k, l.cross.v, l.cross.mask) if l.cross is not None else ())) for l in lm.layers]
         try:
             for i, layer in enumerate(lm.layers):
                 layer.attn.kv_cache.kv = kvs[i]
                 if layer.cross is not None:
-                    layer.cross.k, layer.cross.v = cross[2 * i], cross[2 * i + 1]
-            return lm.layers_and_heads(h, input_pos, None, lengths.shape[0])
+                    layer.cross.k, layer.cross.v, layer.cross.mask = cross[2 * i], cross[2 * i + 1], cross_mask
+            # A batch of streams (input_pos [B, 1]): each row attends to its own length.
+            mask = lm.row_mask(input_pos, lengths.shape[0]) if input_pos.dim() == 2 else None
+            return lm.layers_and_heads(h, input_pos, mask, lengths.shape[0])
         finally:
-            for layer, (kv, k, v) in zip(lm.layers, saved):
+            for layer, (kv, *c) in zip(lm.layers, saved):
                 layer.attn.kv_cache.kv = kv
                 if layer.cross is not None:
-                    layer.cross.k, layer.cross.v = k, v
+                    layer.cross.k, layer.cross.v, layer.cross.mask = c
 
 
 class TracedStep:
@@ -114,19 +117,23 @@ class TracedStep:
             self.lengths = torch.empty(max(kv_len, lm.max_len), dtype=torch.uint8)
         kvs = [layer.attn.kv_cache.kv for layer in lm.layers]
         cross = [t for layer in lm.layers if layer.cross is not None for t in (layer.cross.k, layer.cross.v)]
-        # A model without cross-attention (melody) has no such inputs: the tracer refuses empty lists.
-        return (h, input_pos, self.lengths[:kv_len], kvs, cross) if cross else (h, input_pos, self.lengths[:kv_len], kvs)
+        # A model without cross-attention (melody) has no such inputs: the tracer refuses empty lists (and Nones).
+        if not cross:
+            return (h, input_pos, self.lengths[:kv_len], kvs)
+        mask = lm.layers[0].cross.mask  # a batch of streams' text key mask, shared by the layers
+        return (h, input_pos, self.lengths[:kv_len], kvs, cross) + (() if mask is None else (mask,))
 
     @torch.inference_mode()
     def __call__(self, h: Tensor, input_pos: Tensor, kv_len: int) -> Tensor:
-        """Positioned inputs [B, 1, D] (act_dtype) at `input_pos` [1] -> logits [B, K, 1, card] (float32)."""
+        """Positioned inputs [B, 1, D] (act_dtype) at `input_pos` [1], or [B, 1] for a batch of streams (one
+        position per row, `kv_len` the longest row's length) -> logits [B, K, 1, card] (float32)."""
         args = self._inputs(h, input_pos, kv_len)
-        key = (h.shape[0], h.dtype)
+        key = (h.shape[0], h.dtype, input_pos.dim(), len(args))
         graph = self.graphs.get(key)
         if graph is None and not self.failed:
             graph = self._trace(args, key)
         if graph is None:
-            return self.lm.layers_and_heads(h, input_pos, None, kv_len)
+            return _StepGraph(self.lm)(*args)
         # The plain interpreter: the profiling executor's first runs are slow and its passes gain nothing here
         # (benchmarks/RESULTS.md).
         with torch.jit.optimized_execution(False):

@@ -1,0 +1,119 @@
+"""One KV cache for a batch of streams: rows of a static cache, handed out to requests and bound to the LM.
+
+Each layer keeps one self-attention buffer [2, R, H, L, d] and, for text models, cross-attention keys and values
+[R, H, S, d] with an additive key mask [R, 1, 1, S] (prompts of different lengths are padded to one S; padded keys
+get -inf). A request owns a contiguous run of rows (2 with guidance: [cond; uncond]); rows stay packed from row 0,
+so a batched step runs on views of the first rows and a leaving request's hole is filled by moving the last one.
+
+`bind(lm, start, stop)` points the LM's layers at views of rows [start, stop) for one call, so `MusicGenLM.forward`
+and the traced step (`engine.steps`) run on them unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from engine.lm import MusicGenLM
+
+
+def kv_bytes_per_row(lm: MusicGenLM, length: int) -> int:
+    """Self-attention cache bytes of one row holding `length` positions (keys and values, every layer)."""
+    cfg = lm.cfg
+    return 2 * cfg.n_layers * cfg.dim * length * torch.empty(0, dtype=lm.act_dtype).element_size()
+
+
+class BatchCache:
+    def __init__(self, lm: MusicGenLM):
+        self.lm = lm
+        self.rows = 0  # rows allocated
+        self.length = 0  # positions per row
+        self.cross_len = 0  # text keys per row
+        self.kvs: list[Tensor] = []
+        self.cross_k: list[Tensor] = []
+        self.cross_v: list[Tensor] = []
+        self.cross_mask: Tensor | None = None
+
+    @property
+    def has_cross(self) -> bool:
+        return self.lm.cfg.cross_attention
+
+    def nbytes(self) -> int:
+        n = sum(t.numel() * t.element_size() for t in self.kvs + self.cross_k + self.cross_v)
+        return n + (0 if self.cross_mask is None else self.cross_mask.numel() * self.cross_mask.element_size())
+
+    def ensure(self, rows: int, length: int, cross_len: int, used: int) -> None:
+        """Grow to at least `rows` rows of `length` positions and `cross_len` text keys, keeping rows [0, used)."""
+        if rows <= self.rows and length <= self.length and cross_len <= self.cross_len:
+            return
+        lm, cfg = self.lm, self.lm.cfg
+        R, L, S = max(rows, self.rows), max(length, self.length), max(cross_len, self.cross_len)
+        dev, dt = lm.device, lm.act_dtype
+        kvs = [torch.zeros(2, R, cfg.n_heads, L, cfg.head_dim, dtype=dt, device=dev) for _ in range(cfg.n_layers)]
+        for new, old in zip(kvs, self.kvs):
+            new[:, :used, :, : self.length] = old[:, :used]
+        self.kvs = kvs
+        if self.has_cross:
+            ks = [torch.zeros(R, cfg.n_heads, S, cfg.head_dim, dtype=dt, device=dev) for _ in range(cfg.n_layers)]
+            vs = [torch.zeros_like(k) for k in ks]
+            mask = torch.full((R, 1, 1, S), float("-inf"), dtype=dt, device=dev)
+            for new, old in zip(ks + vs, self.cross_k + self.cross_v):
+                new[:used, :, : self.cross_len] = old[:used]
+            if self.cross_mask is not None:
+                mask[:used, :, :, : self.cross_len] = self.cross_mask[:used]
+            self.cross_k, self.cross_v, self.cross_mask = ks, vs, mask
+        self.rows, self.length, self.cross_len = R, L, S
+        # The LM's position table and causal mask (prefill) must cover every position a row can reach.
+        if lm.max_len < L:
+            lm.setup_caches(1, L)
+
+    def release(self) -> None:
+        """Free the buffers (the engine is idle)."""
+        self.__init__(self.lm)
+
+    @torch.inference_mode()
+    def set_condition(self, row: int, cross: Tensor) -> None:
+        """Cross-attention keys and values for rows [row, row + B) from projected text states [B, S, D]."""
+        B, S = cross.shape[0], cross.shape[1]
+        for layer, K, V in zip(self.lm.layers, self.cross_k, self.cross_v):
+            k, v = layer.cross.keys_values(cross.to(self.lm.act_dtype))
+            K[row : row + B, :, :S] = k
+            V[row : row + B, :, :S] = v
+            K[row : row + B, :, S:] = 0
+            V[row : row + B, :, S:] = 0
+        self.cross_mask[row : row + B] = float("-inf")
+        self.cross_mask[row : row + B, :, :, :S] = 0
+
+    def move(self, src: int, dst: int, n: int, length: int) -> None:
+        """Copy rows [src, src + n), their first `length` positions, to [dst, dst + n) (filling the hole left by a
+        request that went). Cloned first: the two ranges may overlap."""
+        for kv in self.kvs:
+            kv[:, dst : dst + n, :, :length] = kv[:, src : src + n, :, :length].clone()
+        for t in self.cross_k + self.cross_v:
+            t[dst : dst + n] = t[src : src + n].clone()
+        if self.cross_mask is not None:
+            self.cross_mask[dst : dst + n] = self.cross_mask[src : src + n].clone()
+
+    @contextlib.contextmanager
+    def bind(self, start: int, stop: int, cross_len: int | None = None) -> Iterator[None]:
+        """Point the LM's layers at rows [start, stop) for one call. `cross_len`: attend to that many text keys
+        without a mask (one request's own prompt, as it would alone); None: all of them under the key mask."""
+        lm = self.lm
+        saved = [(l.attn.kv_cache.kv, *((l.cross.k, l.cross.v, l.cross.mask) if l.cross is not None else ())) for l in lm.layers]
+        try:
+            for i, layer in enumerate(lm.layers):
+                layer.attn.kv_cache.kv = self.kvs[i][:, start:stop]
+                if layer.cross is not None:
+                    S = self.cross_len if cross_len is None else cross_len
+                    layer.cross.k = self.cross_k[i][start:stop, :, :S]
+                    layer.cross.v = self.cross_v[i][start:stop, :, :S]
+                    layer.cross.mask = self.cross_mask[start:stop] if cross_len is None else None
+            yield
+        finally:
+            for layer, (kv, *cross) in zip(lm.layers, saved):
+                layer.attn.kv_cache.kv = kv
+                if layer.cross is not None:
+                    layer.cross.k, layer.cross.v, layer.cross.mask = cross

@@ -1,0 +1,318 @@
+"""The batching engine: every active stream advances in one decoder step over one batched KV cache.
+
+A CPU decoder step is bound by reading the weights, a GPU step by launching kernels, so a step over 8 rows costs
+little more than over 2. One scheduler thread owns the model: each round it runs the prefills that are due (a
+request that joined, an endless stream whose window slid) on their own rows, as they would run alone, then one
+decoder call for all rows, each at its own position and length (`MusicGenLM.forward` with per-row positions),
+and hands every request its rows' logits to sample with its own generator. Requests join and leave between
+rounds; rows stay packed (`engine.batch_cache`).
+
+Results do not depend on the neighbours: the prepacked linears and the one-query attention compute each row the
+same whatever the other rows hold or how many there are (tests/test_batch_engine.py checks codes).
+
+Capacity: rows are capped by memory (a full-window row's KV bytes against a share of the free memory, at most
+`MAX_ROWS`); `capacity` counts requests with guidance (2 rows each). Past it, requests wait inside their stream;
+endless ones (jams, whose next chunk has a deadline) are admitted before finite renders.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from engine.batch_cache import BatchCache, kv_bytes_per_row
+from engine.batched_stream import BatchedStream
+from engine.errors import Cancelled
+from engine.generate import open_stream
+from engine.interface import StreamSpec
+from engine.local_engine import engine_info
+from engine.model import MusicGen
+from engine.sampling import SamplingSettings
+from engine.session import Chunk, StreamSession
+from engine.steps import decode_step, resolve_step_mode
+from engine.token_stream import ColumnInput, prefill_logits
+
+log = logging.getLogger(__name__)
+
+MAX_ROWS = 16  # 8 guided requests: past this a CPU step stops being bound by the weights
+MEMORY_SHARE = 0.5  # of the memory free at start, for the batch's KV cache at full windows
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free for new tensors on `device` (Linux: MemAvailable; CUDA: the driver's free memory)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def full_window_len(model: MusicGen) -> int:
+    """The longest cache a request can need: a full window, and a melody model's prefix with its text."""
+    return model.prefix_frames + (64 if model.melody is not None else 0) + model.pattern.columns(model.max_frames)
+
+
+def rows_from_memory(model: MusicGen) -> int:
+    """How many full-window rows a share of the free memory holds, at most MAX_ROWS (at least 2: one request)."""
+    row = kv_bytes_per_row(model.lm, full_window_len(model))
+    return max(2, min(MAX_ROWS, int(MEMORY_SHARE * available_memory(model.lm.device) // row)))
+
+
+@dataclass
+class BatchStats:
+    rounds: int = 0  # batched decoder calls
+    rows: int = 0  # rows summed over those calls
+    step_seconds: float = 0.0
+    prefills: int = 0
+    prefill_seconds: float = 0.0  # time the running rows waited for joining or sliding requests' prefills
+
+
+class BatchEngine:
+    """`engine.interface.Engine` that advances all its streams together (see the module docstring)."""
+
+    def __init__(self, model: MusicGen, *, max_rows: int | None = None, step_mode: str = "auto"):
+        self.model, self.info = model, engine_info(model)
+        lm = model.lm
+        self.full_len = full_window_len(model)
+        self.row_bytes = kv_bytes_per_row(lm, self.full_len)
+        self.max_rows = max(2, max_rows if max_rows is not None else rows_from_memory(model))
+        self.capacity = self.max_rows // 2
+        mode = resolve_step_mode(step_mode, lm.device)
+        self.step_mode = "eager" if mode == "graph" else mode  # a CUDA graph would pin the batch's shape
+        self.decode = decode_step(lm, self.step_mode)
+        self.cache = BatchCache(lm)
+        self.stats = BatchStats()
+        self.active: list[BatchedStream] = []  # admitted, in row order (packed from row 0)
+        self.waiting: list[tuple[int, int, BatchedStream]] = []  # (priority, arrival, stream)
+        self._arrivals = itertools.count()
+        self._cv = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="batch-engine", daemon=True)
+        self._thread.start()
+        log.info("batch engine: up to %d rows (%d guided streams), %.1f MB of KV cache per full-window row, %s steps",
+                 self.max_rows, self.capacity, self.row_bytes / 1e6, self.step_mode)
+
+    @torch.inference_mode()
+    def warm_up(self) -> float:
+        """Trace the batched step for every row bucket (2, 4, ... max_rows) before serving, so a stream that joins
+        does not stall the others while a trace is made. Returns the seconds it took."""
+        t0 = time.perf_counter()
+        lm, K = self.model.lm, self.model.pattern.n_codebooks
+        with self._cv:
+            if self.active or self.waiting:
+                return 0.0
+            self.cache.ensure(self.max_rows, 8, 1, 0)
+            buckets = sorted({min(self.max_rows, 1 << (n - 1).bit_length()) for n in range(2, self.max_rows + 1)})
+            for B in buckets:
+                tokens = torch.full((B, K, 1), lm.cfg.special_token, device=lm.device)
+                with self.cache.bind(0, B):
+                    self.decode(tokens, torch.zeros(B, 1, dtype=torch.long, device=lm.device), 1)
+            self.cache.release()
+        return time.perf_counter() - t0
+
+    # --- Engine ---
+
+    def open(self, spec: StreamSpec) -> "BatchEngineStream":
+        return BatchEngineStream(self, spec)
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self._thread.join(timeout=10)
+
+    def token_stream(self, prompt: str, settings: SamplingSettings, **kwargs) -> BatchedStream:
+        """A token stream in this engine's batch (`engine.generate.open_stream`'s arguments)."""
+        return open_stream(self.model, prompt, settings, make=functools.partial(BatchedStream, self), **kwargs)
+
+    @property
+    def rows_used(self) -> int:
+        return sum(s.rows for s in self.active)
+
+    # --- called by BatchedStream ---
+
+    def submit(self, stream: BatchedStream) -> None:
+        if stream.rows > self.max_rows:
+            raise ValueError(f"a request of {stream.rows} rows cannot fit in {self.max_rows}")
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the batch engine is closed")
+            self.waiting.append((0 if stream.endless else 1, next(self._arrivals), stream))
+            self._cv.notify_all()
+
+    def wake(self) -> None:
+        with self._cv:
+            self._cv.notify_all()
+
+    # --- the scheduler ---
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                if self._closed:
+                    for s in self.active + [w[2] for w in self.waiting]:
+                        s.fail(RuntimeError("the engine was closed"))
+                    self.active, self.waiting = [], []
+                    self.cache.release()
+                    return
+                self._drop_finished()
+                self._admit()
+                ready = [s for s in self.active if s.wants_step()]
+                if not ready:
+                    if not self.active and not self.waiting:
+                        self.cache.release()
+                    self._cv.wait(0.5)
+                    continue
+            try:
+                self._round(ready)
+            except Exception as e:  # noqa: BLE001 - the requests in this round fail, the engine goes on
+                log.exception("batched step failed")
+                for s in ready:
+                    s.fail(e)
+                    s.released = True
+
+    def _drop_finished(self) -> None:
+        gone = lambda s: s.released or s.cancel.is_set() or s.cursor.done or s._error is not None  # noqa: E731
+        self.waiting = [w for w in self.waiting if not gone(w[2])]
+        if not any(gone(s) for s in self.active):
+            return
+        row, kept = 0, []
+        for s in self.active:
+            if gone(s):
+                s.slot = None
+                continue
+            if s.slot != row:  # pack: the hole left by a request that went is filled from behind
+                self.cache.move(s.slot, row, s.rows, s.kv_used)
+                s.slot = row
+            kept.append(s)
+            row += s.rows
+        self.active = kept
+
+    def _admit(self) -> None:
+        self.waiting.sort(key=lambda w: w[:2])
+        while self.waiting:
+            s = self.waiting[0][2]
+            used = self.rows_used
+            if used + s.rows > self.max_rows:
+                return  # strict order: a later request does not overtake one that waits for room
+            self.waiting.pop(0)
+            rows = min(self.max_rows, 1 << (used + s.rows - 1).bit_length())  # grow in powers of two
+            length = max([s.cache_len] + [a.cache_len for a in self.active])
+            self.cache.ensure(rows, length, s.cross_len, used)
+            s.slot, s.kv_used = used, 0
+            if s.cond.cross is not None:
+                self.cache.set_condition(used, s.cond.cross)
+            self.active.append(s)
+
+    @torch.inference_mode()
+    def _round(self, ready: list[BatchedStream]) -> None:
+        lm = self.model.lm
+        for s in ready:  # prefills first, each on its own rows as it would run alone
+            if s.cursor.prefill_due:
+                t0 = time.perf_counter()
+                inp = s.cursor.next_input()
+                with self.cache.bind(s.slot, s.slot + s.rows, cross_len=s.cross_len):
+                    logits = prefill_logits(lm, inp, s.rows)
+                s.kv_used = inp.kv_len
+                s.take(inp, logits)
+                self.stats.prefills += 1
+                self.stats.prefill_seconds += time.perf_counter() - t0
+        stepping = {id(s) for s in ready if s.wants_step() and not s.cursor.prefill_due}
+        if not stepping:
+            return
+        t0 = time.perf_counter()
+        inputs: list[tuple[BatchedStream, ColumnInput]] = []
+        tokens, positions = [], []
+        for s in self.active:
+            if id(s) in stepping:
+                inp = s.cursor.next_input()
+                inputs.append((s, inp))
+            else:
+                # Not advancing this round (paced, or about to leave or slide): feed its next column anyway, which
+                # writes the keys and values its real step will write again; a row due a prefill gets anything.
+                inp = s.cursor.pending_step()
+            if inp is None:
+                tok, pos = torch.full((self.model.pattern.n_codebooks, 1), lm.cfg.special_token), 0
+            else:
+                tok, pos = inp.tokens, inp.start
+            tokens.append(tok[None].expand(s.rows, -1, -1))
+            positions += [pos] * s.rows
+        # Rows padded to a power of two (free rows of the cache, fed anything): a traced step per bucket, not per
+        # batch size.
+        B = min(self.cache.rows, 1 << (len(positions) - 1).bit_length())
+        pad = B - len(positions)
+        if pad:
+            tokens.append(torch.full((pad, self.model.pattern.n_codebooks, 1), lm.cfg.special_token))
+            positions += [0] * pad
+        input_pos = torch.tensor(positions, device=lm.device)[:, None]
+        kv_len = max(positions) + 1
+        with self.cache.bind(0, B):
+            logits = self.decode(torch.cat(tokens).to(lm.device), input_pos, kv_len)[:, :, -1]
+        for s, inp in inputs:
+            s.kv_used = inp.kv_len
+            s.take(inp, logits[s.slot : s.slot + s.rows])
+        self.stats.rounds += 1
+        self.stats.rows += B
+        self.stats.step_seconds += time.perf_counter() - t0
+
+
+class BatchEngineStream:
+    """One `StreamSpec` on a `BatchEngine`: a `StreamSession` on the caller's thread (chunks, codec) whose tokens
+    come from the engine's batch."""
+
+    def __init__(self, engine: BatchEngine, spec: StreamSpec):
+        self.engine, self.spec = engine, spec
+        self.seed: int | None = None
+        self.prompt_text: str | None = None
+        self._session: StreamSession | None = None
+        self._cancelled = threading.Event()
+        self._stopped = False
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        session = self._session
+        if session is not None:
+            session.cancel()
+
+    def stop(self) -> None:
+        self._stopped = True
+        session = self._session
+        if session is not None:
+            session.stop()
+
+    @property
+    def steps(self) -> int:
+        session = self._session
+        return session.steps if session is not None else 0
+
+    def __iter__(self) -> Iterator[Chunk]:
+        s = self.spec
+        if self._cancelled.is_set():
+            raise Cancelled()
+        session = StreamSession(
+            self.engine.model, s.prompt, s.sampling, seconds=s.seconds, bars=s.bars, tempo=s.tempo,
+            chunk_seconds=s.chunk_seconds, chunk_bars=s.chunk_bars, audio_prompt=s.audio_prompt, melody=s.melody,
+            context_seconds=s.context_seconds, tempo_in_prompt=s.tempo_in_prompt,
+            open_tokens=functools.partial(open_stream, make=functools.partial(BatchedStream, self.engine)))
+        self._session, self.seed, self.prompt_text = session, session.seed, session.prompt_text
+        if self._cancelled.is_set():
+            session.cancel()
+        if self._stopped:
+            session.stop()
+        try:
+            yield from session
+        finally:
+            session.stream.release()

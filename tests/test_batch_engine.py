@@ -1,0 +1,222 @@
+"""The batching engine: a request's codes are the same alone or beside others (greedy and sampled, fp32 and int8,
+text and melody models), requests join and leave mid-stream, an endless row slides its own window, cancel of one
+row leaves the others untouched, admission past the rows puts endless streams first."""
+
+from __future__ import annotations
+
+import threading
+import time
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from engine.batch_cache import BatchCache
+from engine.batch_engine import BatchEngine
+from engine.bars import Tempo
+from engine.errors import Cancelled
+from engine.generate import open_stream
+from engine.interface import StreamSpec
+from engine.local_engine import LocalEngine
+from engine.sampling import SamplingSettings
+
+# Prompts of different lengths (padded text keys), every sampling mode, with and without guidance.
+REQUESTS = [
+    ("warm keys", SamplingSettings(seed=1, top_k=50), 24),
+    ("techno drums at night, 128 bpm, loud and dark", SamplingSettings(seed=2), 33),
+    ("x", SamplingSettings(seed=3, greedy=True), 18),
+    ("ambient pad", SamplingSettings(seed=4, cfg=1.0, top_p=0.9), 29),
+]
+
+
+def alone(model, prompt, settings, frames, **kw):
+    return open_stream(model, prompt, settings, frames=frames, **kw).run().clone()
+
+
+def batched(engine, requests, stagger=0.02, **kw):
+    """Run requests at once on `engine` (each on its own thread, started a little apart); their codes."""
+    out = [None] * len(requests)
+
+    def run(i):
+        prompt, settings, frames = requests[i]
+        out[i] = engine.token_stream(prompt, settings, frames=frames, **kw).run().clone()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+        time.sleep(stagger)
+    for t in threads:
+        t.join(60)
+    return out
+
+
+@pytest.fixture(scope="module")
+def int8_model(tiny_mono):
+    from engine.checkpoint import load_model
+
+    return load_model(str(tiny_mono[0]), device="cpu", dtype="int8")
+
+
+@pytest.mark.parametrize("which", ["mono_model", "int8_model"])
+def test_batched_codes_equal_alone(which, request):
+    model = request.getfixturevalue(which)
+    engine = BatchEngine(model)
+    try:
+        together = batched(engine, REQUESTS)
+        assert engine.stats.rows / engine.stats.rounds > 2  # the requests did share decoder steps
+    finally:
+        engine.close()
+    for (prompt, settings, frames), codes in zip(REQUESTS, together):
+        assert torch.equal(codes, alone(model, prompt, settings, frames)), prompt
+
+
+def test_batched_melody_codes_equal_alone(melody_model):
+    rng = np.random.default_rng(0)
+    chroma = np.eye(12, dtype=np.float32)[rng.integers(0, 12, 300)]
+    requests = [("jazz piano", SamplingSettings(seed=5), 30), ("a much longer text prompt for the prefix", SamplingSettings(seed=6, greedy=True), 25)]
+    engine = BatchEngine(melody_model)
+    try:
+        together = batched(engine, requests, melody=chroma)
+    finally:
+        engine.close()
+    for (prompt, settings, frames), codes in zip(requests, together):
+        assert torch.equal(codes, alone(melody_model, prompt, settings, frames, melody=chroma))
+
+
+def test_unmasked_text_padding_would_change_codes(mono_model, monkeypatch):
+    """Negative control for the equality test: without the text key mask, padded keys leak into short prompts."""
+    set_condition = BatchCache.set_condition
+
+    def unmasked(self, row, cross):
+        set_condition(self, row, cross)
+        self.cross_mask[row : row + cross.shape[0]] = 0
+
+    monkeypatch.setattr(BatchCache, "set_condition", unmasked)
+    engine = BatchEngine(mono_model)
+    try:
+        together = batched(engine, REQUESTS[:3], stagger=0)
+    finally:
+        engine.close()
+    short = REQUESTS[2]  # "x": the shortest prompt, most padding
+    assert not torch.equal(together[2], alone(mono_model, *short))
+
+
+def test_join_and_leave_mid_stream(mono_model):
+    engine = BatchEngine(mono_model)
+    long_req, short_req = ("slow strings", SamplingSettings(seed=7), 90), ("hi hats", SamplingSettings(seed=8), 15)
+    try:
+        a = engine.token_stream(*long_req[:2], frames=long_req[2])
+        got = {}
+        t = threading.Thread(target=lambda: got.setdefault("a", a.run().clone()))
+        t.start()
+        while a.cursor.n_final < 10:
+            time.sleep(0.001)
+        b = engine.token_stream(*short_req[:2], frames=short_req[2])
+        got["b"] = b.run().clone()
+        # The short request joined after the long one began and left well before its end.
+        assert not a.cursor.done
+        t.join(60)
+    finally:
+        engine.close()
+    assert torch.equal(got["a"], alone(mono_model, *long_req))
+    assert torch.equal(got["b"], alone(mono_model, *short_req))
+
+
+def test_endless_row_slides_its_own_window(mono_model):
+    """An endless stream beside a finite one re-prefills only its own rows when its window slides."""
+    window = dict(window_frames=30, keep_frames=10)
+    settings = SamplingSettings(seed=9, top_k=20)
+    ref = open_stream(mono_model, "dub", settings, frames=None, **window)
+    while ref.new_frames < 50:
+        ref.step()
+    engine = BatchEngine(mono_model)
+    try:
+        other = {}
+        t = threading.Thread(target=lambda: other.setdefault("codes", engine.token_stream("organ", SamplingSettings(seed=10), frames=45).run().clone()))
+        t.start()
+        jam = engine.token_stream("dub", settings, frames=None, **window)
+        while jam.new_frames < 50:
+            jam.step()
+        codes = jam.codes(0, 50).clone()
+        jam.release()
+        t.join(60)
+        assert engine.stats.prefills >= 3  # two joins and at least one slide of the jam
+    finally:
+        engine.close()
+    assert torch.equal(codes, ref.codes(0, 50))
+    assert torch.equal(other["codes"], alone(mono_model, "organ", SamplingSettings(seed=10), 45))
+
+
+def test_cancel_one_row_leaves_the_others(mono_model):
+    engine = BatchEngine(mono_model)
+    reqs = [("a", SamplingSettings(seed=11), 40), ("bb", SamplingSettings(seed=12), 40), ("ccc", SamplingSettings(seed=13), 40)]
+    try:
+        streams = [engine.token_stream(p, s, frames=f) for p, s, f in reqs]
+        results, errors = {}, {}
+
+        def run(i):
+            try:
+                results[i] = streams[i].run().clone()
+            except Cancelled as e:
+                errors[i] = e
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        while streams[1].cursor.n_final < 10:
+            time.sleep(0.001)
+        streams[1].cancel.set()  # the middle request: the last one's rows move into its place
+        for t in threads:
+            t.join(60)
+    finally:
+        engine.close()
+    assert set(errors) == {1} and not streams[1].cursor.done
+    for i in (0, 2):
+        assert torch.equal(results[i], alone(mono_model, *reqs[i]))
+
+
+def test_endless_streams_are_admitted_first(mono_model):
+    engine = BatchEngine(mono_model, max_rows=2)
+    assert engine.capacity == 1
+    try:
+        first = engine.token_stream("first", SamplingSettings(seed=14), frames=40)
+        while first.slot is None:
+            time.sleep(0.001)
+        render = engine.token_stream("render", SamplingSettings(seed=15), frames=10)
+        jam = engine.token_stream("jam", SamplingSettings(seed=16), frames=None)
+        assert render.slot is None and jam.slot is None  # no room: both wait
+        first.run()
+        deadline = time.monotonic() + 30
+        while jam.slot is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert jam.slot == 0 and render.slot is None  # the jam went first, though it came later
+        jam.release()
+        assert render.run().shape[1] == 10
+    finally:
+        engine.close()
+
+
+def test_engine_streams_equal_local_engine(mono_model):
+    """Through the Engine interface: chunks of two streams at once equal the in-process engine's, one by one."""
+    tempo = Tempo(Fraction(120), 4, 4)
+    specs = [StreamSpec("warm keys", SamplingSettings(seed=17, top_k=50), tempo=tempo, bars=Fraction(1, 2), chunk_bars=Fraction(1, 4)),
+             StreamSpec("deep house", SamplingSettings(seed=18), seconds=1.0, chunk_seconds=0.5)]
+    local = LocalEngine(mono_model)
+    expected = [np.concatenate([c.audio for c in local.open(s)], 1) for s in specs]
+    engine = BatchEngine(mono_model)
+    got = [None, None]
+
+    def run(i):
+        got[i] = np.concatenate([c.audio for c in engine.open(specs[i])], 1)
+
+    try:
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        engine.close()
+    for e, g in zip(expected, got):
+        assert np.array_equal(e, g)
