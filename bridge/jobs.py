@@ -9,7 +9,7 @@ that reaches the engine is data (prompt text, audio and chroma arrays), never a 
 The kinds of job and what they send (every job starts with `/ack`, sent by the server on acceptance):
 - generate: exactly N bars at the tempo and meter the request was made with; `/progress` (at most
   PROGRESS_MAX_PER_SECOND per second), then `/done req wav seconds bars`. With `takes` > 1, that many streams
-  (seeds: `take_seed`), each answered with `/take req index wav` as it completes, then `/done` naming take 0
+  (seeds: `engine.sampling.take_seed`), each answered with `/take req index wav` as it completes, then `/done` naming take 0
   (the take that plays live).
 - continue: the same, continuing the last `prompt_bars` bars of a WAV (default DEFAULT_PROMPT_BARS, or the whole
   file when shorter); only the new audio is written.
@@ -46,7 +46,8 @@ import numpy as np
 from engine.bars import Tempo, format_bpm
 from engine.errors import Cancelled, UserError
 from engine.interface import Engine, EngineStream, StreamSpec
-from engine.sampling import SamplingSettings, resolve_seed
+from engine.sampling import SamplingSettings
+from engine.takes import take_specs
 
 from . import protocol
 from .audio_io import load_audio
@@ -85,14 +86,7 @@ class Request:
     prompt_bars: int | None = None
     song_beat: Fraction | None = None  # jam: the earliest song beat its first chunk belongs on (None: no transport)
     follow: Callable[[], tuple[Tempo, str]] | None = None  # jam: the current (tempo, prompt template) to follow
-    takes: int = 1  # generate: variations rendered at once (seeds: see take_seed)
-
-
-def take_seed(seed: int, index: int) -> int:
-    """The seed of take `index` of a multi-take request whose (resolved) seed is `seed`: seed + index. Take 0 is
-    the request's own seed, so it equals the same request with one take, and take i equals a one-take request
-    with seed + i: any take can be redone alone."""
-    return (seed + index) % 2**63
+    takes: int = 1  # generate: variations rendered at once (seeds: engine.sampling.take_seed)
 
 
 class Job:
@@ -383,11 +377,7 @@ class JobRunner:
         spec = StreamSpec(self._prompt(r.prompt, r.tempo, r.key), r.sampling, tempo=r.tempo, bars=r.bars,
                           chunk_seconds=PROGRESS_CHUNK_SECONDS, audio_prompt=audio_prompt, melody=melody,
                           context_seconds=r.context_seconds if slide else None, tempo_in_prompt=r.tempo_in_prompt)
-        if r.takes > 1:
-            seed = resolve_seed(r.sampling.seed)
-            specs = [spec.with_seed(take_seed(seed, i)) for i in range(r.takes)]
-        else:
-            specs = [spec]
+        specs = take_specs(spec, r.takes) if r.takes > 1 else [spec]
         streams = [job.attach(engine.open(s)) for s in specs]
         kind = "gen" if r.kind == "generate" else "cont"
         made = [0] * len(streams)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from engine.errors import UserError
