@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also play results live to this output device (e.g. BlackHole, a JACK port), on bar lines")
     s.add_argument("--input-device", default=None, metavar="NAME", help="microphone for humming a melody")
     s.add_argument("--presets-dir", default=None, help="folder of preset .json files (default: presets/)")
+    s.add_argument("--engine", default=None, metavar="ws://HOST:PORT",
+                   help="use the engine served there (`musicgen-bridge engine` or `cluster`) and load no model")
+    s.add_argument("--token", default=None, help="the remote engine's token (or set MUSICGEN_BRIDGE_TOKEN)")
     add_model_args(s)
     s.set_defaults(func=cmd_serve)
 
@@ -106,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     from bridge.bench import add_bench_parser
 
     add_bench_parser(sub)
+
+    from bridge.cluster import add_cluster_parser
+    from bridge.engine_server import add_engine_parser
+
+    add_engine_parser(sub)
+    add_cluster_parser(sub)
 
     c = sub.add_parser("chroma", help="write the one-hot chroma a melody model would see, to check a melody")
     c.add_argument("input", help=".wav (or other audio) or .mid")
@@ -130,7 +139,8 @@ def cmd_serve(args) -> int:
         os.makedirs(out_dir, exist_ok=True)
     return serve(ServeConfig(model=args.model, host=args.host, port=args.port, reply_port=args.reply_port,
                              out_dir=out_dir, audio_device=args.audio_device, input_device=args.input_device,
-                             device=args.device, dtype=args.dtype, presets=args.presets_dir))
+                             device=args.device, dtype=args.dtype, presets=args.presets_dir,
+                             engine=args.engine, token=args.token))
 
 
 def cmd_protocol(args) -> int:

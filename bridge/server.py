@@ -63,6 +63,8 @@ class ServeConfig:
     dtype: str = "float32"
     presets: str | None = None
     max_queued: int = 4
+    engine: str | None = None  # ws://host:port of a remote engine: load no model here
+    token: str | None = None  # its token (else MUSICGEN_BRIDGE_TOKEN)
 
 
 class _UDPServer(socketserver.UDPServer):

@@ -30,3 +30,9 @@ class BadMidi(UserError):
 
 class Cancelled(Exception):
     """A generation was cancelled by its owner (not an error to report loudly)."""
+
+
+class EngineLost(UserError):
+    """A remote engine went away (process died, network dropped); the bridge reconnects and resumes jams."""
+
+    code = "engine_lost"
