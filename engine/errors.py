@@ -33,6 +33,6 @@ class Cancelled(Exception):
 
 
 class EngineLost(UserError):
-    """A remote engine went away (process died, network dropped); the bridge reconnects and resumes jams."""
+    """The engine went away mid-request (a remote engine's connection dropped, its process died)."""
 
     code = "engine_lost"

@@ -16,15 +16,13 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-pytest.importorskip("ray.serve", reason="the cluster extra (pip install 'musicgen-bridge[cluster]') is not installed")
-
-from bridge.cluster import APP_NAME, Cluster  # noqa: E402
-from bridge.remote_engine import EngineRefused, RemoteEngine  # noqa: E402
-from engine.bars import Tempo  # noqa: E402
-from engine.errors import EngineLost  # noqa: E402
-from engine.interface import StreamSpec  # noqa: E402
-from engine.local_engine import LocalEngine  # noqa: E402
-from engine.sampling import SamplingSettings  # noqa: E402
+from bridge.cluster import APP_NAME, Cluster  # Ray comes with the test extra: a missing Ray fails, it does not skip
+from bridge.remote_engine import EngineRefused, RemoteEngine, _connect
+from engine.bars import Tempo
+from engine.errors import EngineLost
+from engine.interface import StreamSpec
+from engine.local_engine import LocalEngine
+from engine.sampling import SamplingSettings
 
 TOKEN = "cluster-test-token"
 
@@ -44,7 +42,7 @@ def cluster(tiny_mono):
 
 
 def _spec(seed: int) -> StreamSpec:
-    return StreamSpec("two bridges", SamplingSettings(seed=seed, top_k=50), tempo=Tempo(Fraction(120)), bars=2,
+    return StreamSpec("two bridges", SamplingSettings(seed=seed, top_k=50), tempo=Tempo(Fraction(120)), bars=1,
                       chunk_bars=Fraction(1, 2))
 
 
@@ -74,10 +72,13 @@ def test_two_bridges_at_once_each_on_its_replica(cluster, mono_model):
     one.join(180)
     two.join(180)
     assert not errors and set(results) == {1, 2}
-    for seed in (1, 2):  # the same audio as in-process, whichever replica made it
-        got, want = results[seed], expected[seed]
+    for seed in (1, 2):  # the same music as in-process, whichever replica made it: Ray gives a replica of half a
+        got, want = results[seed], expected[seed]  # CPU one torch thread, so sums round in another order (last bit)
         assert [c.start_beat for c in got] == [c.start_beat for c in want]
-        assert np.array_equal(np.concatenate([c.audio for c in got], 1), np.concatenate([c.audio for c in want], 1))
+        diff = np.concatenate([c.audio for c in got], 1) - np.concatenate([c.audio for c in want], 1)
+        assert np.abs(diff).max() < 1e-5
+    other = np.concatenate([c.audio for c in expected[1]], 1) - np.concatenate([c.audio for c in expected[2]], 1)
+    assert np.abs(other).max() > 1e-4  # other tokens (another seed) are well outside that bound
     assert servers[1]["pid"] != servers[2]["pid"]  # power-of-two: the idle replica got the second jam
 
 
@@ -87,9 +88,25 @@ def test_the_ingress_checks_the_token(cluster):
             RemoteEngine(cluster.url, token, monitor=False)
 
 
+def _replica_pids(url: str, until, timeout: float = 120) -> set[int]:
+    """Pids of the replicas that answer new connections (spread by the router), until `until(pids)` holds."""
+    deadline, seen = time.monotonic() + timeout, set()
+    while time.monotonic() < deadline and not until(seen):
+        try:
+            ws, hello = _connect(url, TOKEN)
+            ws.close()
+            seen.add(hello["server"]["pid"])
+        except EngineLost:  # routed to a replica that is going away: try again
+            pass
+        time.sleep(0.2)
+    return seen
+
+
 def test_a_killed_replica_loses_its_stream_and_ray_restarts_it(cluster):
     from ray import serve
 
+    original = _replica_pids(cluster.url, lambda pids: len(pids) == 2)
+    assert len(original) == 2
     engine = RemoteEngine(cluster.url, TOKEN, monitor=False)
     stream = engine.open(StreamSpec("x", SamplingSettings(seed=3), chunk_seconds=0.1))  # endless
     with pytest.raises(EngineLost):
@@ -103,10 +120,5 @@ def test_a_killed_replica_loses_its_stream_and_ray_restarts_it(cluster):
         except EngineLost:
             time.sleep(0.5)
     assert after.server["pid"] != stream.server["pid"]
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        status = serve.status().applications[APP_NAME].deployments["Engine"]
-        if status.replica_states.get("RUNNING", 0) == 2:
-            break
-        time.sleep(1)
-    assert status.replica_states.get("RUNNING", 0) == 2, status
+    assert _replica_pids(cluster.url, lambda pids: bool(pids - original)) - original  # Ray started a new one
+    assert serve.status().applications[APP_NAME].deployments["Engine"].replica_states.get("RUNNING") == 2

@@ -262,3 +262,31 @@ def test_engine_killed_mid_stream_and_restarted_on_the_same_port(tiny_mono):
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_bridge_serves_from_a_remote_engine_and_survives_its_restart(tiny_mono, tmp_path):
+    """`serve --engine`: no model in the bridge, a take rendered remotely, the engine killed (the device hears
+    engine_lost, the bridge keeps answering) and restarted on the same port (ready again, renders again)."""
+    from tests.test_server_harness import serving
+
+    port = _free_port()
+    proc = _start_engine(tiny_mono[0], port)
+    try:
+        with serving(tmp_path, "--engine", f"ws://127.0.0.1:{port}", model="no-such-model") as b:
+            b.send("/generate", 1, "lofi", 1)
+            address, args = b.listener.result(1)
+            assert address == "/done", args
+            assert f"using the engine at ws://127.0.0.1:{port}" in b.log()  # --model is not loaded: it does not exist
+            proc.kill()
+            proc.wait(10)
+            assert b.listener.wait("/error", lambda a: a[0] == -1 and a[1] == "engine_lost", 30)
+            b.listener.wait("/status", lambda a: a[0] == "error", 10)
+            b.ping()  # still answering
+            proc = _start_engine(tiny_mono[0], port)
+            b.listener.wait("/status", lambda a: a[0] == "ready", 60)
+            b.send("/generate", 2, "lofi", 1)
+            address, args = b.listener.result(2)
+            assert address == "/done", args
+    finally:
+        proc.kill()
+        proc.wait(10)
