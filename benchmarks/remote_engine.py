@@ -141,13 +141,15 @@ def main() -> None:
         audio = music(10.0, channels, seed=1)
         for fmt in wire.AudioFormat:
             chunk = Chunk(0, audio, 0, None, None, False)
-            t = time.perf_counter()
-            frame = wire.chunk_frame(1, chunk, 0, fmt, SR)
-            enc = (time.perf_counter() - t) / 10
-            parsed = wire.unpack_frame(frame)
-            t = time.perf_counter()
-            wire.frame_chunk(parsed)
-            dec = (time.perf_counter() - t) / 10
+            enc = dec = float("inf")
+            for _ in range(7):  # the best of 7: the machine is shared, the cost is the undisturbed run
+                t = time.perf_counter()
+                frame = wire.chunk_frame(1, chunk, 0, fmt, SR)
+                enc = min(enc, (time.perf_counter() - t) / 10)
+                parsed = wire.unpack_frame(frame)
+                t = time.perf_counter()
+                wire.frame_chunk(parsed)
+                dec = min(dec, (time.perf_counter() - t) / 10)
             print(f"| {channels} ch 32 kHz | {fmt.name.lower()} | {len(frame) / 10:,.0f} | {enc * 1e3:.2f} | "
                   f"{dec * 1e3:.2f} |")
     print()

@@ -88,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("serve", help="run the OSC bridge for the Max for Live device")
-    s.add_argument("--host", default=protocol.HOST, help="address to listen on (default: loopback only)")
+    s.add_argument("--host", default=protocol.HOST,
+                   help="address to listen on (default: loopback only; beyond loopback, anyone who can reach the "
+                   "port can use the bridge and get its replies)")
     s.add_argument("--port", type=int, default=protocol.PORT, help="port to listen on")
     s.add_argument("--reply-port", type=int, default=protocol.REPLY_PORT, help="port the device listens on")
     s.add_argument("--out-dir", default=None,
@@ -133,6 +135,9 @@ def cmd_serve(args) -> int:
     for name in ("port", "reply_port"):
         if not 1 <= getattr(args, name) <= 65535:
             raise UserError(f"--{name.replace('_', '-')} must be between 1 and 65535", code="bad_args")
+    if args.engine is not None and not args.engine.startswith(("ws://", "wss://")):
+        raise UserError(f"--engine must be a WebSocket address like ws://gpu-box:9300, got {args.engine!r}",
+                        code="bad_args")
     out_dir = args.out_dir
     if out_dir is None:
         out_dir = DEFAULT_OUT_DIR

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import logging
 import os
 import signal
@@ -26,6 +25,7 @@ from typing import AsyncIterator, Awaitable, Callable
 import numpy as np
 
 from bridge import wire
+from bridge.server import is_loopback
 from engine.errors import Cancelled, UserError
 from engine.interface import Engine
 
@@ -38,15 +38,6 @@ def resolve_token(token: str | None) -> str | None:
     """--token, else the environment variable, else None. An empty string means none."""
     token = token if token is not None else os.environ.get(wire.TOKEN_ENV)
     return token or None
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name: it may resolve to anything
 
 
 def check_bind(host: str, token: str | None) -> None:

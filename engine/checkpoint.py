@@ -424,7 +424,6 @@ def _assemble(name: str, cfg: dict, sd: dict[str, Tensor], tokenizer, device, dt
         text=text,
         codec=codec,
         max_positions=int(cfg["decoder"].get("max_position_embeddings", 2048)),
-        info={"melody": melody, "config": cfg},
     )
     if melody:
         from engine.melody import MelodyConditioner
@@ -467,6 +466,7 @@ def _load_meta(spec: str, folder: Path, device, dtype) -> MusicGen:
         },
         "text_encoder": t5.config.to_dict(),
         "audio_encoder": encodec.config.to_dict(),
-        **{k: c[k] for k in ("num_chroma", "chroma_length") if k in c},
     }
+    if c["chroma"] is not None:  # meta_lm_to_hf names them n_chroma and length (235 frames for 30 s, 79 for 10 s)
+        cfg.update(num_chroma=c["chroma"]["n_chroma"], chroma_length=c["chroma"]["length"])
     return _assemble(spec, cfg, ckpt.lm_state, tokenizer, device, dtype, t5=t5.eval(), encodec=encodec.eval())

@@ -21,6 +21,7 @@ from engine.bars import Tempo, tempo_text
 from engine.errors import UserError
 from engine.generate import check_seconds, frames_for_seconds, open_stream
 from engine.model import MusicGen
+from engine.resample import resample
 from engine.sampling import SamplingSettings
 from engine.stream_decode import StreamingDecoder
 
@@ -40,14 +41,6 @@ class Chunk:
     start_beat: Fraction | None  # beats from the start of new audio (None without a tempo)
     beats: Fraction | None
     last: bool
-
-
-def resample(wav: np.ndarray, sr: int, target: int) -> np.ndarray:
-    if sr == target:
-        return wav.astype(np.float32)
-    import librosa
-
-    return librosa.resample(wav.astype(np.float32), orig_sr=sr, target_sr=target, axis=-1)
 
 
 class StreamSession:
