@@ -69,27 +69,28 @@ class ReplayStream:
 
 
 class ReplayEngine:
-    capacity = 1
+    """Replays pre-made chunks; the spec's prompt says which ("channels chunk_seconds chunks pace log_path")."""
 
-    def __init__(self, channels: int, chunk_seconds: float, chunks: int, pace: float, log_path: str):
-        self.info = EngineInfo("replay", SR, channels, 50.0, 30.0, False, "float32", "cpu")
-        audio = music(chunk_seconds * chunks, channels)
-        n = int(chunk_seconds * SR)
-        self.chunks = [Chunk(i, audio[:, i * n:(i + 1) * n], i * n, None, None, i == chunks - 1) for i in range(chunks)]
-        self.pace, self.log_path = pace, log_path
+    capacity = 1
+    info = EngineInfo("replay", SR, 2, 50.0, 30.0, False, "float32", "cpu")
 
     def open(self, spec):
-        return ReplayStream(self.chunks, self.pace, self.log_path)
+        channels, chunk_seconds, chunks, pace, log_path = spec.prompt.split()
+        channels, chunks, n = int(channels), int(chunks), int(float(chunk_seconds) * SR)
+        audio = music(n * chunks / SR, channels)
+        made = [Chunk(i, audio[:, i * n:(i + 1) * n], i * n, None, None, i == chunks - 1) for i in range(chunks)]
+        return ReplayStream(made, float(pace), log_path)
 
     def close(self):
         pass
 
 
-def serve_replay(args) -> None:
+def serve_replay() -> None:
+    import threading
+
     from bridge.engine_server import EngineServer
 
-    server = EngineServer(ReplayEngine(args.channels, args.chunk_seconds, args.chunks, args.pace, args.log), port=0)
-    import threading
+    server = EngineServer(ReplayEngine(), port=0)
 
     def announce():
         server.ready.wait()
@@ -99,41 +100,29 @@ def serve_replay(args) -> None:
     server.serve_forever()
 
 
-def latency(channels: int, chunk_seconds: float, fmt: wire.AudioFormat, chunks: int, pace: float) -> list[float]:
+def latency(url: str, channels: int, chunk_seconds: float, fmt: wire.AudioFormat, chunks: int,
+            pace: float) -> list[float]:
     from bridge.remote_engine import RemoteEngine
 
     log = f"/tmp/remote-bench-{os.getpid()}.json"
-    proc = subprocess.Popen([sys.executable, __file__, "--serve-replay", "--channels", str(channels),
-                             "--chunk-seconds", str(chunk_seconds), "--chunks", str(chunks), "--pace", str(pace),
-                             "--log", log], stdout=subprocess.PIPE, text=True)
-    try:
-        port = int(proc.stdout.readline())
-        engine = RemoteEngine(f"ws://127.0.0.1:{port}", audio_format=fmt, monitor=False)
-        got = []
-        for _ in engine.open(StreamSpec("replay")):
-            got.append(time.monotonic())
-        time.sleep(0.2)
-        with open(log) as f:
-            sent = json.load(f)
-        return [g - s for g, s in zip(got, sent)]
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        if os.path.exists(log):
-            os.remove(log)
+    engine = RemoteEngine(url, audio_format=fmt, monitor=False)
+    got = []
+    for _ in engine.open(StreamSpec(f"{channels} {chunk_seconds} {chunks} {pace} {log}")):
+        got.append(time.monotonic())
+    time.sleep(0.2)  # the server writes its log after the last chunk
+    with open(log) as f:
+        sent = json.load(f)
+    os.remove(log)
+    return [g - s for g, s in zip(got, sent)]
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--serve-replay", action="store_true")
-    p.add_argument("--channels", type=int, default=1)
-    p.add_argument("--chunk-seconds", type=float, default=0.5)
-    p.add_argument("--chunks", type=int, default=20)
-    p.add_argument("--pace", type=float, default=0.1)
-    p.add_argument("--log", default="")
+    p.add_argument("--serve-replay", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--chunks", type=int, default=20, help="chunks per measured stream")
     args = p.parse_args()
     if args.serve_replay:
-        return serve_replay(args)
+        return serve_replay()
 
     print("| audio | format | bytes on the wire per s of audio | encode ms per s of audio | decode ms per s of audio |")
     print("| --- | --- | ---: | ---: | ---: |")
@@ -155,11 +144,17 @@ def main() -> None:
     print()
     print("| chunk | format | added latency per chunk, median (max) ms |")
     print("| --- | --- | ---: |")
-    for channels, seconds in ((1, 0.5), (1, 2.0), (2, 2.0)):
-        for fmt in wire.AudioFormat:
-            lat = latency(channels, seconds, fmt, args.chunks, args.pace if seconds < 1 else 0.3)
-            print(f"| {seconds} s, {channels} ch | {fmt.name.lower()} | {np.median(lat) * 1e3:.2f} "
-                  f"({max(lat) * 1e3:.2f}) |")
+    proc = subprocess.Popen([sys.executable, __file__, "--serve-replay"], stdout=subprocess.PIPE, text=True)
+    try:
+        url = f"ws://127.0.0.1:{int(proc.stdout.readline())}"
+        for channels, seconds in ((1, 0.5), (1, 2.0), (2, 2.0)):
+            for fmt in wire.AudioFormat:
+                lat = latency(url, channels, seconds, fmt, args.chunks, 0.1 if seconds < 1 else 0.3)
+                print(f"| {seconds} s, {channels} ch | {fmt.name.lower()} | {np.median(lat) * 1e3:.2f} "
+                      f"({max(lat) * 1e3:.2f}) |", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(60)
 
 
 if __name__ == "__main__":

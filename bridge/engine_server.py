@@ -20,14 +20,16 @@ import signal
 import socket
 import threading
 from http import HTTPStatus
-from typing import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
 
 import numpy as np
 
 from bridge import wire
 from bridge.server import is_loopback
 from engine.errors import Cancelled, UserError
-from engine.interface import Engine
+
+if TYPE_CHECKING:
+    from engine.interface import Engine
 
 log = logging.getLogger(__name__)
 

@@ -32,13 +32,16 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from fractions import Fraction
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from engine.bars import Tempo
 from engine.errors import UserError
-from engine.interface import EngineInfo, StreamSpec
-from engine.sampling import SamplingSettings
-from engine.session import Chunk
+
+if TYPE_CHECKING:  # these pull in torch, which the CLI must not wait for at start (serve answers at once)
+    from engine.interface import EngineInfo, StreamSpec
+    from engine.session import Chunk
 
 VERSION = 1
 TOKEN_ENV = "MUSICGEN_BRIDGE_TOKEN"  # for those who keep secrets out of process lists
@@ -192,6 +195,8 @@ def chunk_frame(request: int, chunk: Chunk, steps: int, fmt: AudioFormat, sample
 
 
 def frame_chunk(frame: Frame) -> Chunk:
+    from engine.session import Chunk
+
     audio = decode_audio(frame.payload, frame.format, frame.channels, frame.length)
     return Chunk(frame.index, audio, frame.offset, _fraction(frame.meta.get("start_beat"), "start_beat"),
                  _fraction(frame.meta.get("beats"), "beats"), frame.last)
@@ -256,10 +261,14 @@ def parse_message(text: str, types: tuple[str, ...]) -> dict:
 
 
 def info_json(info: EngineInfo) -> dict:
+    from engine.interface import EngineInfo
+
     return {k: getattr(info, k) for k in EngineInfo.__dataclass_fields__}
 
 
 def info_from_json(data: dict) -> EngineInfo:
+    from engine.interface import EngineInfo
+
     try:
         return EngineInfo(**{k: data[k] for k in EngineInfo.__dataclass_fields__})
     except (KeyError, TypeError):
@@ -272,6 +281,8 @@ _SPEC_FIELDS = {"prompt", "sampling", "tempo", "bars", "seconds", "chunk_bars", 
 
 def spec_json(spec: StreamSpec) -> dict:
     """A StreamSpec without its arrays (those travel as ATTACHMENT frames). Tempo and bars as exact fractions."""
+    from engine.sampling import SamplingSettings
+
     tempo = spec.tempo
     return {
         "prompt": spec.prompt,
@@ -295,6 +306,9 @@ def _number(value, what: str) -> float | None:
 def spec_from_json(data, arrays: dict[str, tuple[np.ndarray, int | None]]) -> StreamSpec:
     """The inverse of spec_json, strictly checked (unknown fields, wrong types: WireError); the arrays come from
     the request's ATTACHMENT frames. Ranges (bpm, sampling) are checked as UserErrors by Tempo/validate."""
+    from engine.interface import StreamSpec
+    from engine.sampling import SamplingSettings
+
     if not isinstance(data, dict) or not set(data) <= _SPEC_FIELDS or "prompt" not in data:
         raise WireError(f"spec must be an object with a prompt and only the fields {sorted(_SPEC_FIELDS)}")
     prompt = data["prompt"]

@@ -227,63 +227,51 @@ def _start_engine(folder, port: int) -> subprocess.Popen:
     return proc
 
 
-def test_engine_killed_mid_stream_and_restarted_on_the_same_port(tiny_mono):
-    port = _free_port()
-    proc = _start_engine(tiny_mono[0], port)
-    lost, restored = threading.Event(), threading.Event()
-    try:
-        engine = RemoteEngine(f"ws://127.0.0.1:{port}", on_lost=lambda reason: lost.set(),
-                              on_restored=restored.set, probe_seconds=0.5)
-        stream = engine.open(StreamSpec("x", SamplingSettings(seed=2), chunk_seconds=0.1))  # endless
-        got = []
-        with pytest.raises(EngineLost) as err:
-            for chunk in stream:
-                got.append(chunk)
-                if len(got) == 2:
-                    proc.send_signal(signal.SIGKILL)
-        assert err.value.code == "engine_lost" and lost.wait(5) and not engine.connected
-        with pytest.raises(EngineLost):  # while it is down, a new stream fails at once, it does not hang
-            list(engine.open(StreamSpec("x", seconds=0.2)))
-        proc.wait(10)
-        proc = _start_engine(tiny_mono[0], port)
-        assert restored.wait(30) and engine.connected  # the monitor's backoff found it: no bridge restart
-        after = list(engine.open(StreamSpec("x", SamplingSettings(seed=2), seconds=0.2)))
-        assert after and after[-1].last
-        # Seeded streams reproduce across the restart: the chunks before the kill come again.
-        again = engine.open(StreamSpec("x", SamplingSettings(seed=2), chunk_seconds=0.1))
-        replay = []
-        for chunk in again:
-            replay.append(chunk)
-            if len(replay) == len(got):
-                again.cancel()
-                break
-        same_chunks(replay, got)
-        engine.close()
-    finally:
-        proc.kill()
-        proc.wait(10)
-
-
-def test_bridge_serves_from_a_remote_engine_and_survives_its_restart(tiny_mono, tmp_path):
-    """`serve --engine`: no model in the bridge, a take rendered remotely, the engine killed (the device hears
-    engine_lost, the bridge keeps answering) and restarted on the same port (ready again, renders again)."""
+def test_engine_killed_mid_stream_and_restarted_on_the_same_port(tiny_mono, tmp_path):
+    """One engine process, killed mid-stream and restarted on its port. A client's stream raises EngineLost, a new
+    one fails at once while the engine is down, the monitor finds it back. A bridge on it (`serve --engine`, no
+    model of its own) renders a take, tells the device engine_lost, keeps answering, and is ready again with no
+    restart."""
     from tests.test_server_harness import serving
 
     port = _free_port()
+    url = f"ws://127.0.0.1:{port}"
     proc = _start_engine(tiny_mono[0], port)
+    lost, restored = threading.Event(), threading.Event()
     try:
-        with serving(tmp_path, "--engine", f"ws://127.0.0.1:{port}", model="no-such-model") as b:
+        with serving(tmp_path, "--engine", url, model="no-such-model") as b:  # that model would fail to load
+            assert f"using the engine at {url}" in b.log()
             b.send("/generate", 1, "lofi", 1)
             address, args = b.listener.result(1)
             assert address == "/done", args
-            assert f"using the engine at ws://127.0.0.1:{port}" in b.log()  # --model is not loaded: it does not exist
-            proc.kill()
-            proc.wait(10)
-            assert b.listener.wait("/error", lambda a: a[0] == -1 and a[1] == "engine_lost", 30)
+            engine = RemoteEngine(url, on_lost=lambda reason: lost.set(), on_restored=restored.set,
+                                  probe_seconds=0.5)
+            stream = engine.open(StreamSpec("x", SamplingSettings(seed=2), chunk_seconds=0.1))  # endless
+            got = []
+            with pytest.raises(EngineLost) as err:
+                for chunk in stream:
+                    got.append(chunk)
+                    if len(got) == 2:
+                        proc.send_signal(signal.SIGKILL)
+            assert err.value.code == "engine_lost" and lost.wait(5) and not engine.connected
+            with pytest.raises(EngineLost):  # while it is down, a new stream fails at once, it does not hang
+                list(engine.open(StreamSpec("x", seconds=0.2)))
+            b.listener.wait("/error", lambda a: a[0] == -1 and a[1] == "engine_lost", 30)
             b.listener.wait("/status", lambda a: a[0] == "error", 10)
             b.ping()  # still answering
+            proc.wait(10)
             proc = _start_engine(tiny_mono[0], port)
+            assert restored.wait(30) and engine.connected  # the monitor's backoff found it
             b.listener.wait("/status", lambda a: a[0] == "ready", 60)
+            # Seeded streams reproduce across the restart: the chunks before the kill come again.
+            again = engine.open(StreamSpec("x", SamplingSettings(seed=2), chunk_seconds=0.1))
+            replay = []
+            for chunk in again:
+                replay.append(chunk)
+                if len(replay) == len(got):
+                    break
+            same_chunks(replay, got)
+            engine.close()
             b.send("/generate", 2, "lofi", 1)
             address, args = b.listener.result(2)
             assert address == "/done", args
