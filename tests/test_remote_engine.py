@@ -137,12 +137,16 @@ def test_token(mono_model, caplog):
         assert len(list(engine.open(StreamSpec("x", SamplingSettings(seed=3), seconds=0.2)))) >= 1
 
 
-def test_engine_command_refuses_an_open_bind_without_a_token(tiny_mono, capsys, monkeypatch):
+def test_commands_refuse_an_open_bind_without_a_token(tiny_mono, capsys, monkeypatch):
     from bridge.cli import main
 
     monkeypatch.delenv(wire.TOKEN_ENV, raising=False)
     assert main(["engine", "--model", str(tiny_mono[0]), "--host", "0.0.0.0", "--port", "0"]) == 2
     assert "without a token" in capsys.readouterr().err
+    assert main(["cluster", "--model", str(tiny_mono[0]), "--host", "0.0.0.0"]) == 2  # before Ray starts
+    assert "without a token" in capsys.readouterr().err
+    assert main(["serve", "--engine", "http://gpu-box:9300"]) == 2
+    assert "must be a WebSocket address" in capsys.readouterr().err
 
 
 def _raw(url):
