@@ -910,7 +910,6 @@
 					"numoutlets": 3,
 					"outlettype": ["", "", ""],
 					"patching_rect": [20.0, 200.0, 160.0, 22.0],
-					"restore": [""],
 					"saved_attribute_attributes": {
 						"valueof": {
 							"parameter_invisible": 1,

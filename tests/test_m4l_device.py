@@ -355,3 +355,11 @@ def test_scripts_are_uniquely_named_dependencies_with_the_protocol_built_in(patc
     module = (DEVICE / "mgb_protocol_data.js").read_text(encoding="utf-8")
     assert module == build.protocol_module((DEVICE / "protocol.json").read_text(encoding="utf-8"))
     assert module.isascii()
+
+
+def test_int_parameters_stay_in_lives_int_range(boxes):
+    # Live's Int parameters (parameter_type 1) are limited to 0..255: a wider range must be a Float parameter.
+    for box in boxes.values():
+        values = box.get("saved_attribute_attributes", {}).get("valueof", {})
+        if box.get("parameter_enable") and values.get("parameter_type") == 1:
+            assert 0 <= values.get("parameter_mmin", 0) <= values.get("parameter_mmax", 127) <= 255, box["id"]
