@@ -34,7 +34,8 @@ def _import_ray():
         import ray
         from ray import serve
     except ImportError:
-        raise UserError("the cluster needs Ray Serve: pip install 'musicgen-bridge[cluster]'", code="bad_args") from None
+        raise UserError("the cluster needs Ray Serve: pip install 'musicgen-bridge[cluster]'",
+                        code="bad_args") from None
     return ray, serve
 
 

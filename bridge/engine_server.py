@@ -260,7 +260,7 @@ class EngineServer:
 
     async def _handle(self, ws) -> None:
         peer = _peer(ws)
-        log.info("connection from %s", peer)
+        log.debug("connection from %s", peer)  # bridges probe every few seconds: not worth a line each
         conn = EngineConnection(self.engine, ws.send, lambda code, reason: ws.close(code, reason), peer)
         try:
             await conn.run(_websockets_messages(ws))
