@@ -103,8 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also play results live to this output device (e.g. BlackHole, a JACK port), on bar lines")
     s.add_argument("--input-device", default=None, metavar="NAME", help="microphone for humming a melody")
     s.add_argument("--presets-dir", default=None, help="folder of preset .json files (default: presets/)")
-    s.add_argument("--engine", choices=("batch", "local"), default="batch",
-                   help="batch: streams advance together in one decoder step (default); local: one stream at a time")
+    s.add_argument("--engine", default="batch", metavar="batch|local|ws://HOST:PORT",
+                   help="batch: streams advance together in one decoder step (default); local: one stream at a "
+                        "time; ws://HOST:PORT: use the engine served there (`musicgen-bridge engine` or `cluster`) "
+                        "and load no model here")
+    s.add_argument("--token", default=None, help="the remote engine's token (or set MUSICGEN_BRIDGE_TOKEN)")
     add_model_args(s)
     s.set_defaults(func=cmd_serve)
 
@@ -114,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     from bridge.bench import add_bench_parser
 
     add_bench_parser(sub)
+
+    from bridge.cluster import add_cluster_parser
+    from bridge.engine_server import add_engine_parser
+
+    add_engine_parser(sub)
+    add_cluster_parser(sub)
 
     c = sub.add_parser("chroma", help="write the one-hot chroma a melody model would see, to check a melody")
     c.add_argument("input", help=".wav (or other audio) or .mid")
@@ -127,18 +136,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(args) -> int:
-    from bridge.server import ServeConfig, serve
+    from bridge.server import IN_PROCESS_ENGINES, ServeConfig, is_remote_engine, serve
 
     for name in ("port", "reply_port"):
         if not 1 <= getattr(args, name) <= 65535:
             raise UserError(f"--{name.replace('_', '-')} must be between 1 and 65535", code="bad_args")
+    if args.engine not in IN_PROCESS_ENGINES and not is_remote_engine(args.engine):
+        raise UserError(f"--engine must be batch, local or a WebSocket address like ws://gpu-box:9300, got "
+                        f"{args.engine!r}", code="bad_args")
     out_dir = args.out_dir
     if out_dir is None:
         out_dir = DEFAULT_OUT_DIR
         os.makedirs(out_dir, exist_ok=True)
     return serve(ServeConfig(model=args.model, host=args.host, port=args.port, reply_port=args.reply_port,
                              out_dir=out_dir, audio_device=args.audio_device, input_device=args.input_device,
-                             device=args.device, dtype=args.dtype, presets=args.presets_dir, engine=args.engine))
+                             device=args.device, dtype=args.dtype, presets=args.presets_dir,
+                             engine=args.engine, token=args.token))
 
 
 def cmd_protocol(args) -> int:

@@ -70,7 +70,9 @@ class ServeConfig:
     dtype: str = "auto"
     presets: str | None = None
     max_queued: int = 4
-    engine: str = "batch"  # "batch": streams advance together (engine.batch_engine); "local": one at a time
+    engine: str = "batch"  # "batch": streams advance together (engine.batch_engine); "local": one at a time;
+    # "ws://host:port": a remote engine (bridge/remote_engine.py), and no model is loaded here
+    token: str | None = None  # the remote engine's token (else MUSICGEN_BRIDGE_TOKEN)
     wrap_engine: Callable[[Engine], Engine] | None = None  # for tests and benchmarks: e.g. an engine slowed down
 
 
@@ -166,6 +168,7 @@ class BridgeServer:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.reply_to = ReplyAddress(config.host)
         self._load_state, self._load_error = "starting", ""
+        self._remote = None  # the RemoteEngine with --engine
         self._last_state = None
         self._state_lock = threading.Lock()
         self.live: LiveOutput | None = None
@@ -207,6 +210,8 @@ class BridgeServer:
             self.mic.close()
         if self.runner is not None:
             self.runner.shutdown()
+        if self._remote is not None:
+            self._remote.close()
         if self.live is not None:
             self.live.close()
         self._prep.shutdown(wait=False, cancel_futures=True)
@@ -237,9 +242,14 @@ class BridgeServer:
             self.runner = JobRunner(self.send, self.namer, transport=self.transport,
                                     max_queued=self.config.max_queued, on_change=self._state_changed)
             self._set_load_state("loading")
-            model = load_model(self.config.model, device=self.config.device, dtype=self.config.dtype)
-            _warm_up(model)
-            engine = _make_engine(self.config.engine, model)
+            if is_remote_engine(self.config.engine):
+                engine = self._remote_engine()
+                if engine is None:  # stopped before the engine answered
+                    return
+            else:
+                model = load_model(self.config.model, device=self.config.device, dtype=self.config.dtype)
+                _warm_up(model)
+                engine = _make_engine(self.config.engine, model)
             if self.config.wrap_engine is not None:
                 engine = self.config.wrap_engine(engine)
         except Exception as exc:
@@ -265,6 +275,21 @@ class BridgeServer:
                  ", melody" if info.melody else "")
         self._set_load_state("ready")
 
+    def _remote_engine(self):
+        """The engine at --engine, waited for with backoff; it tells the device when it is lost and back."""
+        from .engine_server import resolve_token
+        from .remote_engine import RemoteEngine
+
+        def lost(reason: str) -> None:
+            self.send("/error", -1, "engine_lost", f"{reason}; reconnecting")
+            self._state_changed()
+
+        log.info("using the engine at %s (no model is loaded here)", self.config.engine)
+        self._remote = RemoteEngine.connect_with_backoff(self.config.engine, resolve_token(self.config.token),
+                                                         self._stopping, on_lost=lost,
+                                                         on_restored=self._state_changed)
+        return self._remote
+
     def _heartbeat(self) -> None:
         seq = 0
         while not self._stopping.wait(protocol.HEARTBEAT_SECONDS if seq else 0):
@@ -280,6 +305,8 @@ class BridgeServer:
     def state(self) -> str:
         if self._load_state != "ready" or self.runner is None:
             return self._load_state
+        if self._remote is not None and not self._remote.connected:
+            return "error"  # the remote engine is unreachable now (/error -1 engine_lost said why); back by itself
         running = self.runner.running
         if not running:
             return "ready"
@@ -304,7 +331,8 @@ class BridgeServer:
         steps = runner.steps_per_s if runner else 0.0
         realtime = runner.realtime if runner else 0.0  # measured: seconds of audio per second of generating
         dtype = engine.info.dtype if ready and engine is not None else ""
-        self.send("/status", self.state, self.config.model if ready else "", steps, runner.queued if runner else 0,
+        model = engine.info.name if self._remote is not None and engine is not None else self.config.model
+        self.send("/status", self.state, model if ready else "", steps, runner.queued if runner else 0,
                   realtime, dtype, self.live.underruns if self.live else 0)
 
     # --- OSC in and out ---
@@ -546,6 +574,12 @@ def serve(config: ServeConfig) -> int:
     server = BridgeServer(config)
     return server.serve_until_signal()
 
+IN_PROCESS_ENGINES = ("batch", "local")
+
+
+def is_remote_engine(engine: str) -> bool:
+    """Whether `--engine` names a remote engine (a WebSocket address) rather than an in-process one."""
+    return engine.startswith(("ws://", "wss://"))
 
 
 def _make_engine(kind: str, model) -> Engine:
