@@ -132,12 +132,27 @@ def _slice(audio: np.ndarray, start: int, end: int) -> np.ndarray:
     return out
 
 
+def _merge_untouched(segments: list[Segment]) -> list[Segment]:
+    """Neighbouring unstretched segments of contiguous input as one: their samples are then copied exactly (two
+    crossfade ramps summing to one are exact only up to float rounding)."""
+    merged: list[Segment] = []
+    for seg in sorted(segments, key=lambda s: s.out_start):
+        prev = merged[-1] if merged else None
+        if (prev is not None and abs(prev.ratio - 1) < 1e-9 and abs(seg.ratio - 1) < 1e-9
+                and prev.out_end == seg.out_start and prev.in_end == seg.in_start):
+            merged[-1] = Segment(prev.in_start, seg.in_end, prev.out_start, seg.out_end)
+        else:
+            merged.append(seg)
+    return merged
+
+
 def render(audio: np.ndarray, sample_rate: int, segments: list[Segment], out_start: int, out_end: int) -> np.ndarray:
     """Output samples [out_start, out_end) of the warp the segments describe ([channels, out_end - out_start]).
 
     Each segment is stretched on its own (with MARGIN_S of input either side) and faded in and out over
     CROSSFADE_S around its ends; the fades are complementary (they sum to one), which is right for the
     neighbouring pieces of one recording. Output outside every segment is silence."""
+    segments = _merge_untouched(segments)
     channels = audio.shape[0]
     out = np.zeros((channels, out_end - out_start), np.float32)
     xf = max(2, round(CROSSFADE_S * sample_rate))
@@ -300,3 +315,177 @@ def lock_file(in_path: str, out_path: str, bpm: str, time_signature: str = "4/4"
     float_input = sf.info(str(in_path)).subtype in ("FLOAT", "DOUBLE")
     write_wav_atomic(out_path, result.audio, sr, float32=float_input)
     return result
+
+
+HISTORY_S = 8.0  # the beat is tracked over this much of a stream's past (one chunk alone is too short)
+SPLICE_BEATS = 0.6  # a stream whose read head drifts this far (in beats) from the grid drops or repeats a beat
+
+
+class ChunkLock:
+    """Locks a stream of chunks (a jam) onto the grid of `tempo`, each chunk exactly as long as it came in.
+
+    Chunks come out one chunk late: chunk k is warped once chunk k+1 has arrived, because its last beat's
+    place is only known from what follows it (and Rubber Band needs input past the segment's end). Beats are
+    tracked over the last HISTORY_S of the stream, segments are committed as the output reaches them and never
+    change afterwards, so the stream is continuous across chunks.
+
+    A stream whose tempo is not the grid's drifts against it; the warp absorbs that up to MAX_STRETCH per beat,
+    and whenever the input runs SPLICE_BEATS ahead of or behind the output, one beat is dropped or repeated (cut
+    just before its attack, like the segments), which keeps every beat on the grid and the latency bounded.
+    Stretches of no clear beat pass through unchanged. The output stream starts on grid beat 0.
+
+    `push(chunk)` returns the previous chunk, locked (None for the first); `flush()` returns the last one.
+    """
+
+    def __init__(self, tempo: Tempo, sample_rate: int, *, max_stretch: float = MAX_STRETCH,
+                 history_seconds: float = HISTORY_S):
+        self.tempo = tempo
+        self.sample_rate = sample_rate
+        self.max_stretch = max_stretch
+        self.history = round(history_seconds * sample_rate)
+        self.message = "waiting for the next chunk"
+        self.locked = False  # whether the last chunk returned was locked (some beat placed on the grid)
+        self.splices = 0
+        self._buffer: np.ndarray | None = None  # input kept, [channels, m], starting at absolute sample _in0
+        self._in0 = 0
+        self._pending: list[int] = []  # lengths of the chunks not yet returned
+        self._out = 0  # output samples returned so far
+        self._segments: list[Segment] = []  # committed, absolute positions
+        self._head: tuple[float, int] | None = None  # (input, output) where the last committed segment ends
+        self._beat = 0  # the grid beat at the head
+        self._track: BeatTrack | None = None
+        self._pre = PRE_BEAT_S * sample_rate
+        self._grid_interval = float(tempo.samples_per_beat(sample_rate))
+
+    @property
+    def arrived(self) -> int:
+        return self._in0 + (self._buffer.shape[1] if self._buffer is not None else 0)
+
+    def grid(self, beat: int) -> int:
+        return self.tempo.beats_to_samples(beat, self.sample_rate)
+
+    def push(self, audio: np.ndarray) -> np.ndarray | None:
+        audio = np.asarray(audio, dtype=np.float32)
+        if audio.ndim == 1:
+            audio = audio[None, :]
+        self._buffer = audio.copy() if self._buffer is None else np.concatenate([self._buffer, audio], axis=1)
+        self._pending.append(audio.shape[1])
+        if len(self._pending) < 2:
+            return None
+        return self._emit()
+
+    def flush(self) -> np.ndarray | None:
+        """The last chunk pushed, locked as far as the input allows; None when there is none."""
+        return self._emit() if self._pending else None
+
+    # --- internals ---
+
+    def _emit(self) -> np.ndarray:
+        length = self._pending.pop(0)
+        start, end = self._out, self._out + length
+        self._track = self._track_history()
+        xf = max(2, round(CROSSFADE_S * self.sample_rate))
+        while self._head is None or self._head[1] < end + xf:
+            if not self._extend():
+                # The input does not reach the next beat (only at the stream's end, or with chunks shorter than
+                # a beat): the rest of this chunk from the rest of the input.
+                self._segments.append(self._closing_segment(end + xf, end))
+                break
+        segments = [Segment(s.in_start - self._in0, s.in_end - self._in0, s.out_start, s.out_end)
+                    for s in self._segments if s.out_end + xf > start and s.out_start - xf < end]
+        out = render(self._buffer, self.sample_rate, segments, start, end)
+        self.locked = any(abs(s.ratio - 1) > 1e-9 for s in segments)
+        self._out = end
+        self._forget(start)
+        return out
+
+    def _track_history(self) -> BeatTrack | None:
+        track = track_beats(self._buffer, self.sample_rate, bpm_hint=float(self.tempo.bpm))
+        if len(track.beats) < MIN_BEATS or track.clarity < MIN_CLARITY:
+            self.message = (f"no clear beat in the last {self._buffer.shape[1] / self.sample_rate:.1f} s (clarity "
+                            f"{track.clarity:.1f}): chunks pass unchanged")
+            return None
+        ratio = self._grid_interval / track.interval
+        if abs(ratio - 1) > self.max_stretch:
+            self.message = (f"the stream is at about {track.bpm:.1f} bpm, more than {100 * self.max_stretch:g} % "
+                            f"from the grid's {float(self.tempo.bpm):g}: chunks pass unchanged")
+            return None
+        self.message = f"locked: the stream is at about {track.bpm:.1f} bpm"
+        return BeatTrack(track.beats + self._in0, track.bpm, track.clarity)
+
+    def _extend(self) -> bool:
+        """Commit the segment up to the next grid beat; False when the input does not reach far enough."""
+        track, pre = self._track, self._pre
+        margin = MARGIN_S * self.sample_rate
+        if self._head is None:
+            first = 0.0
+            if track is not None:  # the stream's first beat, if there is one right at its start, goes on beat 0
+                near = track.beats[np.abs(track.beats).argmin()]
+                first = near if abs(near) <= SNAP_S * self.sample_rate else 0.0
+            self._head = (first - pre, -round(pre)) if first else (0.0, 0)
+        head_in, head_out = self._head
+        while self.grid(self._beat + 1) - round(pre) <= head_out:  # after a closing segment: the next beat ahead
+            self._beat += 1
+        target = self.grid(self._beat + 1) - round(pre)
+        passthrough = track is None
+        if not passthrough:
+            typical = float(np.clip(self._grid_interval / track.interval, 1 - self.max_stretch, 1 + self.max_stretch))
+            expected = head_in + (target - head_out) / typical
+            cuts = track.beats - pre
+            nearest = cuts[np.abs(cuts - expected).argmin()]
+            known = nearest + pre + margin <= self.arrived  # a beat right at the end of the input may still move
+            end_in = nearest if known and abs(nearest - expected) <= 0.25 * track.interval else expected
+            seg = Segment(head_in, end_in, head_out, target)
+            if abs(seg.ratio - 1) > self.max_stretch:
+                seg = Segment(head_in, expected, head_out, target)
+        else:
+            seg = Segment(head_in, head_in + (target - head_out), head_out, target)
+        if seg.in_end > self.arrived:
+            return False
+        self._segments.append(seg)
+        self._beat += 1
+        self._head = (seg.in_end, seg.out_end)
+        if not passthrough:
+            self._splice_if_drifted(track)
+        return True
+
+    def _splice_if_drifted(self, track: BeatTrack) -> None:
+        head_in, head_out = self._head
+        drift = head_in - head_out  # > 0: the input is read ahead of where it arrived (the music is slower)
+        if abs(drift) <= SPLICE_BEATS * track.interval:
+            return
+        step = -track.interval if drift > 0 else track.interval
+        cuts = track.beats - self._pre
+        wanted = head_in + step
+        nearest = cuts[np.abs(cuts - wanted).argmin()]
+        jump_to = nearest if abs(nearest - wanted) <= 0.25 * track.interval else wanted
+        self._head = (jump_to, head_out)
+        self.splices += 1
+        log.info("tempo lock: the stream drifted %.0f ms from the grid: %s a beat", 1000 * drift / self.sample_rate,
+                 "repeating" if drift > 0 else "dropping")
+
+    def _closing_segment(self, out_end: int, needed: int) -> Segment:
+        """The stream's end: output up to `out_end` from the rest of the input, at the stream's rate, or
+        stretched (within the limit) so the output up to `needed` does not read past the input."""
+        head_in, head_out = self._head
+        track = self._track
+        ratio = 1.0 if track is None else self._grid_interval / track.interval
+        # Stretch a little more rather than read past the input (silence), within the limit.
+        fits = (needed - head_out) / max(1.0, self.arrived - head_in)
+        ratio = float(np.clip(max(ratio, fits), 1 - self.max_stretch, 1 + self.max_stretch))
+        if abs(ratio - 1) < 1e-9:
+            ratio = 1.0
+        seg = Segment(head_in, head_in + (out_end - head_out) / ratio, head_out, out_end)
+        self._head = (seg.in_end, seg.out_end)
+        return seg
+
+    def _forget(self, emitted: int) -> None:
+        """Drop segments and input no longer needed."""
+        xf = max(2, round(CROSSFADE_S * self.sample_rate))
+        self._segments = [s for s in self._segments if s.out_end + xf > emitted]
+        needed = min([s.in_start for s in self._segments] + [self._head[0] if self._head else self.arrived])
+        keep_from = int(min(needed - MARGIN_S * self.sample_rate - 2 * self._grid_interval, self.arrived - self.history))
+        cut = keep_from - self._in0
+        if cut > 0:
+            self._buffer = self._buffer[:, cut:]
+            self._in0 += cut

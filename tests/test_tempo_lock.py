@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from bridge.cli import main
-from bridge.tempo_lock import TempoLock, track_beats
+from bridge.tempo_lock import ChunkLock, TempoLock, track_beats
 from engine.bars import Tempo
 from tests.drums import SR, detect_onsets, drum_loop, grid_errors
 
@@ -123,3 +123,46 @@ def test_bad_arguments_are_one_line_exit_2(args, expect, tmp_path, capsys):
     assert rc == 2
     assert len(err) == 1 and expect in err[0], err
     assert not out.exists()
+
+
+def _stream(lock: ChunkLock, audio: np.ndarray, tempo: Tempo, bars: int) -> list[np.ndarray]:
+    """Feed `bars` one-bar chunks (cut on the grid's bar lines, as a jam's are) and collect what comes out."""
+    out = []
+    for k in range(bars):
+        y = lock.push(audio[:, tempo.bar_start_sample(k, SR): tempo.bar_start_sample(k + 1, SR)])
+        assert (y is None) == (k == 0)  # one chunk late
+        if y is not None:
+            out.append(y)
+    out.append(lock.flush())
+    assert lock.flush() is None
+    return out
+
+
+@pytest.mark.parametrize("bpm,drift,target", [(93.0, 0.02, 96), (98.0, 0.0, 96), (95.0, 0.03, 95)])
+def test_chunk_lock_puts_a_stream_on_the_grid(bpm, drift, target):
+    tempo = Tempo(target)
+    bars = 9
+    loop = drum_loop(beats=40, bpm=bpm, drift=drift, jitter_ms=8, seed=1)
+    audio = loop.audio[:, : tempo.bars_to_samples(bars, SR)]
+    chunks = _stream(ChunkLock(tempo, SR), audio, tempo, bars)
+    # Every chunk exactly as long as the one that came in.
+    assert [c.shape[1] for c in chunks] == [tempo.bar_start_sample(k + 1, SR) - tempo.bar_start_sample(k, SR)
+                                           for k in range(bars)]
+    grid = np.array([tempo.beats_to_samples(k, SR) for k in range(bars * 4)])
+    end = audio.shape[1] - round(0.03 * SR)  # an attack cut by the stream's end is not a beat
+    before = detect_onsets(audio)
+    assert grid_errors(before[before < end], grid)[1].max() > TOLERANCE  # negative control: off the grid
+    onsets = detect_onsets(np.concatenate(chunks, axis=1))
+    onsets = onsets[onsets < end]
+    nearest, err = grid_errors(onsets, grid)
+    assert sorted(nearest) == list(range(len(grid))), f"{len(onsets)} onsets for {len(grid)} beats"
+    assert err.max() <= TOLERANCE, f"worst {1000 * err.max() / SR:.1f} ms off the grid"
+
+
+def test_chunk_lock_passes_beatless_streams_unchanged():
+    tempo = Tempo(120)
+    noise = (0.2 * np.random.default_rng(2).standard_normal((2, tempo.bars_to_samples(4, SR)))).astype(np.float32)
+    lock = ChunkLock(tempo, SR)
+    out = np.concatenate(_stream(lock, noise, tempo, 4), axis=1)
+    np.testing.assert_array_equal(out, noise)
+    assert not lock.locked and "no clear beat" in lock.message
