@@ -53,3 +53,16 @@ def estimate_key(chroma: np.ndarray) -> Key | None:
         return None
     best = key_scores(profile)[0]
     return best if best.correlation >= MIN_CORRELATION else None
+
+
+def key_for_prompt(key: str | None, melody: np.ndarray | None) -> tuple[str | None, str]:
+    """The key that fills {key}: the one given (/set key, else the preset's), else the melody's estimate; and
+    where it came from, for the log."""
+    if key:
+        return key, "given"
+    if melody is not None:
+        found = estimate_key(melody)
+        if found is not None:
+            return found.name, f"estimated from the melody (correlation {found.correlation:.2f})"
+        return None, "the melody does not say (too few notes or no clear key)"
+    return None, "none given and no melody"

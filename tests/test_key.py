@@ -7,7 +7,7 @@ import pytest
 
 from bridge.midi_chroma import Note, chroma_from_notes
 from engine.chroma import chroma_from_audio
-from engine.key import estimate_key, key_scores
+from engine.key import estimate_key, key_for_prompt, key_scores
 
 SR = 32000
 # (key, notes as (MIDI pitch, beats)): scales and tunes that stress their tonic as tunes do.
@@ -64,3 +64,11 @@ def test_every_key_is_found_from_its_own_profile():
             found = estimate_key(np.roll(scale, tonic))
             assert (found.tonic, found.mode) == (tonic, mode)
     assert len(key_scores(major)) == 24
+
+
+def test_the_given_key_wins_over_the_melody():
+    melody = chroma_from_audio(synth(MELODIES[0][1]), SR)  # D major
+    assert key_for_prompt("A minor", melody)[0] == "A minor"
+    key, source = key_for_prompt("", melody)
+    assert key == "D major" and "melody" in source
+    assert key_for_prompt(None, None)[0] is None

@@ -81,3 +81,17 @@ def test_too_short_says_how_to_render():
     tempo = Tempo(100)
     with pytest.raises(Exception, match="loop_bars"):
         make_seamless(np.zeros((1, tempo.bars_to_samples(2, SR))), tempo, SR, 2)
+
+
+@pytest.mark.parametrize("lock,loop", [(False, True), (True, True), (True, False), (False, False)])
+def test_results_come_out_exactly_n_bars(lock, loop):
+    from bridge.result_grid import bars_to_render, put_on_grid
+    from tests.drums import drum_loop
+
+    tempo, bars = Tempo(96), 2
+    rendered = bars_to_render(bars, lock=lock, loop=loop)
+    assert rendered == (bars + 1 if lock or loop else bars)
+    audio = drum_loop(beats=16, bpm=95, drift=0.01, seed=7).audio[:, : tempo.bars_to_samples(rendered, SR)]
+    out, note = put_on_grid(audio, tempo, SR, bars, lock=lock, loop=loop)
+    assert out.shape == (1, tempo.bars_to_samples(bars, SR))
+    assert note.startswith("locked ") == lock and ("loop" in note) == loop
