@@ -233,7 +233,7 @@ class TempoLock:
             log.info("tempo lock: %s", why)
             return LockResult(audio, False, f"{why}; the audio is left as it is")
         locked = render(audio, self.sample_rate, segments, 0, out_len)
-        inner = [s.ratio - 1 for s in segments[1:-1]] or [0.0]
+        inner = [s.ratio - 1 for s in segments[1:-1] if s.out_start >= 0] or [0.0]
         message = (f"locked {len(track.beats)} beats at {track.bpm:.1f} bpm onto the grid at "
                    f"{float(self.tempo.bpm):g} bpm (stretch {100 * min(inner):+.1f} % to {100 * max(inner):+.1f} %)")
         log.info("tempo lock: %s", message)
@@ -254,16 +254,17 @@ class TempoLock:
         first = round(beats[0] / track.interval)  # the grid beat of the first beat found
         grid = np.array([self.grid(first + j) for j in range(len(beats))], dtype=float)
         ratios = np.diff(grid) / np.diff(beats)
-        worst = int(np.argmax(np.abs(ratios - 1)))
+        if bars is None:
+            end = grid[-1] + (n - beats[-1]) * float(np.median(ratios))
+            bars = max(1, round(end / float(self.tempo.samples_per_bar(sr))))
+        out_len = self.tempo.bars_to_samples(bars, sr)
+        used = max(1, int(np.searchsorted(grid, out_len)))  # segments that start inside the output
+        worst = int(np.argmax(np.abs(ratios[:used] - 1)))
         if abs(ratios[worst] - 1) > self.max_stretch:
             raise NotLockable(
                 f"the beat at {beats[worst + 1] / sr:.2f} s would need a stretch of {100 * (ratios[worst] - 1):+.1f} % "
                 f"(the audio is at about {track.bpm:.1f} bpm, the grid at {float(self.tempo.bpm):g}); at most "
                 f"{100 * self.max_stretch:g} % is allowed")
-        if bars is None:
-            end = grid[-1] + (n - beats[-1]) * float(np.median(ratios))
-            bars = max(1, round(end / float(self.tempo.samples_per_bar(sr))))
-        out_len = self.tempo.bars_to_samples(bars, sr)
         pre = PRE_BEAT_S * sr
         cuts_in, cuts_out = beats - pre, grid - pre
         typical = float(np.clip(grid_interval / track.interval, 1 - self.max_stretch, 1 + self.max_stretch))
@@ -489,3 +490,10 @@ class ChunkLock:
         if cut > 0:
             self._buffer = self._buffer[:, cut:]
             self._in0 += cut
+
+
+def warm_up() -> None:
+    """Pay librosa's one-time compilation (numba: seconds) before the first result needs it."""
+    t = np.arange(2 * 16000) / 16000
+    clicks = (np.sin(2 * np.pi * 100 * t) * np.exp(-(t % 0.5) / 0.03)).astype(np.float32)
+    track_beats(clicks, 16000, 120.0)
