@@ -437,8 +437,9 @@ class ChunkLock:
             known = nearest + pre + margin <= self.arrived  # a beat right at the end of the input may still move
             end_in = nearest if known and abs(nearest - expected) <= 0.25 * track.interval else expected
             seg = Segment(head_in, end_in, head_out, target)
-            if abs(seg.ratio - 1) > self.max_stretch:
-                seg = Segment(head_in, expected, head_out, target)
+            if abs(seg.ratio - 1) > self.max_stretch:  # as near the beat as the limit allows; the next one catches up
+                ratio = float(np.clip(seg.ratio, 1 - self.max_stretch, 1 + self.max_stretch))
+                seg = Segment(head_in, head_in + (target - head_out) / ratio, head_out, target)
         else:
             seg = Segment(head_in, head_in + (target - head_out), head_out, target)
         if seg.in_end > self.arrived:

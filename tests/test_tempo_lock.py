@@ -138,13 +138,18 @@ def _stream(lock: ChunkLock, audio: np.ndarray, tempo: Tempo, bars: int) -> list
     return out
 
 
-@pytest.mark.parametrize("bpm,drift,target", [(93.0, 0.02, 96), (98.0, 0.0, 96), (95.0, 0.03, 95)])
-def test_chunk_lock_puts_a_stream_on_the_grid(bpm, drift, target):
+@pytest.mark.parametrize("bpm,drift,target,splices", [(93.0, 0.02, 96, True), (98.0, 0.0, 96, False),
+                                                      (95.0, 0.03, 95, False)])
+def test_chunk_lock_puts_a_stream_on_the_grid(bpm, drift, target, splices):
     tempo = Tempo(target)
-    bars = 9
-    loop = drum_loop(beats=40, bpm=bpm, drift=drift, jitter_ms=8, seed=1)
+    bars = 7
+    loop = drum_loop(beats=32, bpm=bpm, drift=drift, jitter_ms=8, seed=1)
     audio = loop.audio[:, : tempo.bars_to_samples(bars, SR)]
-    chunks = _stream(ChunkLock(tempo, SR), audio, tempo, bars)
+    lock = ChunkLock(tempo, SR)
+    chunks = _stream(lock, audio, tempo, bars)
+    # 93 -> 96 bpm drifts more than half a beat from the grid within 7 bars: a beat is dropped, and still every
+    # beat is on the grid.
+    assert (lock.splices > 0) == splices
     # Every chunk exactly as long as the one that came in.
     assert [c.shape[1] for c in chunks] == [tempo.bar_start_sample(k + 1, SR) - tempo.bar_start_sample(k, SR)
                                            for k in range(bars)]
