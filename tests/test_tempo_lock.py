@@ -147,7 +147,7 @@ def test_chunk_lock_puts_a_stream_on_the_grid(bpm, drift, target, splices):
     audio = loop.audio[:, : tempo.bars_to_samples(bars, SR)]
     lock = ChunkLock(tempo, SR)
     chunks = _stream(lock, audio, tempo, bars)
-    # 93 -> 96 bpm drifts more than half a beat from the grid within 7 bars: a beat is dropped, and still every
+    # 93 -> 96 bpm drifts more than half a beat from the grid within 7 bars: a beat is repeated, and still every
     # beat is on the grid.
     assert (lock.splices > 0) == splices
     # Every chunk exactly as long as the one that came in.
