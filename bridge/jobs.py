@@ -38,6 +38,7 @@ import numpy as np
 
 from engine.bars import Tempo, format_bpm
 from engine.errors import Cancelled, UserError
+from engine.key import key_for_prompt
 from engine.model import MusicGen
 from engine.sampling import SamplingSettings
 from engine.session import StreamSession
@@ -46,6 +47,8 @@ from . import protocol
 from .audio_io import load_audio
 from .audio_out import START_MARGIN_S, LiveOutput, TakeWriter, WavNamer, write_wav
 from .presets import render_prompt
+from .result_grid import bars_to_render, put_on_grid
+from .tempo_lock import ChunkLock
 from .transport import Transport
 
 log = logging.getLogger(__name__)
@@ -78,6 +81,8 @@ class Request:
     prompt_bars: int | None = None
     song_beat: Fraction | None = None  # jam: the song beat its first chunk belongs on (None: no transport yet)
     follow: Callable[[], tuple[Tempo, str]] | None = None  # jam: the current (tempo, prompt) to follow
+    lock: bool = True  # warp onto the beat grid (bridge/tempo_lock.py)
+    loop: bool = False  # generate/continue: the end runs into the start (bridge/seamless_loop.py)
 
 
 class Job:
@@ -276,7 +281,9 @@ class JobRunner:
                             "/melody/clear to generate from text alone", code="bad_args")
         return job.request.melody(tempo, job.cancel_event)
 
-    def _prompt(self, template: str, tempo: Tempo, key: str | None) -> str:
+    def _prompt(self, job: Job, template: str, tempo: Tempo, melody: np.ndarray | None) -> str:
+        key, source = key_for_prompt(job.request.key, melody)
+        log.info("#%d key %s (%s)", job.req, key or "-", source)
         return render_prompt(template, bpm=format_bpm(tempo.bpm), key=key)
 
     def _start_at(self, first_beat: Fraction | None = None) -> Callable[[float], float]:
@@ -310,10 +317,12 @@ class JobRunner:
             log.info("#%d continuing the last %.2f s of %s", job.req, n / wav_sr, r.wav_path)
         melody = self._melody(job, model, r.tempo)
         job.check()
-        total = r.tempo.bars_to_samples(r.bars, sr)
+        shaped = r.lock or r.loop  # the result is reshaped once whole: live output gets it then
+        render_bars = bars_to_render(r.bars, lock=r.lock, loop=r.loop)
+        total = r.tempo.bars_to_samples(render_bars, sr)
         slide = total / sr > model.max_seconds  # longer than one window: slide it
         session = job.attach(StreamSession(
-            model, self._prompt(r.prompt, r.tempo, r.key), r.sampling, bars=r.bars, tempo=r.tempo,
+            model, self._prompt(job, r.prompt, r.tempo, melody), r.sampling, bars=render_bars, tempo=r.tempo,
             chunk_seconds=PROGRESS_CHUNK_SECONDS, audio_prompt=audio_prompt, melody=melody,
             context_seconds=r.context_seconds if slide else None, tempo_in_prompt=r.tempo_in_prompt))
         log.info("#%d prompt %r, seed %d, %d samples", job.req, session.prompt_text, session.seed, total)
@@ -324,7 +333,7 @@ class JobRunner:
             for chunk in session:
                 pieces.append(chunk.audio)
                 done += chunk.audio.shape[1]
-                if take is not None:
+                if take is not None and not shaped:
                     self.live.push(take, chunk.audio, start_at, job.cancel_event)
                 if not chunk.last:
                     job.progress(done / total)
@@ -333,11 +342,21 @@ class JobRunner:
                 self.live.stop(take)  # a cancelled result falls silent at once
             raise
         self._measure(session.steps, time.perf_counter() - t0)
-        if take is not None:
-            self.live.finish(take)
         audio = np.concatenate(pieces, axis=1)
         if audio.shape[1] != total:  # the engine promises exact bars; a mismatch is a bug worth failing on
-            raise RuntimeError(f"rendered {audio.shape[1]} samples for {r.bars} bars, expected {total}")
+            raise RuntimeError(f"rendered {audio.shape[1]} samples for {render_bars} bars, expected {total}")
+        if shaped:
+            audio, note = put_on_grid(audio, r.tempo, sr, r.bars, lock=r.lock, loop=r.loop)
+            log.info("#%d %s", job.req, note)
+            total = audio.shape[1]
+            if take is not None:
+                try:
+                    self.live.push(take, audio, start_at, job.cancel_event)
+                except BaseException:
+                    self.live.stop(take)
+                    raise
+        if take is not None:
+            self.live.finish(take)
         path = write_wav(self.namer.path(job.req, "gen" if r.kind == "generate" else "cont"), audio, sr)
         # Exactly `bars` bars by the bar arithmetic's rounding rule (bar lines fall on whole samples), so say so.
         self._send("/done", job.req, str(path), total / sr, float(r.bars))
@@ -360,7 +379,7 @@ class JobRunner:
             while True:
                 job.check()
                 session = job.attach(StreamSession(
-                    model, self._prompt(template, tempo, r.key), r.sampling, tempo=tempo, chunk_bars=r.chunk_bars,
+                    model, self._prompt(job, template, tempo, melody), r.sampling, tempo=tempo, chunk_bars=r.chunk_bars,
                     context_seconds=r.context_seconds, audio_prompt=tail, melody=melody,
                     tempo_in_prompt=r.tempo_in_prompt))
                 log.info("#%d jam at %s bpm %d/%d: %r, seed %d", job.req, format_bpm(tempo.bpm), tempo.numerator,
@@ -368,33 +387,53 @@ class JobRunner:
                 chunk_s = float(tempo.seconds_per_bar() * r.chunk_bars)
                 ahead_limit = max(JAM_AHEAD_MIN_SECONDS, 2 * chunk_s)
                 changed, busy, resumed = None, 0.0, time.perf_counter()
-                for chunk in session:
-                    busy += time.perf_counter() - resumed  # generating, not waiting
-                    self._measure(session.steps, busy)
-                    path = write_wav(self.namer.path(job.req, "jam", index), chunk.audio, sr)
-                    writer.write(chunk.audio)
+                # Tempo lock: each chunk comes out of the ChunkLock one chunk late (locked once the next one has
+                # shown where its last beat belongs); `held` is the chunk waiting for its audio.
+                lock, held = (ChunkLock(tempo, sr) if r.lock else None), None
+
+                def emit(chunk, audio: np.ndarray) -> None:
+                    nonlocal index, made, end, bars, tail, t_first
+                    path = write_wav(self.namer.path(job.req, "jam", index), audio, sr)
+                    writer.write(audio)
                     start = base + chunk.start_beat
                     args = [job.req, index, str(path), float(start), float(chunk.beats)]
                     if r.song_beat is not None:
                         args.append(float(r.song_beat + start))
                     self._send("/chunk", *args)
                     if take is not None:
-                        self.live.push(take, chunk.audio, start_at, job.cancel_event)
-                    index, made = index + 1, made + chunk.audio.shape[1]
+                        self.live.push(take, audio, start_at, job.cancel_event)
+                    index, made = index + 1, made + audio.shape[1]
                     end = start + chunk.beats
                     bars += chunk.beats / tempo.beats_per_bar
-                    tail = _append_tail(tail, chunk.audio, sr, r.context_seconds)
+                    tail = _append_tail(tail, audio, sr, r.context_seconds)  # the next session continues what played
                     t_first = t_first or time.monotonic()
-                    # Pace: no further ahead of real time than the device needs to always hold the next chunk.
-                    while made / sr - (time.monotonic() - t_first) > ahead_limit:
-                        job.check()
-                        time.sleep(0.02)
-                    if r.follow is not None:
-                        new_tempo, new_template = r.follow()
-                        if new_tempo != tempo or new_template != template:
-                            changed = (new_tempo, new_template)
-                            break
-                    resumed = time.perf_counter()
+
+                try:
+                    for chunk in session:
+                        busy += time.perf_counter() - resumed  # generating, not waiting
+                        self._measure(session.steps, busy)
+                        if lock is None:
+                            emit(chunk, chunk.audio)
+                        else:
+                            locked = lock.push(chunk.audio)
+                            if held is not None:
+                                emit(held, locked)
+                            held = chunk
+                        # Pace: no further ahead of real time than the device needs to always hold the next chunk.
+                        while t_first is not None and made / sr - (time.monotonic() - t_first) > ahead_limit:
+                            job.check()
+                            time.sleep(0.02)
+                        if r.follow is not None:
+                            new_tempo, new_template = r.follow()
+                            if new_tempo != tempo or new_template != template:
+                                changed = (new_tempo, new_template)
+                                break
+                        resumed = time.perf_counter()
+                finally:
+                    if held is not None and not job.cancel_event.is_set():  # the last chunk, on a change or a stop
+                        emit(held, lock.flush())
+                        log.info("#%d tempo lock: %s (%d beats dropped or repeated)", job.req, lock.message,
+                                 lock.splices)
                 if changed is None:
                     break
                 log.info("#%d jam follows a change: %s bpm %d/%d, prompt %r", job.req, format_bpm(changed[0].bpm),

@@ -193,6 +193,9 @@ class BridgeServer:
 
             self.runner = JobRunner(self.send, self.namer, transport=self.transport,
                                     max_queued=self.config.max_queued, on_change=self._state_changed)
+            from .tempo_lock import warm_up  # librosa compiles its beat tracker once (seconds): not on a take
+
+            threading.Thread(target=warm_up, name="tempo-lock-warm-up", daemon=True).start()
             self._set_load_state("loading")
             model = load_model(self.config.model, device=self.config.device, dtype=self.config.dtype)
             _warm_up(model)
@@ -463,7 +466,8 @@ class BridgeServer:
                                     greedy=s["temperature"] == 0, seed=seed).validate()
         return Request(req=req, kind=kind, prompt=prompt or s["prompt"], tempo=state.tempo, sampling=sampling,
                        chunk_bars=s["chunk_bars"], context_seconds=s["context_seconds"],
-                       tempo_in_prompt=bool(s["bpm_in_prompt"]), key=s["key"] or self.key, melody=self.melody, **kw)
+                       tempo_in_prompt=bool(s["bpm_in_prompt"]), key=s["key"] or self.key, melody=self.melody,
+                       lock=bool(s["lock"]), loop=bool(s["loop"]) and kind != "jam", **kw)
 
     def _require_model(self) -> None:
         if self._load_state == "error":

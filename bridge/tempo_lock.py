@@ -494,7 +494,11 @@ class ChunkLock:
 
 
 def warm_up() -> None:
-    """Pay librosa's one-time compilation (numba: seconds) before the first result needs it."""
+    """Pay librosa's one-time compilation (numba: seconds) before the first result needs it. Never raises: a
+    failure here shows again, with its reason, when a result is locked."""
     t = np.arange(2 * 16000) / 16000
     clicks = (np.sin(2 * np.pi * 100 * t) * np.exp(-(t % 0.5) / 0.03)).astype(np.float32)
-    track_beats(clicks, 16000, 120.0)
+    try:
+        track_beats(clicks, 16000, 120.0)
+    except Exception as exc:  # noqa: BLE001 - a warm-up only
+        log.warning("tempo lock warm-up failed: %s: %s", type(exc).__name__, exc)
