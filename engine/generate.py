@@ -71,6 +71,7 @@ def open_stream(
     keep_frames: int | None = None,
     align: Callable[[int], int] | None = None,
     cancel: threading.Event | None = None,
+    step_mode: str = "auto",
 ) -> TokenStream:
     """A token stream for one request; `frames=None` streams without end (sliding windows)."""
     settings = SamplingSettings(**{**settings.__dict__, "seed": resolve_seed(settings.seed)}).validate(model.lm.cfg.card)
@@ -85,13 +86,13 @@ def open_stream(
     return TokenStream(
         model.lm, model.pattern, settings, cond,
         prompt=prompt_codes, total_frames=frames, window_frames=window, keep_frames=keep, align=align,
-        cancel=cancel, max_prefix=max_prefix,
+        cancel=cancel, max_prefix=max_prefix, step_mode=step_mode,
     )
 
 
 def warm_up(model: MusicGen) -> float:
     """A few guided decode steps, once after loading, so the first request pays no one-time cost: on CPU the
-    decode step is traced here (engine.lm.TracedStep, ~0.7 s for musicgen-small), and oneDNN sets up its kernels.
+    decode step is traced here (engine.steps.TracedStep), and oneDNN sets up its kernels.
     Returns the seconds it took."""
     t0 = time.perf_counter()
     open_stream(model, "", SamplingSettings(cfg=3.0, seed=0), frames=2).run()

@@ -9,11 +9,11 @@ Two ways to call a step:
 - sliced (`kv_len` given): the new positions are the last `kv_len` cache entries' tail; attention reads only
   cache[:kv_len]. Least memory traffic: the default everywhere.
 - static (`kv_len=None`): attention reads the whole cache under a causal mask, so every step has the same
-  shapes. That is what CUDA graphs need (`GraphedStep`); on CPU it gives the same numbers, more slowly.
+  shapes. That is what CUDA graphs need (`engine.steps.GraphedStep`); on CPU it gives the same numbers, more slowly.
 
-Generation's one-column steps run as a graph: `GraphedStep` (CUDA graph over the static step) on a GPU,
-`TracedStep` (TorchScript trace of the sliced step, the caches as inputs) on a CPU. Both compute what `forward`
-computes; they only remove per-op launch and dispatch costs.
+Generation's one-column steps run as a graph (`engine/steps.py`): a CUDA graph over the static step on a GPU, a
+TorchScript trace of the sliced step on a CPU. Both compute what `forward` computes; they only remove per-op
+launch and dispatch costs.
 
 Shapes: B batch (2 with guidance: [cond; uncond]), K codebooks, T new positions, S conditioning length,
 D model width, H heads, L cache length.
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -182,8 +181,7 @@ class MusicGenLM(nn.Module):
         self.heads = nn.Linear(cfg.dim, cfg.n_codebooks * cfg.card, bias=False)
         self.max_len = 0
         self.weight_dtype: torch.dtype | None = None  # set when the linear weights differ from the activations
-        self._graphed: GraphedStep | None = None
-        self._traced: TracedStep | None = None
+        self.compiled_steps: dict = {}  # engine.steps keeps its traced / captured decode steps here
 
     @property
     def dtype(self) -> torch.dtype:
@@ -208,12 +206,6 @@ class MusicGenLM(nn.Module):
         self.register_buffer("causal", torch.ones(max_len, max_len, dtype=torch.bool, device=self.device).tril(), persistent=False)
         self.register_buffer("pos_table", sinusoids(torch.arange(max_len, device=self.device), self.cfg.dim), persistent=False)
         self.max_len = max_len
-
-    def graphed_step(self) -> "GraphedStep":
-        """This LM's CUDA-graph decode step (captured on first use, kept across generations)."""
-        if self._graphed is None:
-            self._graphed = GraphedStep(self)
-        return self._graphed
 
     @torch.inference_mode()
     def set_condition(self, cond: Tensor) -> None:
@@ -257,140 +249,3 @@ class MusicGenLM(nn.Module):
             h = h[:, -1:]
         logits = self.heads(self.out_norm(h))  # [B, T', K * card]
         return logits.view(B, h.shape[1], self.cfg.n_codebooks, self.cfg.card).transpose(1, 2).float()
-
-    def traced_step(self) -> "TracedStep":
-        """This LM's TorchScript decode step for CPU (traced on first use, kept across generations)."""
-        if self._traced is None:
-            self._traced = TracedStep(self)
-        return self._traced
-
-
-class _StepGraph(nn.Module):
-    """What `TracedStep` traces: the one-column sliced step with the per-generation tensors as inputs.
-
-    The caches and the cross-attention keys/values are bound to the layers for the duration of the call, so the
-    tracer sees them as inputs, not as constants: one trace serves every generation and prompt. The cache length
-    to attend to arrives as the length of `lengths` (a view of a spare buffer), which the tracer keeps symbolic.
-    """
-
-    def __init__(self, lm: "MusicGenLM"):
-        super().__init__()
-        self.lm = lm
-
-    def forward(self, h: Tensor, input_pos: Tensor, lengths: Tensor, kvs: list[Tensor], cross: list[Tensor] | None = None) -> Tensor:
-        lm = self.lm
-        saved = [(l.attn.kv_cache.kv, l.cross.k if l.cross is not None else None, l.cross.v if l.cross is not None else None) for l in lm.layers]
-        try:
-            for i, layer in enumerate(lm.layers):
-                layer.attn.kv_cache.kv = kvs[i]
-                if layer.cross is not None:
-                    layer.cross.k, layer.cross.v = cross[2 * i], cross[2 * i + 1]
-            return lm.layers_and_heads(h, input_pos, None, lengths.shape[0])
-        finally:
-            for layer, (kv, k, v) in zip(lm.layers, saved):
-                layer.attn.kv_cache.kv = kv
-                if layer.cross is not None:
-                    layer.cross.k, layer.cross.v = k, v
-
-
-class TracedStep:
-    """One decode step (T = 1, sliced) as a frozen TorchScript graph: the CPU's way past per-op overhead.
-
-    In eager mode a step is ~1,500 small tensor ops, each paying Python and dispatch costs (~1-2 ms a step on the
-    test CPU, 5-10% of an int8 step); the graph runs the same ops without them (benchmarks/RESULTS.md). Traced
-    once per batch size and activation dtype; the caches, the conditioning and the position are inputs, so
-    generations, windows and prompts of any length reuse it. torch.jit is deprecated in torch 2.x: if tracing
-    fails, the step runs eagerly (`engine.token_stream.USE_TRACED_STEP = False` turns it off).
-    """
-
-    def __init__(self, lm: "MusicGenLM"):
-        self.lm = lm
-        self.graphs: dict[tuple, torch.jit.ScriptModule] = {}
-        self.lengths = torch.empty(0)
-        self.failed = False
-
-    def _inputs(self, h: Tensor, input_pos: Tensor, kv_len: int) -> tuple:
-        lm = self.lm
-        if self.lengths.numel() < kv_len:
-            self.lengths = torch.empty(max(kv_len, lm.max_len), dtype=torch.uint8)
-        kvs = [layer.attn.kv_cache.kv for layer in lm.layers]
-        cross = [t for layer in lm.layers if layer.cross is not None for t in (layer.cross.k, layer.cross.v)]
-        # A model without cross-attention (melody) has no such inputs: the tracer refuses empty lists.
-        return (h, input_pos, self.lengths[:kv_len], kvs, cross) if cross else (h, input_pos, self.lengths[:kv_len], kvs)
-
-    @torch.inference_mode()
-    def __call__(self, h: Tensor, input_pos: Tensor, kv_len: int) -> Tensor:
-        """Positioned inputs [B, 1, D] (act_dtype) at `input_pos` [1] -> logits [B, K, 1, card] (float32)."""
-        args = self._inputs(h, input_pos, kv_len)
-        key = (h.shape[0], h.dtype)
-        graph = self.graphs.get(key)
-        if graph is None and not self.failed:
-            graph = self._trace(args, key)
-        if graph is None:
-            return self.lm.layers_and_heads(h, input_pos, None, kv_len)
-        # The plain interpreter: the profiling executor's first runs cost ~0.4 s and its passes gain nothing here.
-        with torch.jit.optimized_execution(False):
-            return graph(*args)
-
-    def _trace(self, args: tuple, key: tuple):
-        # Tracing runs the step once: it writes this step's keys and values at this step's position, as the
-        # call itself will again, so the cache ends up the same.
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                graph = torch.jit.freeze(torch.jit.trace(_StepGraph(self.lm).eval(), args, check_trace=False))
-        except Exception as e:  # noqa: BLE001 - any tracer failure means: run eagerly
-            first_line = (str(e).strip().splitlines() or [""])[0][:200]
-            log.warning("tracing the decode step failed (%s: %s); running it eagerly", type(e).__name__, first_line)
-            self.failed = True
-            return None
-        self.graphs[key] = graph
-        return graph
-
-
-class GraphedStep:
-    """One decode step (T = 1, static shapes) captured as a CUDA graph: a single replay per column.
-
-    Inputs are copied into static buffers, the graph runs the embedding and the static-mode forward over the whole
-    cache, and the logits come back in a static output buffer (valid until the next call). The graph is captured
-    again whenever what it points at changes: a new KV cache (`setup_caches`), or conditioning of a new shape
-    (same-shaped conditioning is written in place by `CrossAttention.set_condition`).
-    """
-
-    def __init__(self, lm: MusicGenLM):
-        self.lm = lm
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.key: tuple | None = None
-
-    def _key(self) -> tuple:
-        lm = self.lm
-        cross = [l.cross.k.data_ptr() for l in lm.layers if l.cross is not None and l.cross.k is not None]
-        return (lm.layers[0].attn.kv_cache.k.data_ptr(), lm.max_len, *cross)
-
-    def _run(self) -> Tensor:
-        return self.lm(self.lm.embed(self.tokens), self.input_pos, kv_len=None)
-
-    @torch.inference_mode()
-    def __call__(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
-        """tokens [B, K, 1] at position `input_pos` [1] -> logits [B, K, 1, card] (float32)."""
-        if self.graph is None or self.key != self._key():
-            self._capture(tokens, input_pos)
-        self.tokens.copy_(tokens)
-        self.input_pos.copy_(input_pos)
-        self.graph.replay()
-        return self.logits
-
-    def _capture(self, tokens: Tensor, input_pos: Tensor) -> None:
-        self.tokens, self.input_pos = tokens.clone(), input_pos.clone()
-        # Warm up on a side stream (allocator and kernel selection), as torch.cuda.graphs asks. The warm-up runs
-        # write this step's own keys and values at this step's position, so running it is harmless.
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._run()
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = self._run()
-        self.key = self._key()

@@ -24,9 +24,8 @@ from engine.errors import Cancelled
 from engine.lm import MusicGenLM
 from engine.pattern import DelayPattern
 from engine.sampling import SamplingSettings, guide, make_generator, resolve_seed, sample
+from engine.steps import decode_step, resolve_step_mode
 
-USE_CUDA_GRAPHS = True  # decode steps on CUDA replay one captured graph (engine.lm.GraphedStep)
-USE_TRACED_STEP = True  # decode steps on CPU run one traced TorchScript graph (engine.lm.TracedStep)
 
 
 @dataclass
@@ -53,6 +52,7 @@ class TokenStream:
         align: Callable[[int], int] | None = None,
         cancel: threading.Event | None = None,
         max_prefix: int = 0,
+        step_mode: str = "auto",
     ):
         """
         prompt: [K, P] codes to continue (teacher-forced, never overwritten, not returned).
@@ -60,6 +60,7 @@ class TokenStream:
         window_frames: the most frames (prompt included) one window holds.
         keep_frames: frames of music re-prefilled when the window slides.
         align: maps the earliest frame a new window could start at to the frame it should start at (≥ it).
+        step_mode: how decode steps run (engine.steps): "auto" (a graph where the device has one), "eager", ...
         """
         if keep_frames >= window_frames:
             raise ValueError("keep_frames must be smaller than window_frames")
@@ -89,8 +90,8 @@ class TokenStream:
         # The cache holds one window, or less when the whole request is shorter (memory follows the request).
         longest = window_frames if self.end is None else min(window_frames, self.end)
         lm.setup_caches(cond.batch, max_prefix + pattern.columns(longest))
-        self.graphed = lm.graphed_step() if USE_CUDA_GRAPHS and self.device.type == "cuda" else None
-        self.traced = lm.traced_step() if USE_TRACED_STEP and self.device.type == "cpu" else None
+        self.step_mode = resolve_step_mode(step_mode, self.device)
+        self.decode = decode_step(lm, self.step_mode)
         if cond.cross is not None:
             lm.set_condition(cond.cross)
         self._start_window(0)
@@ -146,12 +147,7 @@ class TokenStream:
             n_cols = 1
             tokens = self.seq[None, :, self.col - 1 : self.col].expand(B, -1, -1).to(self.device)
             input_pos = torch.tensor([P + self.col - 1], device=self.device)
-            if self.graphed is not None:
-                logits = self.graphed(tokens, input_pos)[:, :, -1]
-            elif self.traced is not None:
-                logits = self.traced(self.lm.positioned(self.lm.embed(tokens), input_pos), input_pos, P + self.col)[:, :, -1]
-            else:
-                logits = self.lm(self.lm.embed(tokens), input_pos, kv_len=P + self.col)[:, :, -1]
+            logits = self.decode(tokens, input_pos, P + self.col)[:, :, -1]
         if self.col == 0:
             self.col = n_cols
         guided = guide(logits, self.settings.cfg)

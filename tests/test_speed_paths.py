@@ -13,6 +13,7 @@ from engine.checkpoint import build_lm, load_model, lm_config, lm_state_from_hf,
 from engine.errors import UserError
 from engine.generate import open_stream
 from engine.lm import attend
+from engine.steps import traced_step
 from engine.quantize import Int8Linear, PackedLinear, onednn_available, plan_precision, prepare_for_cpu
 from engine.sampling import SamplingSettings
 from engine.tiny import tiny_config, tiny_reference_model
@@ -163,7 +164,7 @@ def test_graphed_step_logic_on_cpu(monkeypatch):
     a replay must compute from the static buffers exactly what the eager step computes."""
     import contextlib
 
-    from engine.lm import GraphedStep
+    from engine.steps import GraphedStep, graphed_step
 
     captures = []
 
@@ -187,8 +188,8 @@ def test_graphed_step_logic_on_cpu(monkeypatch):
     g = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, 2048, (2, 4, 20), generator=g)
     cond = torch.randn(2, 6, graphed.cfg.dim, generator=g)
-    step = graphed.graphed_step()
-    assert graphed.graphed_step() is step
+    step = graphed_step(graphed)
+    assert graphed_step(graphed) is step
     for lm in (graphed, eager):
         lm.setup_caches(2, 32)
         lm.set_condition(cond)
@@ -227,8 +228,8 @@ def test_traced_step_equals_eager_step(weights, melody):
     """The traced step computes exactly the eager step's logits, at every cache length, for two generations of
     other lengths and prompts (one trace serves them all), with the caches it writes equal too."""
     traced, eager = _prepared_lm(weights, melody), _prepared_lm(weights, melody)
-    step = traced.traced_step()
-    assert traced.traced_step() is step
+    step = traced_step(traced)
+    assert traced_step(traced) is step
     g = torch.Generator().manual_seed(3)
     for B, T, S, max_len in ((2, 18, 6, 24), (2, 30, 9, 40), (1, 12, 4, 16)):
         tokens = torch.randint(0, 2048, (B, 4, T), generator=g)
@@ -261,27 +262,24 @@ def test_traced_step_keeps_no_old_cache_alive():
     old_kv, old_k = weakref.ref(lm.layers[0].attn.kv_cache.kv), weakref.ref(lm.layers[0].cross.k)
     with torch.inference_mode():
         pos = torch.tensor([0])
-        lm.traced_step()(lm.positioned(lm.embed(torch.zeros(2, 4, 1, dtype=torch.long)), pos), pos, 1)
-    assert lm.traced_step().graphs
+        traced_step(lm)(lm.positioned(lm.embed(torch.zeros(2, 4, 1, dtype=torch.long)), pos), pos, 1)
+    assert traced_step(lm).graphs
     lm.setup_caches(2, 48)
     lm.set_condition(torch.randn(2, 7, lm.cfg.dim))
     gc.collect()
     assert old_kv() is None and old_k() is None
 
 
-def test_token_stream_uses_the_traced_step_and_matches_eager(tiny_mono, monkeypatch):
-    import engine.token_stream as ts
-
+def test_token_stream_uses_the_traced_step_and_matches_eager(tiny_mono):
     model = load_model(str(tiny_mono[0]), device="cpu", dtype="float32")
     sampled = SamplingSettings(top_k=50, cfg=3.0, seed=11)
     runs = {}
     for traced in (False, True):
-        monkeypatch.setattr(ts, "USE_TRACED_STEP", traced)
-        stream = open_stream(model, "techno drums", sampled, frames=40)
-        assert (stream.traced is not None) == traced
+        stream = open_stream(model, "techno drums", sampled, frames=40, step_mode="auto" if traced else "eager")
+        assert stream.step_mode == ("traced" if traced else "eager")
         runs[traced] = stream.run().clone()
     assert torch.equal(runs[True], runs[False])
-    assert model.lm.traced_step().graphs  # it was used
+    assert traced_step(model.lm).graphs  # it was used
 
 
 @pytest.mark.parametrize("which,dtype", [("tiny_mono", "float32"), ("tiny_mono", "int8"), ("tiny_melody", "bfloat16")])
@@ -289,9 +287,9 @@ def test_warm_up_traces_the_step_before_the_first_request(which, dtype, request)
     from engine.generate import warm_up
 
     model = load_model(str(request.getfixturevalue(which)[0]), device="cpu", dtype=dtype)
-    assert not model.lm.traced_step().graphs
+    assert not traced_step(model.lm).graphs
     assert warm_up(model) > 0
-    assert (2, torch.float32) in model.lm.traced_step().graphs  # guided requests (batch 2) find it ready
+    assert (2, torch.float32) in traced_step(model.lm).graphs  # guided requests (batch 2) find it ready
 
 
 def test_traced_step_falls_back_to_eager_when_tracing_fails(monkeypatch, caplog):
@@ -301,7 +299,7 @@ def test_traced_step_falls_back_to_eager_when_tracing_fails(monkeypatch, caplog)
         raise RuntimeError("no tracer here")
 
     monkeypatch.setattr(torch.jit, "trace", refuse)
-    step = lm.traced_step()
+    step = traced_step(lm)
     tokens = torch.randint(0, 2048, (2, 4, 8), generator=torch.Generator().manual_seed(5))
     cond = torch.randn(2, 5, lm.cfg.dim)
     for m in (lm, eager):
@@ -323,15 +321,12 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
-def test_cuda_graph_step_equals_eager(tiny_mono, dtype, monkeypatch):
-    import engine.token_stream as ts
-
+def test_cuda_graph_step_equals_eager(tiny_mono, dtype):
     model = load_model(str(tiny_mono[0]), device="cuda", dtype=dtype)
     runs = {}
     for graphs in (False, True):
-        monkeypatch.setattr(ts, "USE_CUDA_GRAPHS", graphs)
-        stream = open_stream(model, "techno drums", GREEDY, frames=40)
-        assert (stream.graphed is not None) == graphs
+        stream = open_stream(model, "techno drums", GREEDY, frames=40, step_mode="graph" if graphs else "eager")
+        assert stream.step_mode == ("graph" if graphs else "eager")
         logits = []
         while not stream.done:
             stream.step()
@@ -343,7 +338,6 @@ def test_cuda_graph_step_equals_eager(tiny_mono, dtype, monkeypatch):
     else:  # half precision: the two attention orders round differently; the tokens mostly agree
         assert (runs[True][0] == runs[False][0]).float().mean() > 0.9
     # A second generation of another length re-captures (a new cache) and still agrees.
-    monkeypatch.setattr(ts, "USE_CUDA_GRAPHS", True)
     assert open_stream(model, "techno drums", GREEDY, frames=12).run().shape == (4, 12)
 
 
