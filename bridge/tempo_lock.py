@@ -313,8 +313,8 @@ def lock_file(in_path: str, out_path: str, bpm: str, time_signature: str = "4/4"
             raise UserError(f"--bars must be more than 0 and at most {MAX_BARS}, got {bars}", code="bad_args")
     audio, sr = load_audio(in_path, allow_silence=True)
     result = TempoLock(tempo, sr).lock(audio, n_bars)
-    float_input = sf.info(str(in_path)).subtype in ("FLOAT", "DOUBLE")
-    write_wav_atomic(out_path, result.audio, sr, float32=float_input)
+    # 16-bit in, 16-bit out; anything finer (24-bit, float) is kept as 32-bit float.
+    write_wav_atomic(out_path, result.audio, sr, float32=sf.info(str(in_path)).subtype != "PCM_16")
     return result
 
 
