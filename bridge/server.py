@@ -193,12 +193,14 @@ class BridgeServer:
 
             self.runner = JobRunner(self.send, self.namer, transport=self.transport,
                                     max_queued=self.config.max_queued, on_change=self._state_changed)
-            from .tempo_lock import warm_up  # librosa compiles its beat tracker once (seconds): not on a take
-
-            threading.Thread(target=warm_up, name="tempo-lock-warm-up", daemon=True).start()
             self._set_load_state("loading")
+            # Tempo lock's one-time cost overlaps the model's loading, and is over before ready and before the
+            # live output opens (it holds the GIL for seconds: never in the middle of a set).
+            lock_ready = threading.Thread(target=_warm_up_tempo_lock, name="tempo-lock-warm-up", daemon=True)
+            lock_ready.start()
             model = load_model(self.config.model, device=self.config.device, dtype=self.config.dtype)
             _warm_up(model)
+            lock_ready.join()
         except Exception as exc:
             if not isinstance(exc, UserError):
                 log.exception("loading the model failed")
@@ -502,6 +504,15 @@ def serve(config: ServeConfig) -> int:
     server = BridgeServer(config)
     return server.serve_until_signal()
 
+
+
+def _warm_up_tempo_lock() -> None:
+    """librosa compiles its beat tracker with numba when first imported (seconds)."""
+    from .tempo_lock import warm_up
+
+    t0 = time.perf_counter()
+    warm_up()
+    log.info("tempo lock ready in %.1f s", time.perf_counter() - t0)
 
 
 def _warm_up(model) -> None:

@@ -494,8 +494,9 @@ class ChunkLock:
 
 
 def warm_up() -> None:
-    """Pay librosa's one-time compilation (numba: seconds) before the first result needs it. Never raises: a
-    failure here shows again, with its reason, when a result is locked."""
+    """Pay librosa's one-time costs (importing librosa.beat compiles its gufuncs with numba: seconds, holding the
+    GIL) before the first result needs it. Never raises: a failure here shows again, with its reason, when a
+    result is locked."""
     t = np.arange(2 * 16000) / 16000
     clicks = (np.sin(2 * np.pi * 100 * t) * np.exp(-(t % 0.5) / 0.03)).astype(np.float32)
     try:
