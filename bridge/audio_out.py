@@ -67,7 +67,12 @@ class WavNamer:
 
 
 def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> Path:
-    """Write [channels, n] float audio as 16-bit WAV, atomically."""
+    """Write [channels, n] float audio as 16-bit stereo WAV, atomically. Mono goes to both channels: the device
+    plays files with `buffer~ replace` (which takes the file's channel count) into `groove~ 2`, which is silent on
+    a channel the buffer lacks, so a mono file would play on the left only."""
+    audio = np.asarray(audio)
+    if audio.ndim == 1 or audio.shape[0] == 1:
+        audio = np.repeat(audio.reshape(1, -1), 2, axis=0)
     write_wav_atomic(path, audio, sample_rate)
     return path
 

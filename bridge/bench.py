@@ -6,11 +6,15 @@ random weights, so it needs no download. The checkpoint is written once, in Hugg
 the published one, to a cache folder; every row then loads it in a fresh subprocess, so that the peak RSS of a
 row is what that configuration costs from disk to the last step.
 
-Rows: transformers' `generate` (fp32, bf16), ours (fp32, bf16, int8), and the streaming EnCodec decode.
+Rows: the machine's read bandwidth, transformers' `generate` (fp32, bf16), ours (fp32, bf16, int8, int4, and
+`auto` = what `--dtype auto` picks), and the streaming EnCodec decode.
 Columns: decoder steps per second (50 steps = 1 s of audio), real-time factor (steps/s / 50; above 1 keeps up),
 time to first audio (ours: until the first 1 s chunk is out of a streaming session; transformers: generation
 of the whole request plus its decode, since `generate` returns nothing before the end), peak RSS, and the LM's
-own memory (weights + KV cache). Guidance is on (batch 2), top-k 250, as Meta's defaults.
+own memory (weights + KV cache), and for our rows the bytes a step reads (linear weights + KV cache at the
+run's mean context), the effective read rate (bytes x steps/s) and its fraction of the bandwidth row (the
+machine's streaming read rate with the same threads, measured in the same run). Guidance is on (batch 2),
+top-k 250, as Meta's defaults.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from pathlib import Path
 
 
 FRAME_RATE = 50
-ROWS = ("hf-fp32", "hf-bf16", "ours-fp32", "ours-bf16", "ours-int8", "decode")
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8"}
+ROWS = ("bandwidth", "hf-fp32", "hf-bf16", "ours-fp32", "ours-bf16", "ours-int8", "ours-int4", "ours-auto", "decode")
+DEFAULT_ROWS = ("bandwidth", "hf-fp32", "hf-bf16", "ours-fp32", "ours-bf16", "ours-int8", "ours-int4", "decode")
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8", "int4": "int4", "auto": "auto"}
 PROMPT = "warm lo fi hip hop with soft drums and piano 90 bpm"
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "musicgen-bridge" / "bench-small-t5base"
 
@@ -131,6 +136,40 @@ def lm_bytes(lm) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def step_bytes(lm, batch: int, context: float) -> int:
+    """Bytes one decode step must read: every linear's weights (and scales) but cross-attention's keys/values
+    projection (run once per generation), the KV cache up to `context` positions, the cross-attention keys and
+    values. Embedding rows, norms and activations are under 0.1% and left out."""
+    import torch.nn as nn
+
+    weights = 0
+    for name, m in lm.named_modules():
+        if name.endswith("cross.wkv") or not (isinstance(m, nn.Linear) or "Linear" in type(m).__name__):
+            continue
+        weights += sum(t.numel() * t.element_size() for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)])
+    kv = cross = 0
+    for layer in lm.layers:
+        cache = layer.attn.kv_cache.kv  # [2, B, H, L, d]
+        kv += int(cache[:, :batch, :, : int(context)].numel() * cache.element_size())
+        if layer.cross is not None and layer.cross.k is not None:
+            cross += 2 * layer.cross.k.numel() * layer.cross.k.element_size()
+    return weights + kv + cross
+
+
+def read_bandwidth_gbs(mb: int = 512, repeats: int = 7) -> float:
+    """The machine's streaming read rate with this process's torch threads: best of `repeats` sums over a
+    `mb`-MB fp32 tensor (far larger than any cache), in GB/s."""
+    import torch
+
+    x = torch.ones(mb * 2**20 // 4)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t0)
+    return x.numel() * 4 / best / 1e9
+
+
 # ---------------------------------------------------------------------------------------------- workers
 def _settings():
     from engine.sampling import SamplingSettings
@@ -165,7 +204,10 @@ def worker_ours(folder: Path, dtype: str, steps: int) -> dict:
     t1 = time.perf_counter()
     stream.run()
     gen_s = time.perf_counter() - t1
+    batch = 2  # guidance on: [cond; uncond]
     return {
+        "dtype": str(model.lm.dtype).removeprefix("torch."),
+        "step_mb": step_bytes(model.lm, batch, context=stream.steps / 2) / 1e6,
         "steps": stream.steps, "steps_per_s": stream.steps / gen_s, "cond_s": t1 - t0, "ttfa_s": ttfa,
         "load_s": load_s, "rss_base_mb": base, "rss_loaded_mb": loaded, "peak_rss_mb": peak_rss_mb(),
         "lm_mb": lm_bytes(model.lm) / 1e6, "threads": torch.get_num_threads(),
@@ -232,7 +274,9 @@ def _worker_main(argv: list[str]) -> int:
 
     torch.set_num_threads(a.threads)
     logging.basicConfig(level=logging.WARNING)
-    if a.row == "decode":
+    if a.row == "bandwidth":
+        out = {"gb_s": read_bandwidth_gbs(), "threads": torch.get_num_threads()}
+    elif a.row == "decode":
         out = worker_decode(max(3, a.steps // FRAME_RATE))
     else:
         who, dt = a.row.split("-")
@@ -269,15 +313,30 @@ def machine() -> str:
     return f"{name}, {os.cpu_count()} cores" + (f" ({', '.join(extra)})" if extra else "")
 
 
-def format_table(results: dict[str, dict]) -> str:
-    lines = ["| row | steps/s | real-time factor | time to first audio (s) | peak RSS (MB) | LM weights+KV (MB) |",
-             "|---|---:|---:|---:|---:|---:|"]
+def format_table(results: dict[str, dict], auto: str | None = None) -> str:
+    """The figures as markdown; `auto` (a dtype name) marks the row `--dtype auto` runs."""
+    bandwidth = results.get("bandwidth", {}).get("gb_s")
+    lines = []
+    if bandwidth:
+        lines += [f"read bandwidth: {bandwidth:.1f} GB/s (sum over 512 MB fp32, best of 7, same threads)", ""]
+    lines += ["| row | steps/s | real-time factor | time to first audio (s) | peak RSS (MB) | LM weights+KV (MB) "
+              "| MB read/step | effective GB/s | of bandwidth |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row, r in results.items():
-        if row == "decode":
+        if row in ("decode", "bandwidth"):
             continue
         lm = f"{r['lm_mb']:.0f}" if r.get("lm_mb") else "-"
-        lines.append(f"| {row} | {r['steps_per_s']:.1f} | {r['steps_per_s'] / FRAME_RATE:.2f} | {r['ttfa_s']:.2f} | "
-                     f"{r['peak_rss_mb']:.0f} | {lm} |")
+        name = f"{row} ({r['dtype']})" if row == "ours-auto" else row
+        if row != "ours-auto" and r.get("dtype") == auto:
+            name += " (= auto)"
+        if r.get("step_mb"):
+            gbs = r["step_mb"] * r["steps_per_s"] / 1e3
+            frac = f"{gbs / bandwidth:.0%}" if bandwidth else "-"
+            traffic = f"{r['step_mb']:.0f} | {gbs:.1f} | {frac}"
+        else:
+            traffic = "- | - | -"
+        lines.append(f"| {name} | {r['steps_per_s']:.1f} | {r['steps_per_s'] / FRAME_RATE:.2f} | {r['ttfa_s']:.2f} | "
+                     f"{r['peak_rss_mb']:.0f} | {lm} | {traffic} |")
     if "decode" in results:
         d = results["decode"]
         lines += ["", "| streaming decode (full-size EnCodec, 1 s chunks) | ms per chunk | first chunk ms | holdback ms | peak RSS (MB) |",
@@ -289,7 +348,8 @@ def format_table(results: dict[str, dict]) -> str:
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("bench", help="measure generation speed and memory on this machine (no download)",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from: {', '.join(ROWS)} (default: all)")
+    p.add_argument("--rows", default=",".join(DEFAULT_ROWS),
+                   help=f"comma-separated, from: {', '.join(ROWS)} (default: {', '.join(DEFAULT_ROWS)})")
     p.add_argument("--steps", type=int, default=250, help="decoder steps per row (default 250 = 5 s of audio)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where the small-shape checkpoint is kept")
@@ -308,14 +368,18 @@ def run_bench(args: argparse.Namespace) -> int:
         print("--steps must be at least 8", file=sys.stderr)
         return 2
     threads = args.threads or os.cpu_count() or 1
-    folder = ensure_checkpoint(args.cache_dir) if any(r != "decode" for r in rows) else args.cache_dir
+    folder = ensure_checkpoint(args.cache_dir) if any(r not in ("decode", "bandwidth") for r in rows) else args.cache_dir
     print(f"machine: {machine()}; {threads} threads; {args.steps} steps per row; small shape, random weights, guidance on",
           flush=True)
     results = {}
     for row in rows:
         print(f"  {row} ...", file=sys.stderr, flush=True)
         results[row] = run_row(row, folder, args.steps, threads)
-    print(format_table(results))
+    import torch
+
+    from engine.devices import auto_dtype
+
+    print(format_table(results, auto=str(auto_dtype(torch.device("cpu"))[0]).removeprefix("torch.")))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "threads": threads, "steps": args.steps, "rows": results}, indent=1))
     return 0

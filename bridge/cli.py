@@ -26,7 +26,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="facebook/musicgen-small",
                    help="a local folder (Hugging Face or Meta format), a hub id, or random-tiny (noise, for wiring tests)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16, or int8 (int8 weights, CPU only); T5 stays float32")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (default: int8 weights on CPU, bfloat16 on CUDA, float16 on MPS), float32, bfloat16, "
+                        "float16, int8 or int4 (weight-only, CPU only); T5 runs in bf16 for bf16/int8/int4, else fp32")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -88,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("serve", help="run the OSC bridge for the Max for Live device")
-    s.add_argument("--host", default=protocol.HOST, help="address to listen on (default: loopback only)")
+    s.add_argument("--host", default=protocol.HOST,
+                   help="address to listen on (default: loopback only; beyond loopback, anyone who can reach the "
+                   "port can use the bridge and get its replies)")
     s.add_argument("--port", type=int, default=protocol.PORT, help="port to listen on")
     s.add_argument("--reply-port", type=int, default=protocol.REPLY_PORT, help="port the device listens on")
     s.add_argument("--out-dir", default=None,

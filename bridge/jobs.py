@@ -1,27 +1,30 @@
-"""The engine side of the bridge: one worker thread runs requests one at a time from a bounded queue.
+"""The bridge's jobs: requests from a bounded queue, run against an engine (`engine.interface.Engine`), their
+results written as WAVs, announced over OSC and played on the live output.
 
-One worker, because one model on one device runs one generation at a time (a second would only halve the speed
-of both). Requests past MAX_QUEUED waiting are refused with `/error req busy` rather than piling up latency.
+Up to `engine.capacity` jobs run at once, each on its own worker thread (the in-process engine advances one
+stream at a time: capacity 1, one job at a time, the others wait in the queue; a batching engine runs several).
+Requests past MAX_QUEUED waiting are refused with `/error req busy` rather than piling up latency. Everything
+that reaches the engine is data (prompt text, audio and chroma arrays), never a path, so a remote engine works.
 
 The kinds of job and what they send (every job starts with `/ack`, sent by the server on acceptance):
 - generate: exactly N bars at the tempo and meter the request was made with; `/progress` (at most
   PROGRESS_MAX_PER_SECOND per second), then `/done req wav seconds bars`.
 - continue: the same, continuing the last `prompt_bars` bars of a WAV (default DEFAULT_PROMPT_BARS, or the whole
   file when shorter); only the new audio is written.
-- jam: endless, bar-aligned chunks, each written as a WAV and announced with `/chunk req index wav start_beat
-  beats [song_beat]`: start_beat counts from the jam's first chunk (the device anchors that on a bar line),
-  song_beat is the song beat it belongs on (the first bar line after /jam/start, plus start_beat; sent once the
-  bridge has had /transport). It follows tempo changes
-  (and prompt changes, when started with an empty prompt) by starting a new session that continues the jam's
-  last seconds. `/jam/stop` ends it with `/done` and a WAV of the whole jam.
+- jam: endless, bar-aligned chunks from a `bridge.jam.Jam`, each written as a WAV and announced with `/chunk req
+  index wav start_beat beats [song_beat]`: start_beat counts from the jam's first chunk (the device anchors that
+  on a bar line), song_beat is the song beat it belongs on (sent once the bridge has had /transport): the first
+  bar line after /jam/start, plus start_beat, unless the engine is too slow for that (the Jam then starts later,
+  or re-anchors with `/error req slow`; see bridge/jam_pacing.py). The Jam follows tempo changes (and prompt
+  changes, when started with an empty prompt) and a lost engine (`/error -1 engine_lost`) by opening a new
+  stream that continues the jam's last seconds. `/jam/stop` ends it with `/done` and a WAV of the whole jam.
 Cancelling (`/cancel req`) removes a queued job or stops a running one within one decoder step; either way the
-job ends with `/error req cancelled` (a jam too: its WAVs so far stay, the whole-jam WAV is dropped).
+job ends with `/error req cancelled` (a jam too: its WAVs so far stay, the whole-jam WAV is dropped). Other jobs
+are not touched.
 
 With a live output (`serve --audio-device`), each result is also played as it is made: it starts on the song's
-next bar line after its first audio is ready (a jam: on the bar its first /chunk names, if that is still ahead),
-replacing the previous result exactly there. `/jam/stop` lets it play to the next bar line; a cancel silences
-it at once. A jam runs at most JAM_AHEAD_MIN_SECONDS (or two chunks) ahead of real time, so prompt and tempo
-changes are heard soon and the out-dir does not fill up faster than the music plays.
+next bar line after its first audio is ready (a jam: on the bar its first /chunk names), replacing the previous
+result exactly there. `/jam/stop` lets it play to the next bar line; a cancel silences it at once.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import collections
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Callable
 
@@ -39,13 +42,14 @@ import numpy as np
 from engine.bars import Tempo, format_bpm
 from engine.errors import Cancelled, UserError
 from engine.key import key_for_prompt
-from engine.model import MusicGen
+from engine.interface import Engine, EngineStream, StreamSpec
 from engine.sampling import SamplingSettings
-from engine.session import StreamSession
 
 from . import protocol
 from .audio_io import load_audio
 from .audio_out import START_MARGIN_S, LiveOutput, TakeWriter, WavNamer, write_wav
+from .jam import Jam, JamSettings
+from .jam_pacing import RateMeter
 from .presets import render_prompt
 from .result_grid import bars_to_render, put_on_grid
 from .tempo_lock import ChunkLock
@@ -54,9 +58,8 @@ from .transport import Transport
 log = logging.getLogger(__name__)
 
 MAX_QUEUED = 4
-PROGRESS_CHUNK_SECONDS = 0.5  # sessions for /generate hand out audio this often: progress and live output follow
+PROGRESS_CHUNK_SECONDS = 0.5  # streams for /generate hand out audio this often: progress and live output follow
 DEFAULT_PROMPT_BARS = 4
-JAM_AHEAD_MIN_SECONDS = 4.0  # a jam runs at most this far (or two chunks) ahead of real time
 
 Send = Callable[..., None]  # send(address, *args)
 MelodySource = Callable[[Tempo, threading.Event], np.ndarray]  # chroma [frames, 12] for this tempo
@@ -79,8 +82,8 @@ class Request:
     melody: MelodySource | None = None
     wav_path: str | None = None
     prompt_bars: int | None = None
-    song_beat: Fraction | None = None  # jam: the song beat its first chunk belongs on (None: no transport yet)
-    follow: Callable[[], tuple[Tempo, str]] | None = None  # jam: the current (tempo, prompt) to follow
+    song_beat: Fraction | None = None  # jam: the earliest song beat its first chunk belongs on (None: no transport)
+    follow: Callable[[], tuple[Tempo, str]] | None = None  # jam: the current (tempo, prompt template) to follow
     lock: bool = True  # warp onto the beat grid (bridge/tempo_lock.py)
     loop: bool = False  # generate/continue: the end runs into the start (bridge/seamless_loop.py)
 
@@ -94,31 +97,38 @@ class Job:
         self.kind = request.kind
         self.cancel_event = threading.Event()
         self.stop_event = threading.Event()  # a jam ends gracefully (with /done)
-        self.session: StreamSession | None = None
+        self._work: list = []  # streams and jams that cancel() and stop() reach
+        self._lock = threading.Lock()
         self._send = send
         self._last_progress = -1e9
 
     def cancel(self) -> None:
         self.cancel_event.set()
-        session = self.session
-        if session is not None:
-            session.cancel()
+        with self._lock:
+            work = list(self._work)
+        for w in work:
+            w.cancel()
 
     def stop(self) -> None:
         self.stop_event.set()
-        session = self.session
-        if session is not None:
-            session.cancel()  # a jam stops now; the chunks already made are kept
+        with self._lock:
+            work = list(self._work)
+        for w in work:
+            (w.stop if isinstance(w, Jam) else w.cancel)()
 
     def check(self) -> None:
         if self.cancel_event.is_set() or self.stop_event.is_set():
             raise Cancelled()
 
-    def attach(self, session: StreamSession) -> StreamSession:
-        """Make `session` reachable by cancel(); raises Cancelled if a cancel came in meanwhile."""
-        self.session = session
-        self.check()
-        return session
+    def attach(self, work):
+        """Make a stream or jam reachable by cancel() and stop(); it is told at once if they came meanwhile."""
+        with self._lock:
+            self._work.append(work)
+        if self.cancel_event.is_set():
+            work.cancel()
+        elif self.stop_event.is_set():
+            (work.stop if isinstance(work, Jam) else work.cancel)()
+        return work
 
     def progress(self, fraction: float) -> None:
         """Throttled to PROGRESS_MAX_PER_SECOND; the end needs none (/done says it)."""
@@ -129,7 +139,7 @@ class Job:
 
 
 class JobRunner:
-    """The queue and its worker thread."""
+    """The queue and its workers (one per stream the engine can advance at once)."""
 
     def __init__(self, send: Send, namer: WavNamer, *, live: LiveOutput | None = None,
                  transport: Transport | None = None, max_queued: int = MAX_QUEUED,
@@ -140,16 +150,32 @@ class JobRunner:
         self.transport = transport or Transport()
         self.max_queued = max_queued
         self._on_change = on_change or (lambda: None)
-        self.model: MusicGen | None = None
-        self.steps_per_s = 0.0
+        self._engine: Engine | None = None
+        self.steps_per_s = 0.0  # the last measured, of any job
+        self.realtime = 0.0  # seconds of audio made per second of generating, the last measured
         self._lock = threading.Condition()
         self._queue: collections.deque[Job] = collections.deque()
-        self._current: Job | None = None
+        self._running: list[Job] = []
         self._closed = False
-        self._thread = threading.Thread(target=self._worker, name="engine-worker", daemon=True)
-        self._thread.start()
+        self._threads: list[threading.Thread] = []
+        self._add_workers(1)
 
-    # --- called from the server's thread ---
+    # --- called from the server's threads ---
+
+    @property
+    def engine(self) -> Engine | None:
+        return self._engine
+
+    @engine.setter
+    def engine(self, engine: Engine) -> None:
+        self._engine = engine
+        self._add_workers(max(1, engine.capacity))
+
+    def _add_workers(self, total: int) -> None:
+        while len(self._threads) < total:
+            t = threading.Thread(target=self._worker, name=f"engine-worker-{len(self._threads)}", daemon=True)
+            self._threads.append(t)
+            t.start()
 
     @property
     def queued(self) -> int:
@@ -157,11 +183,12 @@ class JobRunner:
             return len(self._queue)
 
     @property
-    def running(self) -> Job | None:
-        return self._current
+    def running(self) -> list[Job]:
+        with self._lock:
+            return list(self._running)
 
     def submit(self, request: Request, ack: str | None = None) -> Job:
-        """Queue a request; `/ack req ACK` goes out first when `ack` is given (before the worker can send
+        """Queue a request; `/ack req ACK` goes out first when `ack` is given (before a worker can send
         anything about it). UserError 'busy' when the queue is full, 'bad_args' for a request id in use."""
         job = Job(request, self._send)
         with self._lock:
@@ -171,7 +198,7 @@ class JobRunner:
                 raise UserError(f"request id {request.req} is already in use; use a new id for each request",
                                 code="bad_args")
             if len(self._queue) >= self.max_queued:
-                running = f"#{self._current.req} ({self._current.kind})" if self._current else "nothing"
+                running = ", ".join(f"#{j.req} ({j.kind})" for j in self._running) or "nothing"
                 raise UserError(f"{len(self._queue)} requests are waiting already (running: {running}); wait for "
                                 "one to finish or /cancel one", code="busy")
             if ack:
@@ -187,11 +214,9 @@ class JobRunner:
             job = self._find(req)
             if job is None:
                 return False
-            if job is not self._current:
+            queued = job in self._queue
+            if queued:
                 self._queue.remove(job)
-                queued = True
-            else:
-                queued = False
             job.cancel()
         if queued:
             self._send("/error", req, "cancelled", f"request {req} was cancelled before it started")
@@ -204,7 +229,7 @@ class JobRunner:
             job = self._find(req)
             if job is None or job.kind != "jam":
                 return False
-            if job is not self._current:
+            if job in self._queue:
                 self._queue.remove(job)
                 self._send("/error", req, "cancelled", f"jam {req} was stopped before it started")
                 return True
@@ -212,25 +237,23 @@ class JobRunner:
         return True
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Cancel everything and wait for the worker to end."""
+        """Cancel everything and wait for the workers to end."""
         with self._lock:
             self._closed = True
             pending = list(self._queue)
             self._queue.clear()
-            current = self._current
+            running = list(self._running)
             self._lock.notify_all()
-        for job in pending:
+        for job in pending + running:
             job.cancel()
-        if current is not None:
-            current.cancel()
-        self._thread.join(timeout)
+        end = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, end - time.monotonic()))
 
     def _find(self, req: int) -> Job | None:
-        if self._current is not None and self._current.req == req:
-            return self._current
-        return next((j for j in self._queue if j.req == req), None)
+        return next((j for j in (*self._running, *self._queue) if j.req == req), None)
 
-    # --- the worker thread ---
+    # --- the workers ---
 
     def _worker(self) -> None:
         while True:
@@ -239,7 +262,8 @@ class JobRunner:
                     self._lock.wait()
                 if self._closed:
                     return
-                job = self._current = self._queue.popleft()
+                job = self._queue.popleft()
+                self._running.append(job)
             self._on_change()
             try:
                 self._run(job)
@@ -253,38 +277,50 @@ class JobRunner:
                 log.exception("#%d failed", job.req)
                 self._send("/error", job.req, "internal", f"{type(exc).__name__}: {exc} (see the bridge's log)")
             finally:
-                job.session = None
                 with self._lock:
-                    self._current = None
+                    self._running.remove(job)
                 self._on_change()
 
     def _run(self, job: Job) -> None:
         job.check()
-        model = self.model
-        if model is None:
+        engine = self._engine
+        if engine is None:
             raise UserError("no model is loaded", code="not_ready")
         r = job.request
         started = time.perf_counter()
         log.info("#%d %s: %s", job.req, r.kind, r.prompt or "(no prompt)")
         if r.kind == "jam":
-            self._jam(job, model)
+            self._jam(job, engine)
         else:
-            self._render(job, model)
+            self._render(job, engine)
         log.info("#%d done in %.2f s", job.req, time.perf_counter() - started)
 
-    def _melody(self, job: Job, model: MusicGen, tempo: Tempo) -> np.ndarray | None:
-        if job.request.melody is None:
-            return None
-        if model.melody is None:
-            raise UserError(f"{model.name} is not a melody model: a musicgen-melody model is needed to follow a "
-                            "melody (start the bridge with --model facebook/musicgen-melody), or send "
-                            "/melody/clear to generate from text alone", code="bad_args")
-        return job.request.melody(tempo, job.cancel_event)
+    # --- inputs, resolved to data before the engine sees them ---
 
-    def _prompt(self, job: Job, template: str, tempo: Tempo, melody: np.ndarray | None) -> str:
-        key, source = key_for_prompt(job.request.key, melody)
-        log.info("#%d key %s (%s)", job.req, key or "-", source)
+    def _melody(self, job: Job, engine: Engine, tempo: Tempo) -> np.ndarray | None:
+        """The request's melody as a chroma for this tempo (None without one)."""
+        self._check_melody(job, engine)
+        return None if job.request.melody is None else job.request.melody(tempo, job.cancel_event)
+
+    @staticmethod
+    def _check_melody(job: Job, engine: Engine) -> None:
+        if job.request.melody is not None and not engine.info.melody:
+            raise UserError(f"{engine.info.name} is not a melody model: a musicgen-melody model is needed to follow "
+                            "a melody (start the bridge with --model facebook/musicgen-melody), or send "
+                            "/melody/clear to generate from text alone", code="bad_args")
+
+    @staticmethod
+    def _prompt(template: str, tempo: Tempo, key: str | None) -> str:
         return render_prompt(template, bpm=format_bpm(tempo.bpm), key=key)
+
+    @staticmethod
+    def _wav_tail(path: str, samples: Callable[[int, int], int]) -> tuple[np.ndarray, int]:
+        """The last `samples(length, rate)` samples of a WAV, as (audio, rate)."""
+        wav, sr = load_audio(path)
+        n = min(wav.shape[1], samples(wav.shape[1], sr))
+        return wav[:, wav.shape[1] - n:], sr
+
+    # --- live output ---
 
     def _start_at(self, first_beat: Fraction | None = None) -> Callable[[float], float]:
         """When a take should start: on `first_beat` of the song if that is still ahead, else on the next bar
@@ -301,47 +337,56 @@ class JobRunner:
         state = self.transport.snapshot()
         return state.next_bar_time(self.transport.clock() + START_MARGIN_S)
 
-    def _measure(self, steps: int, seconds: float) -> None:
-        if seconds > 0 and steps:
-            self.steps_per_s = steps / seconds
+    def _measured(self, steps_per_s: float, realtime: float) -> None:
+        if steps_per_s > 0:
+            self.steps_per_s, self.realtime = steps_per_s, realtime
 
-    def _render(self, job: Job, model: MusicGen) -> None:
+    # --- the kinds of job ---
+
+    def _render(self, job: Job, engine: Engine) -> None:
         """/generate and /continue: exactly `bars` bars, then one WAV and /done."""
-        r, sr = job.request, model.sample_rate
+        r, info = job.request, engine.info
+        sr = info.sample_rate
         audio_prompt = None
         if r.kind == "continue":
-            wav, wav_sr = load_audio(r.wav_path)
             bars = r.prompt_bars or DEFAULT_PROMPT_BARS
-            n = min(wav.shape[1], r.tempo.bars_to_samples(bars, wav_sr), round(r.context_seconds * wav_sr))
-            audio_prompt = (wav[:, wav.shape[1] - n:], wav_sr)
-            log.info("#%d continuing the last %.2f s of %s", job.req, n / wav_sr, r.wav_path)
-        melody = self._melody(job, model, r.tempo)
+            audio_prompt = self._wav_tail(r.wav_path, lambda n, rate: min(
+                r.tempo.bars_to_samples(bars, rate), round(r.context_seconds * rate)))
+            log.info("#%d continuing the last %.2f s of %s", job.req, audio_prompt[0].shape[1] / audio_prompt[1],
+                     r.wav_path)
+        melody = self._melody(job, engine, r.tempo)
         job.check()
+        key, source = key_for_prompt(r.key, melody)
+        log.info("#%d key %s (%s)", job.req, key or "-", source)
         shaped = r.lock or r.loop  # the result is reshaped once whole: live output gets it then
         render_bars = bars_to_render(r.bars, lock=r.lock, loop=r.loop)
         total = r.tempo.bars_to_samples(render_bars, sr)
-        slide = total / sr > model.max_seconds  # longer than one window: slide it
-        session = job.attach(StreamSession(
-            model, self._prompt(job, r.prompt, r.tempo, melody), r.sampling, bars=render_bars, tempo=r.tempo,
-            chunk_seconds=PROGRESS_CHUNK_SECONDS, audio_prompt=audio_prompt, melody=melody,
-            context_seconds=r.context_seconds if slide else None, tempo_in_prompt=r.tempo_in_prompt))
-        log.info("#%d prompt %r, seed %d, %d samples", job.req, session.prompt_text, session.seed, total)
+        slide = total / sr > info.max_seconds  # longer than one window: slide it
+        spec = StreamSpec(self._prompt(r.prompt, r.tempo, key), r.sampling, tempo=r.tempo, bars=render_bars,
+                          chunk_seconds=PROGRESS_CHUNK_SECONDS, audio_prompt=audio_prompt, melody=melody,
+                          context_seconds=r.context_seconds if slide else None, tempo_in_prompt=r.tempo_in_prompt)
+        stream = job.attach(engine.open(spec))
         take = self.live.begin_take() if self.live else None
         start_at = self._start_at()
-        pieces, done, t0 = [], 0, time.perf_counter()
+        meter = RateMeter(info.frame_rate)
+        pieces, done = [], 0
         try:
-            for chunk in session:
+            it, t0 = iter(stream), time.perf_counter()
+            for chunk in it:
+                if not pieces:
+                    log.info("#%d prompt %r, seed %s, %d samples", job.req, stream.prompt_text, stream.seed, total)
                 pieces.append(chunk.audio)
                 done += chunk.audio.shape[1]
                 if take is not None and not shaped:
                     self.live.push(take, chunk.audio, start_at, job.cancel_event)
                 if not chunk.last:
                     job.progress(done / total)
+            meter.add(stream.steps, time.perf_counter() - t0)
         except BaseException:
             if take is not None:
                 self.live.stop(take)  # a cancelled result falls silent at once
             raise
-        self._measure(session.steps, time.perf_counter() - t0)
+        self._measured(meter.steps_per_s, meter.realtime)
         audio = np.concatenate(pieces, axis=1)
         if audio.shape[1] != total:  # the engine promises exact bars; a mismatch is a bug worth failing on
             raise RuntimeError(f"rendered {audio.shape[1]} samples for {render_bars} bars, expected {total}")
@@ -361,109 +406,77 @@ class JobRunner:
         # Exactly `bars` bars by the bar arithmetic's rounding rule (bar lines fall on whole samples), so say so.
         self._send("/done", job.req, str(path), total / sr, float(r.bars))
 
-    def _jam(self, job: Job, model: MusicGen) -> None:
-        """Endless bar-aligned chunks until /jam/stop; each a WAV and a /chunk; the whole jam a WAV at the end."""
-        r, sr = job.request, model.sample_rate
-        tail = None  # the jam's last seconds: the prompt of the next session after a tempo or prompt change
+    @staticmethod
+    def _locked(chunks, lock: bool, sr: int, job: Job):
+        """The jam's chunks with tempo lock (bridge/tempo_lock.ChunkLock): each comes out one chunk late, same
+        length and place; a new lock for each tempo; the last one is flushed when the jam ends (not on cancel)."""
+        if not lock:
+            yield from chunks
+            return
+        locker, held = None, None
+        for chunk in chunks:
+            if locker is not None and chunk.tempo != locker.tempo:
+                yield replace(held, audio=locker.flush())
+                locker, held = None, None
+            locker = locker or ChunkLock(chunk.tempo, sr)
+            locked = locker.push(chunk.audio)
+            if held is not None:
+                yield replace(held, audio=locked)
+            held = chunk
+        if held is not None and not job.cancel_event.is_set():
+            yield replace(held, audio=locker.flush())
+            log.info("#%d tempo lock: %s (%d beats dropped or repeated)", job.req, locker.message, locker.splices)
+
+    def _jam(self, job: Job, engine: Engine) -> None:
+        """Chunks from a Jam until /jam/stop: each a WAV, a /chunk and live audio; the whole jam a WAV at the end."""
+        r, info = job.request, engine.info
+        sr = info.sample_rate
+        tail = None
         if r.wav_path:
-            wav, wav_sr = load_audio(r.wav_path)
-            n = min(wav.shape[1], round(r.context_seconds * wav_sr))
-            tail = (wav[:, wav.shape[1] - n:], wav_sr)
-        tempo, template = r.tempo, r.prompt
-        melody = self._melody(job, model, tempo)
-        writer = TakeWriter(self.namer.path(job.req, "jam"), sr, model.channels)
+            tail = self._wav_tail(r.wav_path, lambda n, rate: round(r.context_seconds * rate))
+        self._check_melody(job, engine)  # before any chunk
+        key, source = key_for_prompt(r.key, self._melody(job, engine, r.tempo) if not r.key else None)
+        log.info("#%d key %s (%s)", job.req, key or "-", source)
+        follow = None
+        if r.follow is not None:
+            def follow() -> tuple[Tempo, str]:
+                tempo, template = r.follow()
+                return tempo, self._prompt(template, tempo, key)
+
+        def notify(code: str, message: str) -> None:
+            self._send("/error", -1 if code == "engine_lost" else job.req, code, message)
+
+        jam = job.attach(Jam(engine, JamSettings(r.sampling, r.chunk_bars, r.context_seconds, r.tempo_in_prompt),
+                             r.tempo, self._prompt(r.prompt, r.tempo, key), song_beat=r.song_beat,
+                             transport=self.transport, tail=tail, follow=follow,
+                             melody_for=lambda tempo: self._melody(job, engine, tempo),
+                             notify=notify, name=f"#{job.req} jam"))
+        writer = TakeWriter(self.namer.path(job.req, "jam"), sr, info.channels)
         take = self.live.begin_take() if self.live else None
-        start_at = self._start_at(r.song_beat)
-        index, base, end, t_first, made, bars = 0, Fraction(0), Fraction(0), None, 0, Fraction(0)
+        start_at = None
         try:
-            while True:
-                job.check()
-                session = job.attach(StreamSession(
-                    model, self._prompt(job, template, tempo, melody), r.sampling, tempo=tempo, chunk_bars=r.chunk_bars,
-                    context_seconds=r.context_seconds, audio_prompt=tail, melody=melody,
-                    tempo_in_prompt=r.tempo_in_prompt))
-                log.info("#%d jam at %s bpm %d/%d: %r, seed %d", job.req, format_bpm(tempo.bpm), tempo.numerator,
-                         tempo.denominator, session.prompt_text, session.seed)
-                chunk_s = float(tempo.seconds_per_bar() * r.chunk_bars)
-                ahead_limit = max(JAM_AHEAD_MIN_SECONDS, 2 * chunk_s)
-                changed, busy, resumed = None, 0.0, time.perf_counter()
-                # Tempo lock: each chunk comes out of the ChunkLock one chunk late (locked once the next one has
-                # shown where its last beat belongs); `held` is the chunk waiting for its audio.
-                lock, held = (ChunkLock(tempo, sr) if r.lock else None), None
-
-                def emit(chunk, audio: np.ndarray) -> None:
-                    nonlocal index, made, end, bars, tail, t_first
-                    path = write_wav(self.namer.path(job.req, "jam", index), audio, sr)
-                    writer.write(audio)
-                    start = base + chunk.start_beat
-                    args = [job.req, index, str(path), float(start), float(chunk.beats)]
-                    if r.song_beat is not None:
-                        args.append(float(r.song_beat + start))
-                    self._send("/chunk", *args)
-                    if take is not None:
-                        self.live.push(take, audio, start_at, job.cancel_event)
-                    index, made = index + 1, made + audio.shape[1]
-                    end = start + chunk.beats
-                    bars += chunk.beats / tempo.beats_per_bar
-                    tail = _append_tail(tail, audio, sr, r.context_seconds)  # the next session continues what played
-                    t_first = t_first or time.monotonic()
-
-                try:
-                    for chunk in session:
-                        busy += time.perf_counter() - resumed  # generating, not waiting
-                        self._measure(session.steps, busy)
-                        if lock is None:
-                            emit(chunk, chunk.audio)
-                        else:
-                            locked = lock.push(chunk.audio)
-                            if held is not None:
-                                emit(held, locked)
-                            held = chunk
-                        # Pace: no further ahead of real time than the device needs to always hold the next chunk.
-                        while t_first is not None and made / sr - (time.monotonic() - t_first) > ahead_limit:
-                            job.check()
-                            time.sleep(0.02)
-                        if r.follow is not None:
-                            new_tempo, new_template = r.follow()
-                            if new_tempo != tempo or new_template != template:
-                                changed = (new_tempo, new_template)
-                                break
-                        resumed = time.perf_counter()
-                finally:
-                    if held is not None and not job.cancel_event.is_set():  # the last chunk, on a change or a stop
-                        emit(held, lock.flush())
-                        log.info("#%d tempo lock: %s (%d beats dropped or repeated)", job.req, lock.message,
-                                 lock.splices)
-                if changed is None:
-                    break
-                log.info("#%d jam follows a change: %s bpm %d/%d, prompt %r", job.req, format_bpm(changed[0].bpm),
-                         changed[0].numerator, changed[0].denominator, changed[1])
-                tempo, template, base = changed[0], changed[1], end
-                if melody is not None:
-                    melody = self._melody(job, model, tempo)
-        except BaseException as exc:
-            stopped = isinstance(exc, Cancelled) and job.stop_event.is_set() and not job.cancel_event.is_set()
+            for chunk in self._locked(jam, r.lock, sr, job):
+                path = write_wav(self.namer.path(job.req, "jam", chunk.index), chunk.audio, sr)
+                writer.write(chunk.audio)
+                args = [job.req, chunk.index, str(path), float(chunk.start_beat), float(chunk.beats)]
+                if chunk.song_beat is not None:
+                    args.append(float(chunk.song_beat))
+                self._send("/chunk", *args)
+                self._measured(jam.steps_per_s, jam.realtime)
+                if take is not None:
+                    start_at = start_at or self._start_at(chunk.song_beat)
+                    self.live.push(take, chunk.audio, start_at, job.cancel_event)
+        except BaseException:
             if take is not None:
-                # /jam/stop: what is queued plays to the next bar line; anything else: silence now.
-                self.live.stop(take, self._next_bar_time() if stopped else None)
-            if not stopped:
-                writer.discard()
-                raise
-        finally:
-            job.session = None
+                self.live.stop(take)  # a cancel (or a failure): silence now
+            writer.discard()
+            raise
+        if take is not None:  # /jam/stop: what is queued plays to the next bar line
+            self.live.stop(take, self._next_bar_time())
         if writer.frames == 0:
             writer.discard()
             raise Cancelled()
         path = writer.close()
         seconds = writer.frames / sr
-        self._send("/done", job.req, str(path), seconds, float(bars))
-        log.info("#%d jam stopped after %d chunks (%.2f s)", job.req, index, seconds)
-
-
-def _append_tail(tail: tuple[np.ndarray, int] | None, audio: np.ndarray, sr: int, seconds: float):
-    keep = max(1, round(seconds * sr))
-    if tail is None or tail[1] != sr:
-        joined = audio
-    else:
-        joined = np.concatenate([tail[0], audio], axis=1)
-    return joined[:, -keep:], sr
+        self._send("/done", job.req, str(path), seconds, float(jam.bars))
+        log.info("#%d jam stopped after %d chunks (%.2f s)", job.req, jam.chunks, seconds)

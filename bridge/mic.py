@@ -39,10 +39,6 @@ class MicRecorder:
         self._n = 0
         self._dropped = 0
 
-    @property
-    def recording(self) -> bool:
-        return self._stream is not None
-
     def start(self) -> None:
         """Start recording (UserError if already recording or the device cannot be opened)."""
         sd = self._sd

@@ -37,6 +37,7 @@ from engine.chroma import (
     chroma_frames_for_seconds,
     one_hot,
 )
+from engine.bars import MAX_BPM, MIN_BPM
 from engine.errors import BadMidi
 
 log = logging.getLogger(__name__)
@@ -131,8 +132,8 @@ def _check_bpm(bpm: float) -> float:
         bpm = float(bpm)
     except (TypeError, ValueError):
         raise BadMidi(f"tempo must be a number of beats per minute, got {bpm!r}") from None
-    if not math.isfinite(bpm) or not 1 <= bpm <= 999:
-        raise BadMidi(f"tempo must be between 1 and 999 BPM, got {bpm}")
+    if not math.isfinite(bpm) or not MIN_BPM <= bpm <= MAX_BPM:
+        raise BadMidi(f"tempo must be between {MIN_BPM} and {MAX_BPM} BPM, got {bpm}")
     return bpm
 
 
@@ -200,11 +201,6 @@ def _read_midi_file(path: str | Path) -> mido.MidiFile:
     if not isinstance(mid.ticks_per_beat, int) or mid.ticks_per_beat <= 0 or mid.ticks_per_beat >= 0x8000:
         raise BadMidi(f"{path} uses SMPTE time division, which is not supported; export it with beat-based timing")
     return mid
-
-
-def midi_track_names(path: str | Path) -> list[str]:
-    """Track names of a .mid file, in order (empty string for unnamed tracks)."""
-    return [t.name for t in _read_midi_file(path).tracks]
 
 
 def _select_tracks(mid: mido.MidiFile, track: int | str | None, path: Path) -> list[int]:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Sequence
 
+from engine.bars import MAX_BPM, MIN_BPM
+
 HOST = "127.0.0.1"
 PORT = 9000  # the bridge listens here
 REPLY_PORT = 9001  # the device listens here (Max's sending port is random, so replies need a fixed one)
@@ -104,7 +106,7 @@ BARS = Arg("bars", "i", "length to generate, in bars at the song tempo", 1, 64)
 PROMPT = Arg("prompt", "s", "text prompt; empty means the prompt set with /set prompt", allow_empty=True,
              max_len=TEXT_MAX_LEN)
 WAV_PATH = Arg("wav_path", "s", "absolute path of a WAV file")
-BPM = Arg("bpm", "f", "song tempo in beats per minute", 20, 999)
+BPM = Arg("bpm", "f", "song tempo in beats per minute", int(MIN_BPM), int(MAX_BPM))
 NUM = Arg("num", "i", "time signature numerator", 1, 99)
 DEN = Arg("den", "i", "time signature denominator", 1, 16)
 

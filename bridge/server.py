@@ -11,12 +11,17 @@ a bundle's time tag (a far-future tag would stall the server) and drops unparsea
 addresses match exactly, bundles run at once, and every bad datagram gets an `/error`. python-osc still parses
 and builds the packets.
 
-Replies go to the sender's address at the reply port (Max's sending port is random); before anything arrived,
-to --host (or 127.0.0.1 when listening on all interfaces).
+Replies go to the reply port of the host that sent the last valid message (Max's sending port is random, so
+the port is fixed); before one arrived, to --host (or 127.0.0.1 when listening on all interfaces). Only a message
+that parses and passes the protocol table's checks may move them (`ReplyAddress`): a stray or malicious datagram
+cannot take the device's replies. Served on loopback (the default), replies never leave loopback. Served beyond it
+(`--host 0.0.0.0` or a LAN address, which the user must ask for), whoever sends a valid message gets the replies,
+as it could also drive the bridge: serve beyond loopback only on a network you trust.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
@@ -27,7 +32,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
@@ -41,6 +46,8 @@ from .protocol import ProtocolError
 from .transport import Transport
 
 if TYPE_CHECKING:  # these pull in torch; they are imported when first needed
+    from engine.interface import Engine
+
     from .jobs import JobRunner, MelodySource, Request
     from .midi_chroma import Note
 
@@ -60,9 +67,42 @@ class ServeConfig:
     audio_device: str | None = None
     input_device: str | None = None
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: str = "auto"
     presets: str | None = None
     max_queued: int = 4
+    wrap_engine: Callable[[Engine], Engine] | None = None  # for tests and benchmarks: e.g. an engine slowed down
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8 (and `localhost`); names and the wildcard count as beyond loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ReplyAddress:
+    """Where replies go: the host of the last valid message, kept on loopback unless the bridge serves beyond it."""
+
+    def __init__(self, listen_host: str):
+        self.host = "127.0.0.1" if listen_host in ("", "0.0.0.0") else listen_host
+        self.beyond_loopback = not is_loopback(listen_host)
+        self._refused: set[str] = set()
+
+    def follow(self, sender: str) -> bool:
+        """A valid message came from `sender`: reply there if allowed. Returns whether replies go there now."""
+        if sender == self.host:
+            return True
+        if not (self.beyond_loopback or is_loopback(sender)):
+            if sender not in self._refused:  # once per host: a flood must not flood the log
+                self._refused.add(sender)
+                log.warning("a message from %s is not answered there: the bridge serves loopback only", sender)
+            return False
+        log.info("replies now go to %s", sender)
+        self.host = sender
+        return True
 
 
 class _UDPServer(socketserver.UDPServer):
@@ -123,7 +163,7 @@ class BridgeServer:
         self._prep = ThreadPoolExecutor(1, thread_name_prefix="melody")
         self._send_lock = threading.Lock()
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._reply_host = "127.0.0.1" if config.host in ("", "0.0.0.0") else config.host
+        self.reply_to = ReplyAddress(config.host)
         self._load_state, self._load_error = "starting", ""
         self._last_state = None
         self._state_lock = threading.Lock()
@@ -152,6 +192,9 @@ class BridgeServer:
             self._threads.append(t)
         log.info("listening on %s:%d, replying to port %d, writing to %s", self.config.host, self.port,
                  self.config.reply_port, self.namer.out_dir)
+        if self.reply_to.beyond_loopback:
+            log.warning("serving beyond loopback (%s): anyone who can reach port %d can use the bridge and "
+                        "receive its replies", self.config.host, self.port)
 
     def stop(self) -> None:
         """Stop jobs, close the audio streams and the socket."""
@@ -188,6 +231,7 @@ class BridgeServer:
         t0 = time.perf_counter()
         try:
             from engine.checkpoint import load_model
+            from engine.local_engine import LocalEngine
 
             from .jobs import JobRunner
 
@@ -201,6 +245,9 @@ class BridgeServer:
             model = load_model(self.config.model, device=self.config.device, dtype=self.config.dtype)
             _warm_up(model)
             lock_ready.join()
+            engine = LocalEngine(model)
+            if self.config.wrap_engine is not None:
+                engine = self.config.wrap_engine(engine)
         except Exception as exc:
             if not isinstance(exc, UserError):
                 log.exception("loading the model failed")
@@ -211,16 +258,17 @@ class BridgeServer:
             return
         if self.config.audio_device:  # its rate and channels are the model's, so it opens now
             try:
-                self.live = LiveOutput(self.config.audio_device, model.sample_rate, model.channels,
+                self.live = LiveOutput(self.config.audio_device, engine.info.sample_rate, engine.info.channels,
                                        clock=self.transport.clock).open()
                 self.runner.live = self.live
             except UserError as exc:  # results still arrive as files: keep serving, and say why it is silent
                 log.error("live output disabled: %s", exc)
                 self.send("/error", -1, exc.code, f"live output disabled: {exc}")
-        self.runner.model = model
-        log.info("model %s ready after %.1f s: %d Hz, %d channel(s), up to %.1f s per window%s", model.name,
-                 time.perf_counter() - t0, model.sample_rate, model.channels, model.max_seconds,
-                 ", melody" if model.melody is not None else "")
+        self.runner.engine = engine
+        info = engine.info
+        log.info("model %s ready after %.1f s: %d Hz, %d channel(s), up to %.1f s per window%s", info.name,
+                 time.perf_counter() - t0, info.sample_rate, info.channels, info.max_seconds,
+                 ", melody" if info.melody else "")
         self._set_load_state("ready")
 
     def _heartbeat(self) -> None:
@@ -236,9 +284,9 @@ class BridgeServer:
         if self._load_state != "ready" or self.runner is None:
             return self._load_state
         running = self.runner.running
-        if running is None:
+        if not running:
             return "ready"
-        return "jamming" if running.kind == "jam" else "busy"
+        return "jamming" if any(job.kind == "jam" for job in running) else "busy"
 
     def _set_load_state(self, state: str) -> None:
         self._load_state = state
@@ -255,10 +303,10 @@ class BridgeServer:
     def send_status(self) -> None:
         runner = self.runner
         ready = self._load_state == "ready"
+        engine = runner.engine if runner else None
         steps = runner.steps_per_s if runner else 0.0
-        model = runner.model if runner else None
-        realtime = steps / model.frame_rate if model is not None and steps else 0.0
-        dtype = _dtype_name(model.lm.dtype) if ready and model is not None else ""
+        realtime = runner.realtime if runner else 0.0  # measured: seconds of audio per second of generating
+        dtype = engine.info.dtype if ready and engine is not None else ""
         self.send("/status", self.state, self.config.model if ready else "", steps, runner.queued if runner else 0,
                   realtime, dtype, self.live.underruns if self.live else 0)
 
@@ -275,7 +323,7 @@ class BridgeServer:
                 builder.add_arg(v)
             data = builder.build().dgram
             with self._send_lock:
-                self._sock.sendto(data, (self._reply_host, self.config.reply_port))
+                self._sock.sendto(data, (self.reply_to.host, self.config.reply_port))
         except Exception:
             if not self._stopping.is_set():
                 log.exception("could not send %s %r", address, args)
@@ -285,8 +333,8 @@ class BridgeServer:
         self.send("/error", req, code, message)
 
     def handle_datagram(self, data: bytes, client: tuple[str, int]) -> None:
-        """One UDP datagram: an OSC message or bundle. Never raises; everything wrong is answered with /error."""
-        self._reply_host = client[0]
+        """One UDP datagram: an OSC message or bundle. Never raises; everything wrong is answered with /error
+        (at the current reply address: only a valid message may move it)."""
         try:
             packet = OscPacket(data)
             messages = [m.message for m in packet.messages]  # bundle time tags are ignored: run now, in order
@@ -294,9 +342,9 @@ class BridgeServer:
             self.error(-1, "bad_args", f"could not read a {len(data)}-byte datagram as OSC: {_short(exc)}")
             return
         for message in messages:
-            self.dispatch(message.address, message.params)
+            self.dispatch(message.address, message.params, client[0])
 
-    def dispatch(self, address: str, args: list) -> None:
+    def dispatch(self, address: str, args: list, sender: str | None = None) -> None:
         req = -1  # the request id to blame, when the message has one that fits
         entry = next((m for m in protocol.MESSAGES if m.address == address and m.direction == "in"), None)
         if entry and entry.args and entry.args[0].name == "req" and args and isinstance(args[0], int) \
@@ -304,6 +352,8 @@ class BridgeServer:
             req = args[0]
         try:
             values = protocol.validate(address, args)
+            if sender is not None:
+                self.reply_to.follow(sender)
             self.handlers[address](*values)
         except ProtocolError as exc:
             self.error(req, exc.code, exc.message)
@@ -488,10 +538,6 @@ def _check_read_path(path: str, name: str) -> None:
         raise UserError(f"{name} contains a NUL character", code="bad_args")
     if not os.path.isabs(path):
         raise UserError(f"{name} must be an absolute path, got {path!r}", code="bad_args")
-
-
-def _dtype_name(dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def _short(exc: Exception) -> str:

@@ -20,11 +20,11 @@ from engine.errors import UserError
 
 Number = Union[int, float, str, Fraction]
 
-MIN_BPM = Fraction(1)
-MAX_BPM = Fraction(999)  # Live's own upper limit; anything above is a typo (e.g. 1200 for 120.0)
+# Live's tempo range, the one set of tempo limits for the whole project (CLI, OSC protocol, note lists): the
+# device can send nothing else, and a tempo above it is a typo (e.g. 1200 for 120.0).
+MIN_BPM = Fraction(20)
+MAX_BPM = Fraction(999)
 MAX_SIGNATURE_PART = 32
-CODEC_FRAME_RATE = 50  # MusicGen's EnCodec: 32 kHz / hop 640
-CODEC_HOP = 640
 
 
 def exact(value: Number, what: str = "value") -> Fraction:
@@ -144,17 +144,6 @@ class Tempo:
         return k * self.beats_per_bar
 
 
-def frames_for_samples(samples: int, frame_rate: int = CODEC_FRAME_RATE, hop: int = CODEC_HOP) -> int:
-    """Codec frames needed to cover `samples` samples (ceil). The codec runs at frame_rate frames/s of `hop`
-    samples each, i.e. at frame_rate * hop samples per second."""
-    if frame_rate <= 0 or hop <= 0:
-        raise UserError(f"codec frame rate and hop must be positive, got {frame_rate} and {hop}")
-    if samples < 0:
-        raise UserError(f"sample count must not be negative, got {samples}")
-    sample_rate = frame_rate * hop
-    return math.ceil(Fraction(samples * frame_rate, sample_rate))
-
-
 _STATES_TEMPO = re.compile(r"(?<![a-z])(bpm|beats per minute)(?![a-z])", re.IGNORECASE)
 
 
@@ -174,62 +163,3 @@ def tempo_text(prompt: str, tempo: Tempo, enabled: bool = True) -> str:
     stem = prompt.strip().rstrip(",;").rstrip()
     suffix = f"{format_bpm(tempo.bpm)} bpm"
     return f"{stem}, {suffix}" if stem else suffix
-
-
-@dataclass(frozen=True)
-class ChunkPosition:
-    """Where one chunk of a stream lies: its first sample, its length, the song beat of its first sample, and
-    the bar lines inside it as (bar index, sample offset within the chunk)."""
-
-    start_sample: int
-    num_samples: int
-    start_beat: Fraction
-    bar_lines: tuple[tuple[int, int], ...]
-
-
-class BarClock:
-    """Positions of consecutive chunks of one stream. Sample 0 of the stream plays at song beat `start_beat`;
-    bar line k (song bar k, at beat k * beats_per_bar) falls at sample
-    round_half_up((k * beats_per_bar - start_beat) * samples_per_beat), a pure function of k, so the chunk
-    sizes never move a bar line."""
-
-    def __init__(self, tempo: Tempo, sample_rate: int, start_beat: Number = 0):
-        _check_sample_rate(sample_rate)
-        self.tempo = tempo
-        self.sample_rate = sample_rate
-        self.start_beat = exact(start_beat, "start beat")
-        self.position = 0  # samples handed out so far
-        self._next_bar = self._first_bar_at_or_after(0)
-
-    def bar_sample(self, k: int) -> int:
-        """Stream sample at which song bar k starts (negative if before the stream)."""
-        beats = k * self.tempo.beats_per_bar - self.start_beat
-        return round_half_up(beats * self.tempo.samples_per_beat(self.sample_rate))
-
-    def beat_at(self, sample: int) -> Fraction:
-        return self.start_beat + self.tempo.samples_to_beats(sample, self.sample_rate)
-
-    def _first_bar_at_or_after(self, sample: int) -> int:
-        # Estimate from the beat, then fix up: rounding can put the estimate off by one either way.
-        k = math.ceil(self.beat_at(sample) / self.tempo.beats_per_bar)
-        while self.bar_sample(k - 1) >= sample:
-            k -= 1
-        while self.bar_sample(k) < sample:
-            k += 1
-        return k
-
-    def advance(self, num_samples: int) -> ChunkPosition:
-        """Position of the next `num_samples` samples of the stream; moves the clock past them."""
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
-            raise UserError(f"chunk size must be a non-negative integer number of samples, got {num_samples!r}")
-        start, end = self.position, self.position + num_samples
-        lines = []
-        while (at := self.bar_sample(self._next_bar)) < end:
-            lines.append((self._next_bar, at - start))
-            self._next_bar += 1
-        self.position = end
-        return ChunkPosition(start, num_samples, self.beat_at(start), tuple(lines))
-
-    def samples_to_next_bar(self) -> int:
-        """Samples from the current position to the next bar line (0 if the position is on one)."""
-        return self.bar_sample(self._next_bar) - self.position

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from engine.codec import Codec
-from engine.devices import resolve_device, resolve_dtype
+from engine.devices import auto_dtype, resolve_device, resolve_dtype
 from engine.errors import ModelNotFound, UserError
 from engine.lm import LMConfig, MusicGenLM
 from engine.model import MusicGen
@@ -291,7 +291,7 @@ def _no_init():
 def text_dtype(dtype: torch.dtype) -> torch.dtype:
     """The T5 encoder's precision for an LM loaded in `dtype`: bf16 for bf16 and int8 models (weights straight
     into the target dtype; T5 was trained in bf16), fp32 otherwise (fp16 overflows in T5's feed-forward)."""
-    return torch.bfloat16 if dtype in (torch.bfloat16, torch.int8) else torch.float32
+    return torch.bfloat16 if dtype in (torch.bfloat16, torch.int8, torch.int4) else torch.float32
 
 
 def _keeps_fp32(cls, name: str) -> bool:
@@ -361,9 +361,13 @@ def _returning_freed_memory():
 
 
 def load_model(spec: str, device: str = "auto", dtype: str = "float32") -> MusicGen:
-    """The MusicGen named by `spec` on `device` in `dtype` (dtype may be int8). EnCodec stays fp32; T5 follows
-    `text_dtype`."""
-    dev, dt = resolve_device(device), resolve_dtype(dtype)
+    """The MusicGen named by `spec` on `device` in `dtype` (int8/int4: weight-only, CPU; "auto", what the CLI and
+    the server default to: see `engine.devices.auto_dtype`). EnCodec stays fp32; T5 follows `text_dtype`."""
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if dtype.lower() == "auto":
+        log.info("--dtype auto: %s (%s; --dtype float32|bfloat16|float16|int8|int4 overrides)",
+                 str(dt).removeprefix("torch."), auto_dtype(dev)[1])
     with _returning_freed_memory():
         return _load_model(spec, dev, dt)
 
@@ -424,7 +428,6 @@ def _assemble(name: str, cfg: dict, sd: dict[str, Tensor], tokenizer, device, dt
         text=text,
         codec=codec,
         max_positions=int(cfg["decoder"].get("max_position_embeddings", 2048)),
-        info={"melody": melody, "config": cfg},
     )
     if melody:
         from engine.melody import MelodyConditioner
@@ -467,6 +470,7 @@ def _load_meta(spec: str, folder: Path, device, dtype) -> MusicGen:
         },
         "text_encoder": t5.config.to_dict(),
         "audio_encoder": encodec.config.to_dict(),
-        **{k: c[k] for k in ("num_chroma", "chroma_length") if k in c},
     }
+    if c["chroma"] is not None:  # meta_lm_to_hf names them n_chroma and length (235 frames for 30 s, 79 for 10 s)
+        cfg.update(num_chroma=c["chroma"]["n_chroma"], chroma_length=c["chroma"]["length"])
     return _assemble(spec, cfg, ckpt.lm_state, tokenizer, device, dtype, t5=t5.eval(), encodec=encodec.eval())

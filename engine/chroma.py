@@ -16,9 +16,9 @@ Very quiet noise is *not* silence: its argmax is whatever bin the noise happens 
 Resampling uses librosa (soxr) rather than torchaudio/julius; the chroma is too coarse for the difference to
 matter away from note boundaries.
 
-Length: Meta tiles a melody shorter than the model's chroma length and truncates a longer one (``fit_chroma``);
-for generation past 30 s Meta keeps reading the melody from where the new window starts, wrapping around its end
-(``chroma_window``). Hugging Face zero-pads instead, which turns the tail into a held "C".
+Length: Meta tiles a melody shorter than the model's chroma length and truncates a longer one (``fit_chroma``),
+and for generation past 30 s keeps reading the melody from where the new window starts, wrapping around its end:
+both are ``chroma_window`` (the first from frame 0). Hugging Face zero-pads instead, which turns the tail into a held "C".
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .errors import BadAudio, UserError
+from .resample import resample
 
 CHROMA_SR = 32000
 CHROMA_HOP = 4096
@@ -58,11 +59,6 @@ def chroma_frames_for_seconds(seconds: float) -> int:
     return chroma_frames_for_samples(round(seconds * CHROMA_SR))
 
 
-def chroma_frame_at_seconds(seconds: float) -> int:
-    """Index of the chroma frame centered nearest to ``seconds`` (for moving a window along a melody)."""
-    return round(seconds * CHROMA_SR / CHROMA_HOP)
-
-
 def _to_mono(wav: np.ndarray | torch.Tensor) -> np.ndarray:
     if isinstance(wav, torch.Tensor):
         wav = wav.detach().cpu().float().numpy()
@@ -89,7 +85,7 @@ def resample_mono(wav: np.ndarray | torch.Tensor, sample_rate: int, target_rate:
     if sample_rate <= 0:
         raise BadAudio(f"sample rate must be positive, got {sample_rate}")
     if sample_rate != target_rate:
-        mono = librosa.resample(mono, orig_sr=sample_rate, target_sr=target_rate).astype(np.float32)
+        mono = resample(mono, sample_rate, target_rate)
     return mono
 
 
@@ -141,15 +137,6 @@ def _check_chroma(chroma: np.ndarray) -> np.ndarray:
     if chroma.shape[0] == 0:
         raise UserError("the melody's chromagram is empty (0 frames); give a longer melody")
     return chroma
-
-
-def fit_chroma(chroma: np.ndarray, frames: int) -> np.ndarray:
-    """Fit a melody to the model's chroma length as Meta does: tile a short one, truncate a long one."""
-    chroma = _check_chroma(chroma)
-    if frames <= 0:
-        raise UserError(f"the chroma length must be positive, got {frames}")
-    repeats = -(-frames // chroma.shape[0])  # ceil
-    return np.tile(chroma, (repeats, 1))[:frames].copy()
 
 
 def chroma_window(chroma: np.ndarray, start_frame: int, frames: int) -> np.ndarray:

@@ -12,6 +12,8 @@ DTYPES = {
     "float16": torch.float16, "fp16": torch.float16,
     # int8 weight-only (engine/quantize.py): weights in int8, activations wider. CPU only.
     "int8": torch.int8,
+    # int4 weight-only, group-wise (engine/quantize.py). CPU only.
+    "int4": torch.int4,
 }
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -34,8 +36,35 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def resolve_dtype(name: str = "float32") -> torch.dtype:
+def resolve_dtype(name: str = "auto", device: torch.device | None = None) -> torch.dtype:
+    """The dtype named `name`; "auto" is `auto_dtype(device)`'s choice (CPU when no device is given)."""
+    if name.lower() == "auto":
+        return auto_dtype(device or torch.device("cpu"))[0]
     try:
         return DTYPES[name.lower()]
     except KeyError:
-        raise UserError(f"unknown dtype {name!r}: use float32, bfloat16, float16 or int8", code="bad_args") from None
+        raise UserError(f"unknown dtype {name!r}: use auto, float32, bfloat16, float16, int8 or int4", code="bad_args") from None
+
+
+# The CPU weight format `auto` picks: the fastest one that passes the quality guard (tests/test_quantize.py,
+# benchmarks/quality.py; the measurements behind the choice are in benchmarks/RESULTS.md).
+CPU_AUTO = "int8"
+
+
+def auto_dtype(device: torch.device) -> tuple[torch.dtype, str]:
+    """What `--dtype auto` runs in on `device`, and why (one phrase, for the startup log)."""
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, "CUDA with bf16 support"
+        return torch.float16, "CUDA without bf16 support"
+    if device.type == "mps":
+        return torch.float16, "Apple MPS runs fp16 natively"
+    if device.type == "cpu":
+        from engine.quantize import int4_supported
+
+        if CPU_AUTO == "int4" and int4_supported():
+            return torch.int4, "CPU: int4 weights are the fastest format within the quality bounds"
+        if hasattr(torch.ops.aten, "_weight_int8pack_mm"):
+            return torch.int8, "CPU: int8 weights are the fastest format within the quality bounds"
+        return torch.float32, "CPU without torch's int8 weight kernel"
+    return torch.float32, f"no faster format is known for {device.type}"

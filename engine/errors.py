@@ -30,3 +30,9 @@ class BadMidi(UserError):
 
 class Cancelled(Exception):
     """A generation was cancelled by its owner (not an error to report loudly)."""
+
+
+class EngineLost(UserError):
+    """The engine went away mid-request (a remote engine's connection dropped, its process died)."""
+
+    code = "engine_lost"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -23,7 +23,6 @@ class MusicGen:
     codec: Codec
     max_positions: int  # the position limit of the checkpoint's config (sinusoids have none of their own)
     melody: object | None = None  # engine.melody.MelodyConditioner for melody checkpoints
-    info: dict = field(default_factory=dict)
 
     @property
     def sample_rate(self) -> int:

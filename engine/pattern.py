@@ -51,7 +51,3 @@ class DelayPattern:
             n = max(0, min(T, columns - 1 - d))
             out[..., k, 1 + d : 1 + d + n] = codes[..., k, :n]
         return out
-
-    def deinterleave(self, seq: Tensor, frames: int) -> Tensor:
-        """[..., K, columns] delayed sequence -> [..., K, frames] codes (the inverse of `interleave`)."""
-        return torch.stack([seq[..., k, 1 + d : 1 + d + frames] for k, d in enumerate(self.delays)], dim=-2)

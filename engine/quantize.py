@@ -1,14 +1,17 @@
-"""Linear layers for a fast decoder step on CPU: weights prepacked once, in fp32, bf16 or int8.
+"""Linear layers for a fast decoder step on CPU: weights prepacked once, in fp32, bf16, int8 or int4.
 
 A decode step multiplies a [2, D] activation (guidance batch) by every weight matrix once, so its speed is how
-fast the weights stream from memory. `torch.nn.functional.linear` streams them slowly for so few rows (fp32:
-~10 GB/s on the 2-core test machine); oneDNN's matmul on weights reordered once into its blocked layout (what
-`torch.compile`'s CPU freezing does) streams 37-43 GB/s. Measurements: benchmarks/RESULTS.md.
+fast the weights stream from memory. `torch.nn.functional.linear` streams them slowly for so few rows; oneDNN's
+matmul on weights reordered once into its blocked layout (what `torch.compile`'s CPU freezing does) streams
+them several times faster, and fewer bytes per weight stream faster still. Measurements: benchmarks/RESULTS.md.
 
 - `PackedLinear`: fp32 or bf16 weights in oneDNN's layout; the input is cast to the weight's dtype, products
   accumulate in fp32, the output comes in the weight's dtype.
 - `Int8Linear`: weight-only int8, one scale per output row (symmetric, w ~ scale[n] * q[n, :]); activations
   enter the kernel in bf16, accumulate in fp32, and leave in bf16.
+- `Int4Linear`: weight-only int4 in groups of `INT4_GROUP` input columns (asymmetric: a scale and a zero point
+  per group), torch's `_weight_int4pack_mm_for_cpu`; bf16 activations in and out, as int8. The int4 model keeps
+  its output heads in int8 (`prepare_for_cpu`): the logits are where rounding is least diluted.
 
 Outputs come in the narrow dtype on purpose: the LM adds them to its fp32 residual stream (type promotion does the
 cast within the add) and feeds fc1's output through GELU to fc2 in bf16 (what fc2 would round it to anyway), so
@@ -31,7 +34,8 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-WEIGHT_FORMATS = ("float32", "bfloat16", "int8")
+WEIGHT_FORMATS = ("float32", "bfloat16", "int8", "int4")
+INT4_GROUP = 32  # input columns per scale/zero pair; benchmarks/RESULTS.md compares 32, 64 and 128
 
 
 @dataclass(frozen=True)
@@ -51,12 +55,16 @@ def plan_precision(device: torch.device, dtype: torch.dtype) -> Precision:
     """On CPU the activations stay fp32 and only the linear weights narrow: bf16 attention and elementwise ops run
     several times slower than fp32 on CPUs (measured in benchmarks/RESULTS.md), while the weights, which are
     the bytes a step streams, are what bf16/int8 are for. On GPUs `dtype` is used throughout."""
-    if dtype == torch.int8:
-        if device.type != "cpu":
-            from engine.errors import UserError
+    if dtype in (torch.int8, torch.int4):
+        from engine.errors import UserError
 
-            raise UserError("--dtype int8 is for CPUs: on a GPU use bfloat16 or float16", code="bad_args")
-        return Precision(torch.float32, "int8")
+        name = str(dtype).removeprefix("torch.")
+        if device.type != "cpu":
+            raise UserError(f"--dtype {name} is for CPUs: on a GPU use bfloat16 or float16 (or --dtype auto)", code="bad_args")
+        if dtype == torch.int4 and not int4_supported():
+            raise UserError("--dtype int4 needs torch's CPU int4 kernel (_weight_int4pack_mm_for_cpu), which this torch "
+                            "build lacks: use --dtype int8 or auto", code="bad_args")
+        return Precision(torch.float32, name)
     if device.type == "cpu" and onednn_available():
         if dtype == torch.float32:
             return Precision(torch.float32, "float32")
@@ -68,6 +76,11 @@ def plan_precision(device: torch.device, dtype: torch.dtype) -> Precision:
 def onednn_available() -> bool:
     """oneDNN's prepacked linear exists in this torch build (x86 and Arm builds have it; some others do not)."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def int4_supported() -> bool:
+    """torch's CPU int4 weight-only matmul exists in this build (torch >= 2.6 on x86 and Arm)."""
+    return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") and hasattr(torch.ops.aten, "_convert_weight_to_int4pack_for_cpu")
 
 
 def bf16_supported() -> bool:
@@ -148,6 +161,55 @@ class Int8Linear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, int8 weight-only"
 
 
+def quantize_groups(weight: Tensor, group: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Asymmetric 4-bit per group of `group` input columns: (q [N, K] int32 in 0..15, scale [N, K/group],
+    lo [N, K/group]) with weight ~ lo + scale * q, both fp32. The group's min and max are grid points."""
+    N, K = weight.shape
+    w = weight.detach().float().view(N, K // group, group)
+    lo, hi = w.amin(-1), w.amax(-1)
+    scale = ((hi - lo) / 15.0).clamp(min=1e-12)
+    q = torch.round((w - lo[..., None]) / scale[..., None]).clamp_(0, 15).to(torch.int32)
+    return q.view(N, K), scale, lo
+
+
+def int4_fits(weight: Tensor, group: int) -> bool:
+    """The kernel's shape rules: K a multiple of the group (capped at K), N a multiple of 16."""
+    N, K = weight.shape
+    return N % 16 == 0 and K % min(group, K) == 0 and min(group, K) % 2 == 0
+
+
+class Int4Linear(nn.Module):
+    """Weight-only int4 linear, group-wise scales and zero points: a quarter of bf16's weight bytes (plus one
+    bf16 scale/zero pair per group)."""
+
+    def __init__(self, weight: Tensor, group: int):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.group = min(group, self.in_features)
+        q, scale, lo = quantize_groups(weight, self.group)
+        self.register_buffer("weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1), persistent=False)
+        # The kernel computes (q - 8) * scale + zero, with scale and zero stacked [K/group, N, 2] in bf16.
+        zero = lo + 8 * scale
+        self.register_buffer("scale_zero", torch.stack([scale, zero], -1).transpose(0, 1).contiguous().to(torch.bfloat16), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, shape[-1]).to(torch.bfloat16), self.weight, self.group, self.scale_zero)
+        return y.view(*shape[:-1], self.out_features)
+
+    def dequantized(self) -> Tensor:
+        """The weight the kernel multiplies by (from the bf16 scales and zeros it reads), [N, K] fp32."""
+        eye = torch.eye(self.in_features, dtype=torch.bfloat16)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.weight, self.group, self.scale_zero).float().t()
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, int4 weight-only, groups of {self.group}"
+
+
+def _int4_or_int8(weight: Tensor) -> nn.Module:
+    return Int4Linear(weight, INT4_GROUP) if int4_fits(weight, INT4_GROUP) else Int8Linear(weight)
+
+
 def _swap_linears(module: nn.Module, make) -> int:
     n = 0
     for name, child in list(module.named_children()):
@@ -161,13 +223,19 @@ def _swap_linears(module: nn.Module, make) -> int:
 
 @torch.no_grad()
 def prepare_for_cpu(lm: nn.Module, weights: str) -> nn.Module:
-    """Swap the LM's linears for prepacked ones in `weights` format ("float32", "bfloat16" or "int8"), in place.
+    """Swap the LM's linears for prepacked ones in `weights` format ("float32", "bfloat16", "int8" or "int4"), in
+    place. int4 keeps the output heads (and any matrix the kernel's shape rules refuse) in int8.
 
-    The activations keep the LM's dtype (`lm.dtype`). Without oneDNN the linears stay plain `nn.Linear`s.
+    The activations keep the LM's dtype (`lm.dtype`). Without oneDNN the fp32/bf16 linears stay plain `nn.Linear`s.
     """
     if weights not in WEIGHT_FORMATS:
         raise ValueError(f"weights must be one of {WEIGHT_FORMATS}, got {weights!r}")
-    if weights == "int8":
+    if weights == "int4":
+        heads = getattr(lm, "heads", None)
+        if isinstance(heads, nn.Linear):
+            lm.heads = Int8Linear(heads.weight)
+        n = _swap_linears(lm, _int4_or_int8)
+    elif weights == "int8":
         n = _swap_linears(lm, Int8Linear)
     elif not onednn_available():
         log.info("oneDNN prepacking is unavailable in this torch build: plain linears")

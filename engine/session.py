@@ -21,14 +21,15 @@ from engine.bars import Tempo, tempo_text
 from engine.errors import UserError
 from engine.generate import check_seconds, frames_for_seconds, open_stream
 from engine.model import MusicGen
+from engine.resample import resample
 from engine.sampling import SamplingSettings
 from engine.stream_decode import StreamingDecoder
 
 log = logging.getLogger(__name__)
 
 PROMPT_DECODE_CONTEXT = 25  # prompt frames decoded (and discarded) first so new audio joins the prompt seamlessly
-# Each decoder push re-runs the codec's synthesis stage over its context and holdback (~30 ms at full size on a
-# laptop CPU): settled frames are pushed in groups, and at once when a chunk can be completed.
+# Each decoder push re-runs the codec's synthesis stage over its context and holdback (a fixed cost per push,
+# measured in benchmarks/RESULTS.md): settled frames are pushed in groups, and at once when a chunk can be completed.
 DECODE_EVERY_FRAMES = 25
 
 
@@ -40,14 +41,6 @@ class Chunk:
     start_beat: Fraction | None  # beats from the start of new audio (None without a tempo)
     beats: Fraction | None
     last: bool
-
-
-def resample(wav: np.ndarray, sr: int, target: int) -> np.ndarray:
-    if sr == target:
-        return wav.astype(np.float32)
-    import librosa
-
-    return librosa.resample(wav.astype(np.float32), orig_sr=sr, target_sr=target, axis=-1)
 
 
 class StreamSession:

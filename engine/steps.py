@@ -95,8 +95,8 @@ class _StepGraph(nn.Module):
 class TracedStep:
     """One decode step (T = 1, sliced) as a frozen TorchScript graph: the CPU's way past per-op overhead.
 
-    In eager mode a step is ~1,500 small tensor ops, each paying Python and dispatch costs (~1-2 ms a step on the
-    test CPU, 5-10% of an int8 step); the graph runs the same ops without them (benchmarks/RESULTS.md). Traced
+    In eager mode a step is ~1,500 small tensor ops, each paying Python and dispatch costs; the graph runs the
+    same ops without them (what that saves is measured in benchmarks/RESULTS.md). Traced
     once per batch size and activation dtype; the caches, the conditioning and the position are inputs, so
     generations, windows and prompts of any length reuse it. torch.jit is deprecated in torch 2.x: if tracing
     fails, the step runs eagerly (the "eager" step mode turns it off).
@@ -127,7 +127,8 @@ class TracedStep:
             graph = self._trace(args, key)
         if graph is None:
             return self.lm.layers_and_heads(h, input_pos, None, kv_len)
-        # The plain interpreter: the profiling executor's first runs cost ~0.4 s and its passes gain nothing here.
+        # The plain interpreter: the profiling executor's first runs are slow and its passes gain nothing here
+        # (benchmarks/RESULTS.md).
         with torch.jit.optimized_execution(False):
             return graph(*args)
 

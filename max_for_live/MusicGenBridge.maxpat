@@ -102,11 +102,11 @@
 				"box": {
 					"id": "obj-9",
 					"maxclass": "newobj",
-					"numinlets": 15,
-					"numoutlets": 15,
-					"outlettype": ["", "", "", "", "", "", "", "", "", "", "", "", "", "", ""],
+					"numinlets": 17,
+					"numoutlets": 17,
+					"outlettype": ["", "", "", "", "", "", "", "", "", "", "", "", "", "", "", "", ""],
 					"patching_rect": [200.0, 300.0, 700.0, 20.0],
-					"text": "route engine status error buf0 buf1 play0 play1 speed0 speed1 rec recbuf viewbuf jamstate pickfile"
+					"text": "route engine status error buf0 buf1 play0 play1 speed0 speed1 rec recbuf viewbuf jamstate pickfile promptstore promptview"
 				}
 			},
 			{
@@ -233,11 +233,11 @@
 					"presentation_rect": [258.0, 22.0, 124.0, 15.0],
 					"saved_attribute_attributes": {
 						"valueof": {
-							"parameter_enum": ["none", "selected MIDI clip", "hum", "audio file"],
+							"parameter_enum": ["none", "selected MIDI clip", "hum", "audio file", "hum (bridge mic)"],
 							"parameter_initial": [0],
 							"parameter_initial_enable": 1,
 							"parameter_longname": "Melody",
-							"parameter_mmax": 3,
+							"parameter_mmax": 4,
 							"parameter_shortname": "Melody",
 							"parameter_type": 2
 						}
@@ -274,7 +274,8 @@
 							"parameter_longname": "Generate",
 							"parameter_mmax": 1,
 							"parameter_shortname": "Generate",
-							"parameter_type": 2
+							"parameter_type": 2,
+							"parameter_invisible": 2
 						}
 					},
 					"text": "Generate",
@@ -311,7 +312,8 @@
 							"parameter_longname": "Continue",
 							"parameter_mmax": 1,
 							"parameter_shortname": "Continue",
-							"parameter_type": 2
+							"parameter_type": 2,
+							"parameter_invisible": 2
 						}
 					},
 					"text": "Continue",
@@ -348,7 +350,8 @@
 							"parameter_longname": "Jam",
 							"parameter_mmax": 1,
 							"parameter_shortname": "Jam",
-							"parameter_type": 2
+							"parameter_type": 2,
+							"parameter_invisible": 2
 						}
 					},
 					"text": "Jam",
@@ -385,7 +388,8 @@
 							"parameter_longname": "Stop",
 							"parameter_mmax": 1,
 							"parameter_shortname": "Stop",
-							"parameter_type": 2
+							"parameter_type": 2,
+							"parameter_invisible": 2
 						}
 					},
 					"text": "Stop",
@@ -539,7 +543,7 @@
 							"parameter_mmax": 2048.0,
 							"parameter_mmin": 0.0,
 							"parameter_shortname": "Top-k",
-							"parameter_type": 1,
+							"parameter_type": 0,
 							"parameter_unitstyle": 0
 						}
 					},
@@ -665,7 +669,7 @@
 					"numoutlets": 2,
 					"outlettype": ["float", "bang"],
 					"patching_rect": [200.0, 460.0, 170.0, 20.0],
-					"text": "buffer~ ---mgb_play0 60000 2"
+					"text": "buffer~ ---mgb_play0"
 				}
 			},
 			{
@@ -698,7 +702,7 @@
 					"numoutlets": 2,
 					"outlettype": ["float", "bang"],
 					"patching_rect": [400.0, 460.0, 170.0, 20.0],
-					"text": "buffer~ ---mgb_play1 60000 2"
+					"text": "buffer~ ---mgb_play1"
 				}
 			},
 			{
@@ -742,7 +746,7 @@
 					"numoutlets": 2,
 					"outlettype": ["float", "bang"],
 					"patching_rect": [760.0, 460.0, 160.0, 20.0],
-					"text": "buffer~ ---mgb_rec 60000 2"
+					"text": "buffer~ ---mgb_rec 1000 2"
 				}
 			},
 			{
@@ -753,7 +757,7 @@
 					"numoutlets": 2,
 					"outlettype": ["float", "bang"],
 					"patching_rect": [960.0, 460.0, 160.0, 20.0],
-					"text": "buffer~ ---mgb_view 60000 2"
+					"text": "buffer~ ---mgb_view"
 				}
 			},
 			{
@@ -810,7 +814,7 @@
 					"numoutlets": 2,
 					"outlettype": ["", "int"],
 					"patching_rect": [1060.0, 370.0, 140.0, 20.0],
-					"text": "conformpath native boot"
+					"text": "conformpath slash boot"
 				}
 			},
 			{
@@ -823,6 +827,137 @@
 					"patching_rect": [1060.0, 400.0, 100.0, 20.0],
 					"text": "prepend melodyfile"
 				}
+			},
+			{
+				"box": {
+					"id": "obj-59",
+					"maxclass": "live.text",
+					"mode": 0,
+					"numinlets": 1,
+					"numoutlets": 2,
+					"outlettype": ["", ""],
+					"parameter_enable": 1,
+					"patching_rect": [1000.0, 110.0, 50.0, 18.0],
+					"presentation": 1,
+					"presentation_rect": [220.0, 42.0, 50.0, 18.0],
+					"saved_attribute_attributes": {
+						"valueof": {
+							"parameter_enum": ["off", "on"],
+							"parameter_invisible": 2,
+							"parameter_longname": "Rec/Open",
+							"parameter_mmax": 1,
+							"parameter_shortname": "Rec/Open",
+							"parameter_type": 2
+						}
+					},
+					"text": "Rec/Open",
+					"texton": "Rec/Open",
+					"varname": "Rec/Open"
+				}
+			},
+			{
+				"box": {
+					"id": "obj-60",
+					"maxclass": "newobj",
+					"numinlets": 1,
+					"numoutlets": 1,
+					"outlettype": [""],
+					"patching_rect": [1000.0, 140.0, 100.0, 22.0],
+					"text": "prepend capture"
+				}
+			},
+			{
+				"box": {
+					"id": "obj-61",
+					"maxclass": "live.menu",
+					"numinlets": 1,
+					"numoutlets": 3,
+					"outlettype": ["", "", "float"],
+					"parameter_enable": 1,
+					"patching_rect": [1100.0, 110.0, 60.0, 15.0],
+					"presentation": 1,
+					"presentation_rect": [258.0, 40.0, 60.0, 15.0],
+					"saved_attribute_attributes": {
+						"valueof": {
+							"parameter_enum": ["1 take", "2 takes", "3 takes", "4 takes"],
+							"parameter_initial": [0],
+							"parameter_initial_enable": 1,
+							"parameter_longname": "Takes",
+							"parameter_mmax": 3,
+							"parameter_shortname": "Takes",
+							"parameter_type": 2
+						}
+					},
+					"varname": "Takes"
+				}
+			},
+			{
+				"box": {
+					"id": "obj-62",
+					"maxclass": "newobj",
+					"numinlets": 1,
+					"numoutlets": 1,
+					"outlettype": [""],
+					"patching_rect": [1100.0, 140.0, 90.0, 22.0],
+					"text": "prepend takes"
+				}
+			},
+			{
+				"box": {
+					"id": "obj-63",
+					"maxclass": "newobj",
+					"numinlets": 1,
+					"numoutlets": 3,
+					"outlettype": ["", "", ""],
+					"patching_rect": [20.0, 200.0, 160.0, 22.0],
+					"saved_attribute_attributes": {
+						"valueof": {
+							"parameter_invisible": 1,
+							"parameter_longname": "Prompt",
+							"parameter_shortname": "Prompt",
+							"parameter_type": 3
+						}
+					},
+					"saved_object_attributes": {
+						"parameter_enable": 1,
+						"parameter_mappable": 0
+					},
+					"text": "pattr mgb_prompt @parameter_enable 1",
+					"varname": "mgb_prompt"
+				}
+			},
+			{
+				"box": {
+					"id": "obj-64",
+					"maxclass": "newobj",
+					"numinlets": 1,
+					"numoutlets": 1,
+					"outlettype": [""],
+					"patching_rect": [20.0, 230.0, 130.0, 22.0],
+					"text": "prepend storedprompt"
+				}
+			},
+			{
+				"box": {
+					"id": "obj-65",
+					"maxclass": "newobj",
+					"numinlets": 1,
+					"numoutlets": 4,
+					"outlettype": ["int", "float", "int", "int"],
+					"patching_rect": [200.0, 60.0, 70.0, 22.0],
+					"text": "dspstate~"
+				}
+			},
+			{
+				"box": {
+					"id": "obj-66",
+					"maxclass": "newobj",
+					"numinlets": 1,
+					"numoutlets": 1,
+					"outlettype": [""],
+					"patching_rect": [200.0, 90.0, 120.0, 22.0],
+					"text": "prepend samplerate"
+				}
 			}
 		],
 		"classnamespace": "box",
@@ -831,28 +966,28 @@
 		"default_fontsize": 10.0,
 		"dependency_cache": [
 			{
-				"implicit": 1,
 				"name": "musicgen_bridge.js",
 				"patcherrelativepath": ".",
-				"type": "TEXT"
+				"type": "TEXT",
+				"implicit": 1
 			},
 			{
-				"implicit": 1,
-				"name": "bridge_core.js",
+				"name": "mgb_bridge_core.js",
 				"patcherrelativepath": ".",
-				"type": "TEXT"
+				"type": "TEXT",
+				"implicit": 1
 			},
 			{
-				"implicit": 1,
-				"name": "protocol_table.js",
+				"name": "mgb_protocol.js",
 				"patcherrelativepath": ".",
-				"type": "TEXT"
+				"type": "TEXT",
+				"implicit": 1
 			},
 			{
-				"implicit": 1,
-				"name": "protocol.json",
+				"name": "mgb_protocol_data.js",
 				"patcherrelativepath": ".",
-				"type": "JSON"
+				"type": "TEXT",
+				"implicit": 1
 			}
 		],
 		"description": "MusicGen as a live instrument: generate, continue and jam in time with Live via musicgen-bridge.",
@@ -1249,6 +1384,72 @@
 				"patchline": {
 					"destination": ["obj-7", 0],
 					"source": ["obj-58", 0]
+				}
+			},
+			{
+				"patchline": {
+					"destination": ["obj-60", 0],
+					"source": ["obj-59", 0]
+				}
+			},
+			{
+				"patchline": {
+					"destination": ["obj-7", 0],
+					"source": ["obj-60", 0]
+				}
+			},
+			{
+				"patchline": {
+					"destination": ["obj-62", 0],
+					"source": ["obj-61", 0]
+				}
+			},
+			{
+				"patchline": {
+					"destination": ["obj-7", 0],
+					"source": ["obj-62", 0]
+				}
+			},
+			{
+				"patchline": {
+					"destination": ["obj-64", 0],
+					"source": ["obj-63", 0]
+				}
+			},
+			{
+				"patchline": {
+					"destination": ["obj-7", 0],
+					"source": ["obj-64", 0]
+				}
+			},
+			{
+				"patchline": {
+					"destination": ["obj-63", 0],
+					"source": ["obj-9", 14]
+				}
+			},
+			{
+				"patchline": {
+					"destination": ["obj-10", 0],
+					"source": ["obj-9", 15]
+				}
+			},
+			{
+				"patchline": {
+					"destination": ["obj-65", 0],
+					"source": ["obj-2", 0]
+				}
+			},
+			{
+				"patchline": {
+					"destination": ["obj-66", 0],
+					"source": ["obj-65", 1]
+				}
+			},
+			{
+				"patchline": {
+					"destination": ["obj-7", 0],
+					"source": ["obj-66", 0]
 				}
 			}
 		],

@@ -1,17 +1,14 @@
-"""Bar arithmetic: exact lengths, bar lines that do not move with chunking, and clear errors."""
+"""Bar arithmetic: exact lengths, bar starts as a pure function of the bar index, and clear errors."""
 
 import math
-import random
 from decimal import Decimal
 from fractions import Fraction
 
 import pytest
 
 from engine.bars import (
-    BarClock,
     Tempo,
     format_bpm,
-    frames_for_samples,
     parse_time_signature,
     tempo_text,
 )
@@ -48,7 +45,7 @@ def test_123_456_bpm_in_5_4_is_exact():
 
 
 def test_n_bars_are_exactly_n_bars_long():
-    for bpm, num, den in [("120", 4, 4), ("97", 7, 8), ("174.5", 3, 4), ("60", 6, 8), ("999", 32, 32), ("1", 1, 1)]:
+    for bpm, num, den in [("120", 4, 4), ("97", 7, 8), ("174.5", 3, 4), ("60", 6, 8), ("999", 32, 32), ("20", 1, 1)]:
         tempo = Tempo(bpm, num, den)
         for n in range(1, 17):
             samples = tempo.bars_to_samples(n, SR)
@@ -64,16 +61,6 @@ def test_beats_and_samples_round_trip():
     assert tempo.samples_to_beats(tempo.beats_to_samples(97, SR), SR) == 97  # 97 beats = 60 s, an integer
     assert tempo.samples_to_beats(SR * 60, SR) == 97
     assert tempo.beats_to_samples("3.5", SR) == tempo.bars_to_samples(1, SR)
-
-
-def test_frames_for_samples_is_ceil_of_hops():
-    assert frames_for_samples(0) == 0
-    assert frames_for_samples(1) == 1
-    assert frames_for_samples(640) == 1
-    assert frames_for_samples(641) == 2
-    assert frames_for_samples(32000) == 50
-    n = Tempo("97", 7, 8).bars_to_samples(3, SR)
-    assert (frames_for_samples(n) - 1) * 640 < n <= frames_for_samples(n) * 640
 
 
 def test_next_bar_beat():
@@ -95,7 +82,8 @@ def test_parse_time_signature():
 
 
 @pytest.mark.parametrize(
-    "bpm", [0, -120, "0", "nan", float("nan"), float("inf"), "inf", 1000, "1200", "fast", "", True, None, 0.5]
+    "bpm", [0, -120, "0", "nan", float("nan"), float("inf"), "inf", 1000, "999.001", "1200", "fast", "", True, None,
+            0.5, 1, "19.999"]
 )
 def test_bad_tempo_is_a_user_error(bpm):
     with pytest.raises(UserError, match="bpm|tempo"):
@@ -108,11 +96,9 @@ def test_bad_signature_is_a_user_error(num, den):
         Tempo(120, num, den)
 
 
-def test_bad_sample_rate_and_chunk_size():
+def test_bad_sample_rate():
     with pytest.raises(UserError):
         Tempo(120).samples_per_bar(0)
-    with pytest.raises(UserError):
-        BarClock(Tempo(120), SR).advance(-1)
 
 
 def test_tempo_text():
@@ -127,48 +113,20 @@ def test_tempo_text():
     assert format_bpm(Fraction(1, 3)) == "0.333"
 
 
-def _bar_lines_by_chunks(clock_args, sizes):
-    clock = BarClock(*clock_args)
-    lines, start = [], 0
-    for n in sizes:
-        pos = clock.advance(n)
-        assert pos.start_sample == start and pos.num_samples == n
-        assert pos.start_beat == clock_args[2] + clock_args[0].samples_to_beats(start, clock_args[1])
-        for bar, offset in pos.bar_lines:
-            assert 0 <= offset < n
-            lines.append((bar, start + offset))
-        start += n
-    return lines
+@pytest.mark.parametrize("bpm, ok", [(19.99, False), (20, True), (999, True), (999.01, False)])
+def test_one_set_of_tempo_limits(bpm, ok):
+    # The bar arithmetic (CLI, /transport), the OSC table and the note-list melody path accept the same tempi.
+    from bridge import protocol
+    from bridge.midi_chroma import Note, chroma_from_notes
+    from engine.errors import BadMidi
 
-
-def test_chunking_never_shifts_bar_starts():
-    rng = random.Random(1234)
-    for tempo, start_beat in [(Tempo("97", 7, 8), 0), (Tempo("123.456", 5, 4), 0), (Tempo("133.7", 4, 4), 6)]:
-        total = tempo.bars_to_samples(12, SR) + 777
-        reference = _bar_lines_by_chunks((tempo, SR, start_beat), [total])
-        first_bar = int(tempo.next_bar_beat(start_beat) / tempo.beats_per_bar)
-        # One chunk: every bar line, in order, at the exact pure-function position.
-        assert [bar for bar, _ in reference] == list(range(first_bar, first_bar + len(reference)))
-        for bar, sample in reference:
-            exact_position = (bar * tempo.beats_per_bar - start_beat) * tempo.samples_per_beat(SR)
-            assert abs(sample - exact_position) <= Fraction(1, 2)
-        assert len(reference) >= 12
-        for trial in range(20):
-            sizes, left = [], total
-            while left:
-                n = min(left, rng.choice([0, 1, 7, 640, 1024, rng.randrange(1, 40000)]))
-                sizes.append(n)
-                left -= n
-            assert _bar_lines_by_chunks((tempo, SR, start_beat), sizes) == reference
-
-
-def test_clock_started_mid_bar():
-    tempo = Tempo(120)  # 4/4, half a second per beat: 16000 samples
-    clock = BarClock(tempo, SR, start_beat=3)  # one beat before bar 1
-    assert clock.samples_to_next_bar() == 16000
-    pos = clock.advance(16000)
-    assert pos.bar_lines == ()
-    assert clock.samples_to_next_bar() == 0
-    pos = clock.advance(1)
-    assert pos.bar_lines == ((1, 0),)
-    assert pos.start_beat == 4
+    outcomes = []
+    checks = ((lambda: Tempo(bpm), UserError), (lambda: protocol.validate("/tempo", [bpm]), protocol.ProtocolError),
+              (lambda: chroma_from_notes([Note(60, 0, 1)], bpm), BadMidi))
+    for check, error in checks:
+        try:
+            check()
+            outcomes.append(True)
+        except error:
+            outcomes.append(False)
+    assert outcomes == [ok, ok, ok]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from bridge.bench import format_table, run_row
+import torch
+
+from bridge.bench import format_table, read_bandwidth_gbs, run_row, step_bytes
+from engine.checkpoint import load_model
 
 
 def test_bench_rows_on_a_tiny_checkpoint(tiny_mono):
@@ -12,5 +15,28 @@ def test_bench_rows_on_a_tiny_checkpoint(tiny_mono):
     assert ours["steps"] == 30 and ours["steps_per_s"] > 0 and theirs["steps_per_s"] > 0
     assert 0 < ours["ttfa_s"] < 120 and ours["peak_rss_mb"] > ours["rss_base_mb"] > 0
     assert ours["lm_mb"] > 0
-    table = format_table(results)
-    assert "| ours-int8 |" in table and "| hf-fp32 |" in table and "real-time factor" in table
+    assert ours["dtype"] == "int8" and ours["step_mb"] > 0
+    results["bandwidth"] = {"gb_s": 2 * ours["step_mb"] * ours["steps_per_s"] / 1e3}  # so the row reads 50%
+    table = format_table(results, auto="int8")
+    assert "| ours-int8 (= auto) |" in table and "| hf-fp32 |" in table and "real-time factor" in table
+    assert "| 50% |" in table and "read bandwidth" in table
+
+
+def test_step_bytes_counts_the_weights_a_step_reads_and_the_filled_cache(tiny_mono):
+    lm = load_model(str(tiny_mono[0]), device="cpu", dtype="int8").lm
+    lm.setup_caches(2, 40)
+    lm.set_condition(torch.zeros(2, 5, lm.cfg.dim))
+    cfg = lm.cfg
+    # int8: per layer wqkv, wo, cross wq, cross wo, fc1, fc2 (cross wkv runs once per generation), one byte per
+    # weight and a bf16 scale per output row; the heads; K and V at 10 positions; the cross keys and values (fp32).
+    D, F, L = cfg.dim, cfg.ffn_dim, cfg.n_layers
+    rows = 3 * D + D + D + D + F + D
+    weights = L * (D * (3 * D + D + D + D + F) + F * D + 2 * rows) + cfg.n_codebooks * cfg.card * (D + 2)
+    kv = L * 2 * 2 * 10 * D * 4
+    cross = L * 2 * 2 * 5 * D * 4
+    assert step_bytes(lm, batch=2, context=10) == weights + kv + cross
+    assert step_bytes(lm, batch=2, context=20) - step_bytes(lm, batch=2, context=10) == kv
+
+
+def test_read_bandwidth_is_a_plausible_rate():
+    assert 0.1 < read_bandwidth_gbs(mb=64, repeats=2) < 10_000

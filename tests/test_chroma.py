@@ -14,7 +14,6 @@ from engine.chroma import (
     chroma_frames_for_seconds,
     chroma_from_audio,
     chroma_window,
-    fit_chroma,
     one_hot,
 )
 from engine.errors import BadAudio, UserError
@@ -118,18 +117,19 @@ def test_bad_audio():
         chroma_from_audio(np.full(1000, np.nan), CHROMA_SR)
 
 
-def test_fit_chroma_tiles_short_and_truncates_long():
+def test_first_window_tiles_short_and_truncates_long():
+    # Meta's fit_chroma: the window from frame 0 tiles a short melody and truncates a long one.
     short = one_hot(np.array([0, 4, 7, 11, 2, 5, 9]))
-    tiled = fit_chroma(short, 235)
+    tiled = chroma_window(short, 0, 235)
     assert tiled.shape == (235, 12)
     np.testing.assert_array_equal(tiled.argmax(1), [(0, 4, 7, 11, 2, 5, 9)[i % 7] for i in range(235)])
     long = one_hot(np.arange(300) % 12)
-    np.testing.assert_array_equal(fit_chroma(long, 235), long[:235])
-    np.testing.assert_array_equal(fit_chroma(long[:235], 235), long[:235])
-    with pytest.raises(UserError):
-        fit_chroma(np.zeros((0, 12)), 235)
-    with pytest.raises(UserError):
-        fit_chroma(np.zeros((5, 7)), 235)
+    np.testing.assert_array_equal(chroma_window(long, 0, 235), long[:235])
+    np.testing.assert_array_equal(chroma_window(long[:235], 0, 235), long[:235])
+    with pytest.raises(UserError, match="empty"):
+        chroma_window(np.zeros((0, 12)), 0, 235)
+    with pytest.raises(UserError, match="shape"):
+        chroma_window(np.zeros((5, 7)), 0, 235)
 
 
 def test_chroma_window_slides_and_wraps():
@@ -139,7 +139,7 @@ def test_chroma_window_slides_and_wraps():
     np.testing.assert_array_equal(chroma_window(melody, 23, 3).argmax(1), [3, 4, 5])
     np.testing.assert_array_equal(chroma_window(melody, -1, 2).argmax(1), [9, 0])
     # a window longer than the melody from frame 0 is the tiled melody
-    np.testing.assert_array_equal(chroma_window(melody, 0, 235), fit_chroma(melody, 235))
+    np.testing.assert_array_equal(chroma_window(melody, 0, 235), np.tile(melody, (24, 1))[:235])
     # sliding the window by k frames equals taking the next k frames of the endless loop
-    loop = fit_chroma(melody, 400)
+    loop = np.tile(melody, (40, 1))
     np.testing.assert_array_equal(chroma_window(melody, 141, 235), loop[141:376])

@@ -103,7 +103,7 @@ def test_failed_write_keeps_the_old_file(tmp_path):
     target = tmp_path / "keep.wav"
     write_wav_atomic(target, np.full(100, 0.5), 8000)
     before = target.read_bytes()
-    with pytest.raises(Exception):
+    with pytest.raises(sf.LibsndfileError):
         write_wav_atomic(target, np.full(100, 0.5), 0)  # libsndfile rejects a zero sample rate
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["keep.wav"]

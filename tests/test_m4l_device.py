@@ -20,7 +20,8 @@ AMXD = DEVICE / "MusicGenBridge.amxd"
 NEWOBJ_IO = {
     "live.thisdevice": (1, 3), "udpreceive": (1, 1), "udpsend": (1, 0), "metro": (2, 1), "js": None,
     "route": None, "prepend": (1, 1), "buffer~": (1, 2), "sig~": (1, 1), "groove~": None, "record~": None,
-    "plugin~": (2, 2), "plugout~": (2, 2), "opendialog": (1, 2), "conformpath": (1, 2),
+    "plugin~": (2, 2), "plugout~": (2, 2), "opendialog": (1, 2), "conformpath": (1, 2), "dspstate~": (1, 4),
+    "pattr": (1, 3),
 }
 UI_IO = {
     "message": (2, 1), "comment": (1, 0), "textedit": (1, 4), "live.menu": (1, 3), "live.text": (1, 2),
@@ -63,6 +64,7 @@ def test_amxd_header_is_an_audio_effect():
     assert data[12:16] == b"meta" and struct.unpack("<II", data[16:24]) == (4, 1)
     assert data[24:28] == b"ptch"
     assert struct.unpack("<I", data[28:32]) == (len(data) - 32,)
+    assert data.endswith(b"}\n\0"), "the patcher JSON ends with the NUL Max writes, counted in the length"
 
 
 def test_amxd_holds_the_maxpat_json():
@@ -85,6 +87,9 @@ def test_parse_rejects_damaged_files():
         build.parse_amxd(b"xmpf" + data[4:])
     with pytest.raises(ValueError):
         build.parse_amxd(data[:-1])
+    with pytest.raises(ValueError, match="NUL"):
+        body = data[32:-1]
+        build.parse_amxd(data[:28] + struct.pack("<I", len(body)) + body)
     with pytest.raises(ValueError):
         build.build_amxd("{not json")
 
@@ -155,11 +160,13 @@ def test_javascript_files_exist(boxes):
 
 
 def test_patch_commands_of_the_js_all_have_a_route(boxes):
-    """Every name bridge_core.js sends to the patch reaches an object through the route under the js."""
+    """Every name mgb_bridge_core.js and the wrapper send to the patch reaches an object through the route under the js."""
     (route,) = [b for b in objects(boxes, "route") if "engine" in b["text"].split()]
     routed = set(route["text"].split()[1:])
-    core = (DEVICE / "bridge_core.js").read_text(encoding="utf-8")
+    core = (DEVICE / "mgb_bridge_core.js").read_text(encoding="utf-8")
+    wrapper = (DEVICE / "musicgen_bridge.js").read_text(encoding="utf-8")
     used = set(re.findall(r'ui\("(\w+)"(?! \+)', core)) | {"status", "error"}
+    used |= set(re.findall(r'out\("(\w+)"', wrapper))
     for prefix in re.findall(r'ui\("(\w+)" \+ ', core):  # "buf" + slot and the like: two players
         used |= {prefix + "0", prefix + "1"}
     assert used and used <= routed, used - routed
@@ -191,11 +198,13 @@ def test_param_boxes_name_real_settings(boxes):
 
 def test_the_controls_are_there(boxes):
     texts = sorted(b["text"] for b in of_class(boxes, "live.text"))
-    assert texts == ["Continue", "Generate", "Jam", "Stop"]
+    assert texts == ["Continue", "Generate", "Jam", "Rec/Open", "Stop"]
     menus = {b["varname"]: b["saved_attribute_attributes"]["valueof"]["parameter_enum"]
              for b in of_class(boxes, "live.menu")}
     assert menus["Bars"] == ["1", "2", "4", "8", "16"]
-    assert len(menus["Melody"]) == 4 and menus["Preset"]
+    assert menus["Melody"][:4] == ["none", "selected MIDI clip", "hum", "audio file"]  # saved sets keep their index
+    assert menus["Melody"][4] == "hum (bridge mic)" and menus["Preset"]
+    assert menus["Takes"] == ["1 take", "2 takes", "3 takes", "4 takes"]
     assert len(of_class(boxes, "textedit")) == 1 and len(of_class(boxes, "waveform~")) == 1
     assert len(of_class(boxes, "live.numbox")) == 3
 
@@ -287,3 +296,70 @@ def test_build_puts_a_new_preset_into_the_menu(tmp_path):
     assert build.main(argv) == 0
     assert source.read_text(encoding="utf-8") == original
     assert out.read_bytes() == AMXD.read_bytes()
+
+
+# --- what real Live and Max do (issue 14) ---
+
+def test_buttons_are_hidden_parameters_so_a_set_reopens_with_nothing_running(boxes):
+    # parameter_invisible 2 = Hidden: neither stored with the set nor automated (Jam does not reopen lit).
+    for box in of_class(boxes, "live.text"):
+        assert box["saved_attribute_attributes"]["valueof"]["parameter_invisible"] == 2, box["text"]
+
+
+def test_prompt_is_stored_with_the_set(patcher, boxes):
+    (store,) = objects(boxes, "pattr")
+    values = store["saved_attribute_attributes"]["valueof"]
+    assert store["saved_object_attributes"]["parameter_enable"] == 1
+    assert values["parameter_type"] == 3 and values["parameter_invisible"] == 1  # blob, stored only
+    (js,) = objects(boxes, "js")
+    cords = {(l["patchline"]["source"][0], l["patchline"]["destination"][0]) for l in patcher["lines"]}
+    (restore,) = [b for b in objects(boxes, "prepend") if b["text"] == "prepend storedprompt"]
+    assert (store["id"], restore["id"]) in cords and (restore["id"], js["id"]) in cords
+
+
+def test_top_k_is_a_float_parameter_shown_as_an_integer(boxes):
+    # Live's Int parameters stop at 255; the bridge accepts up to 2048 (the js rounds).
+    (top_k,) = [b for b in of_class(boxes, "live.numbox") if b["varname"] == "Top K"]
+    values = top_k["saved_attribute_attributes"]["valueof"]
+    assert values["parameter_type"] == 0 and values["parameter_unitstyle"] == 0 and values["parameter_mmax"] > 255
+
+
+def test_audio_file_paths_are_slash_style(boxes):
+    # `native` gives HFS colon paths on macOS, which Python cannot open.
+    (conform,) = objects(boxes, "conformpath")
+    assert conform["text"].split()[1:] == ["slash", "boot"]
+
+
+def test_buffers_are_not_preallocated_at_a_minute(boxes):
+    for box in objects(boxes, "buffer~"):
+        words = box["text"].split()
+        assert len(words) == 2 or float(words[2]) <= 1000, box["text"]
+
+
+def test_sample_rate_reaches_the_js(patcher, boxes):
+    (dsp,) = objects(boxes, "dspstate~")
+    (prep,) = [b for b in objects(boxes, "prepend") if b["text"] == "prepend samplerate"]
+    cords = {(l["patchline"]["source"][0], l["patchline"]["source"][1], l["patchline"]["destination"][0])
+             for l in patcher["lines"]}
+    assert (dsp["id"], 1, prep["id"]) in cords  # outlet 1: the sampling rate
+
+
+def test_scripts_are_uniquely_named_dependencies_with_the_protocol_built_in(patcher):
+    build = load_build_script()
+    listed = [d["name"] for d in patcher["dependency_cache"]]
+    assert listed == build.script_dependencies({"patcher": patcher})
+    assert "protocol.json" not in listed and "mgb_protocol_data.js" in listed
+    assert all(n == "musicgen_bridge.js" or n.startswith("mgb_") for n in listed)
+    wrapper = (DEVICE / "musicgen_bridge.js").read_text(encoding="utf-8")
+    assert "new File(" not in wrapper, "nothing is read through the search path at init"
+    module = (DEVICE / "mgb_protocol_data.js").read_text(encoding="utf-8")
+    assert module == build.protocol_module((DEVICE / "protocol.json").read_text(encoding="utf-8"))
+    assert module.isascii()
+
+
+def test_int_parameters_stay_in_lives_int_range(boxes):
+    # Live's Int parameters (parameter_type 1) are limited to 0..255: a wider range must be a Float parameter.
+    for box in boxes.values():
+        values = box.get("saved_attribute_attributes", {}).get("valueof", {})
+        if box.get("parameter_enable") and values.get("parameter_type") == 1:
+            assert 0 <= values.get("parameter_mmin", 0) <= values.get("parameter_mmax", 127) <= 255, box["id"]

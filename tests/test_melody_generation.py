@@ -70,7 +70,7 @@ def test_text_model_refuses_a_melody(mono_model):
         open_stream(mono_model, "x", GREEDY, frames=10, melody=_melody())
 
 
-def test_generate_follows_a_midi_file(tmp_path, tiny_melody, capsys):
+def test_generate_follows_a_midi_file(tmp_path, tiny_melody, melody_model, capsys):
     mid = mido.MidiFile(ticks_per_beat=480)
     track = mido.MidiTrack()
     mid.tracks.append(track)
@@ -83,6 +83,13 @@ def test_generate_follows_a_midi_file(tmp_path, tiny_melody, capsys):
     assert main(["chroma", str(tmp_path / "line.mid"), "--out", str(chroma_out)]) == 0
     c = np.load(chroma_out)
     assert c.shape[1] == 12 and set(c.argmax(1)) >= {0, 4, 7}
-    assert main(["generate", "piano", "--model", str(tiny_melody[0]), "--seconds", "0.4", "--melody",
-                 str(tmp_path / "line.mid"), "--out", str(out), "--seed", "1"]) == 0
-    assert out.exists()
+    base = ["generate", "piano", "--model", str(tiny_melody[0]), "--seconds", "0.4", "--seed", "1", "--greedy"]
+    assert main(base + ["--melody", str(tmp_path / "line.mid"), "--out", str(out),
+                        "--codes-out", str(tmp_path / "m.npy")]) == 0
+    assert main(base + ["--out", str(tmp_path / "plain.wav"), "--codes-out", str(tmp_path / "plain.npy")]) == 0
+    with_midi, without = np.load(tmp_path / "m.npy"), np.load(tmp_path / "plain.npy")
+    assert with_midi.shape == without.shape == (4, 20)
+    assert not np.array_equal(with_midi, without)  # the melody changed the music...
+    # ...and it is the MIDI file's chroma (as `chroma` printed it) that the model followed.
+    followed = open_stream(melody_model, "piano", GREEDY, frames=20, melody=c).run()
+    np.testing.assert_array_equal(with_midi, followed.numpy())

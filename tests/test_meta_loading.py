@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from engine.checkpoint import load_model
+from engine.errors import ModelNotFound
 from engine.generate import open_stream
 from engine.sampling import SamplingSettings
 from engine.tiny import tiny_tokenizer
@@ -77,11 +78,15 @@ def test_meta_export_without_its_t5_says_so(tmp_path, monkeypatch, tiny_mono):
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
     sd = {k: v for k, v in ref.state_dict().items() if k.startswith(("decoder.", "enc_to_dec_proj."))}
     write_meta_checkpoint(tmp_path / "meta", sd, ref.config.decoder, text_encoder_name="test-org/tiny-t5")
-    with pytest.raises(Exception, match="test-org/tiny-t5"):
+    with pytest.raises(ModelNotFound, match="test-org/tiny-t5"):
         load_model(str(tmp_path / "meta"), device="cpu")
 
 
-def test_meta_melody_export_gives_the_same_tokens(tmp_path, monkeypatch, tiny_melody):
+@pytest.mark.parametrize("segment_seconds,chroma_frames", [(30, 235), (10, 79)])
+def test_meta_melody_export_gives_the_same_tokens(segment_seconds, chroma_frames, tmp_path, monkeypatch, tiny_melody):
+    """The chroma length comes from the export's segment duration: a centred STFT with hop 4096 at 32 kHz gives
+    floor(32000 x seconds / 4096) + 1 frames (235 for Meta's 30 s, 79 for 10 s). The 10 s case is the one that
+    catches a loader falling back to the default of 235."""
     import huggingface_hub.constants as hc
     import numpy as np
 
@@ -93,11 +98,15 @@ def test_meta_melody_export_gives_the_same_tokens(tmp_path, monkeypatch, tiny_me
     sd = {k: v for k, v in ref.state_dict().items() if k.startswith(("decoder.", "enc_to_dec_proj.", "audio_enc_to_dec_proj."))}
     write_meta_checkpoint(tmp_path / "meta", sd, ref.config.decoder, text_encoder_name="test-org/tiny-t5",
                           encodec_state=ref.audio_encoder.state_dict(), encodec_config=ref.config.audio_encoder,
-                          pretrained_name=None)
+                          pretrained_name=None, segment_duration=segment_seconds)
     meta = load_model(str(tmp_path / "meta"), device="cpu")
-    assert meta.melody is not None and meta.melody.chroma_frames == 235
+    assert meta.melody is not None and meta.melody.chroma_frames == chroma_frames
     chroma = np.eye(12, dtype=np.float32)[np.random.default_rng(0).integers(0, 12, 60)]
     greedy = SamplingSettings(greedy=True)
     ours = open_stream(meta, "jazz piano", greedy, frames=60, melody=chroma).run()
-    expected = open_stream(_fp16_rounded_model(ref, tmp_path / "rounded"), "jazz piano", greedy, frames=60, melody=chroma).run()
+    # The same model in Hugging Face format, told the same chroma length in its config.
+    same = copy.deepcopy(ref)
+    same.config.chroma_length = chroma_frames
+    expected = open_stream(_fp16_rounded_model(same, tmp_path / "rounded"), "jazz piano", greedy, frames=60,
+                           melody=chroma).run()
     assert torch.equal(ours, expected)

@@ -32,10 +32,10 @@ def free_udp_port() -> int:
 class Listener:
     """Receives everything the bridge sends to the reply port; keeps (time, address, args) in order."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, host: str = "127.0.0.1"):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        self.sock.bind(("127.0.0.1", port))
+        self.sock.bind((host, port))
         self.sock.settimeout(0.2)
         self.messages: list[tuple[float, str, list]] = []
         self.cond = threading.Condition()

@@ -14,7 +14,8 @@ from engine.errors import UserError
 from engine.generate import open_stream
 from engine.lm import attend
 from engine.steps import traced_step
-from engine.quantize import Int8Linear, PackedLinear, onednn_available, plan_precision, prepare_for_cpu
+from engine.devices import CPU_AUTO, auto_dtype, resolve_dtype
+from engine.quantize import Int4Linear, Int8Linear, PackedLinear, int4_supported, onednn_available, plan_precision, prepare_for_cpu
 from engine.sampling import SamplingSettings
 from engine.tiny import tiny_config, tiny_reference_model
 
@@ -94,11 +95,33 @@ def test_precision_plans():
     if onednn_available():
         assert plan_precision(CPU, torch.float32).weights == "float32"
     assert plan_precision(torch.device("cuda"), torch.float16).weights is None  # GPUs: the dtype throughout
-    with pytest.raises(UserError):
-        plan_precision(torch.device("cuda"), torch.int8)
+    for narrow in (torch.int8, torch.int4):
+        with pytest.raises(UserError, match="is for CPUs"):
+            plan_precision(torch.device("cuda"), narrow)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+def test_int4_without_the_kernel_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr("engine.quantize.int4_supported", lambda: False)
+    with pytest.raises(UserError, match="int4 needs torch's CPU int4 kernel"):
+        plan_precision(CPU, torch.int4)
+
+
+def test_auto_dtype_per_device(monkeypatch):
+    assert resolve_dtype("auto", CPU) == getattr(torch, CPU_AUTO) == auto_dtype(CPU)[0]
+    assert resolve_dtype("AUTO") == getattr(torch, CPU_AUTO)  # no device: the CPU's choice
+    assert auto_dtype(torch.device("mps"))[0] == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert auto_dtype(torch.device("cuda"))[0] == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert auto_dtype(torch.device("cuda"))[0] == torch.float16
+    assert resolve_dtype("int4") == torch.int4 and resolve_dtype("bf16") == torch.bfloat16
+    with pytest.raises(UserError, match="unknown dtype 'float7'"):
+        resolve_dtype("float7")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8",
+                                   pytest.param("int4", marks=pytest.mark.skipif(not int4_supported(), reason="no int4 kernel")),
+                                   "auto"])
 def test_every_dtype_loads_and_generates(tiny_mono, dtype):
     model = load_model(str(tiny_mono[0]), device="cpu", dtype=dtype)
     codes = open_stream(model, "techno drums", GREEDY, frames=15).run()
@@ -109,8 +132,12 @@ def test_every_dtype_loads_and_generates(tiny_mono, dtype):
     if dtype != "float32":
         assert wide == [], wide
     kinds = {type(m).__name__ for m in model.lm.modules()}
-    if dtype == "int8":
+    if dtype == "auto":
+        assert model.lm.dtype == auto_dtype(CPU)[0]
+    elif dtype == "int8":
         assert "Int8Linear" in kinds and "Linear" not in kinds
+    elif dtype == "int4":
+        assert "Int4Linear" in kinds and isinstance(model.lm.heads, Int8Linear) and "Linear" not in kinds
     elif plan_precision(CPU, getattr(torch, dtype)).weights is not None:  # oneDNN here (and native bf16 for bf16)
         assert "PackedLinear" in kinds and "Linear" not in kinds
 
@@ -143,7 +170,7 @@ def test_prepare_for_cpu_swaps_in_place():
     prepare_for_cpu(lm, "int8")
     assert sum(isinstance(m, Int8Linear) for m in lm.modules()) == before
     with pytest.raises(ValueError):
-        prepare_for_cpu(lm, "int4")
+        prepare_for_cpu(lm, "int3")
 
 
 def test_bench_command_parses_and_rejects_unknown_rows(capsys):
@@ -223,7 +250,8 @@ def _prepared_lm(weights, melody=False):
 
 @pytest.mark.parametrize("weights,melody", [(None, False), (None, True),
                                             pytest.param("bfloat16", False, marks=needs_onednn),
-                                            pytest.param("float32", False, marks=needs_onednn), ("int8", False)])
+                                            pytest.param("float32", False, marks=needs_onednn), ("int8", False),
+                                            pytest.param("int4", False, marks=pytest.mark.skipif(not int4_supported(), reason="no int4 kernel"))])
 def test_traced_step_equals_eager_step(weights, melody):
     """The traced step computes exactly the eager step's logits, at every cache length, for two generations of
     other lengths and prompts (one trace serves them all), with the caches it writes equal too."""

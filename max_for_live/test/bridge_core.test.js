@@ -3,7 +3,8 @@
 const test = require("node:test");
 const assert = require("node:assert/strict");
 const { makeDevice, PROTOCOL_JSON } = require("../test_support/harness.js");
-const { Protocol } = require("../protocol_table.js");
+const { Protocol } = require("../mgb_protocol.js");
+const core = require("../mgb_bridge_core.js");
 
 function started(liveOptions) {
   const d = makeDevice(liveOptions);
@@ -21,7 +22,9 @@ test("start pings the bridge and reports tempo and transport", () => {
   d.live.song.signature_numerator = 7;
   d.live.song.signature_denominator = 8;
   d.bridge.start();
-  assert.deepEqual(d.osc().map((m) => m[0]), ["/ping", "/status", "/tempo", "/transport"]);
+  // Live 12 (the fake's default) also has the song's scale: Scale Mode off sends an empty key (the preset's).
+  assert.deepEqual(d.osc().map((m) => m[0]), ["/ping", "/status", "/tempo", "/transport", "/set"]);
+  assert.deepEqual(d.osc("/set")[0], ["/set", "key", ""]);
   assert.deepEqual(d.osc("/tempo")[0], ["/tempo", 98.5, 7, 8]);
   assert.deepEqual(d.osc("/transport")[0], ["/transport", 0, 98.5, 7, 8, 0]);
 });
@@ -110,20 +113,29 @@ test("no MIDI clip selected: an error is shown and nothing is generated", () => 
   assert.equal(d.osc("/generate").length, 0);
 });
 
-test("melody menu: none clears, hum records on the bridge, a file is sent as /melody/audio", () => {
+test("the Melody menu only chooses; Rec/Open opens the file dialog or drives the bridge's microphone", () => {
   const d = started();
   d.clear();
-  d.bridge.setMelody(2);
-  assert.deepEqual(d.osc(), [["/melody/record/start"]]);
-  d.bridge.generate();
-  assert.deepEqual(d.osc().map((m) => m[0]), ["/melody/record/start", "/melody/record/stop", "/generate"]);
-  d.clear();
+  // Restoring a stored choice (a set, a device preset) goes through setMelody: nothing starts.
   d.bridge.setMelody(3);
+  d.bridge.setMelody(4);
+  d.bridge.setMelody(2);
+  assert.equal(d.osc().length, 0);
+  assert.equal(d.ui("pickfile").length, 0);
+  d.bridge.setMelody(3);
+  d.bridge.capture();
   assert.equal(d.ui("pickfile").length, 1);
   d.bridge.setMelodyFile("C:\\Users\\me\\hum.wav");
   assert.deepEqual(d.osc("/melody/audio"), [["/melody/audio", "C:/Users/me/hum.wav", 0]]);
+  d.clear();
+  d.bridge.setMelody(4); // hum (bridge mic): the alternative for a microphone Live does not use
+  d.bridge.capture();
+  d.bridge.generate();
+  assert.deepEqual(d.osc().map((m) => m[0]), ["/melody/record/start", "/melody/record/stop", "/generate"]);
   d.bridge.setMelody(0);
   assert.deepEqual(d.osc("/melody/clear"), [["/melody/clear"]]);
+  d.bridge.capture();
+  assert.match(d.ui("error").at(-1)[0], /choose a melody source/);
 });
 
 test("/done loads the buffer, plays from the next bar line and creates a clip on Live 12", () => {
@@ -209,8 +221,7 @@ test("a late chunk moves the stream to the next bar line", () => {
   d.tickAt(1);
   const req = d.bridge.generate();
   d.bridge.receive("/chunk", [req, 0, "/out/c0.wav", 0, 4]);
-  d.tickAt(4);
-  d.live.song.current_song_time = 9; // chunk 1 was due at 8
+  d.tickAt(9); // chunk 1 was due at 8
   d.clear();
   d.bridge.receive("/chunk", [req, 1, "/out/c1.wav", 4, 4]);
   d.tickAt(9.5);
@@ -305,15 +316,20 @@ test("Continue records the track on bar lines, writes a WAV and sends /continue"
   d.tickAt(2);
   d.bridge.setBars(1); // 2 bars
   d.clear();
+  d.bridge.setSampleRate(48000);
   const req = d.bridge.continueTrack();
-  assert.deepEqual(d.ui("recbuf"), [["size", 4000]], "2 bars of 4/4 at 120 bpm");
+  assert.deepEqual(d.ui("recbuf"), [["sizeinsamps", 192000], ["clear"]], "2 bars of 4/4 at 120 bpm at 48 kHz");
   d.tickAt(3.5);
   assert.equal(d.ui("rec").length, 0);
   d.tickAt(4);
   assert.deepEqual(d.ui("rec"), [[1]]);
   d.tickAt(12);
   const wav = `/rec/musicgen_bridge_rec_${req}.wav`;
-  assert.deepEqual(d.ui("rec"), [[1], [0]]);
+  // record~ stops by itself when the buffer is full: no `rec 0` that could cut the last samples.
+  assert.deepEqual(d.ui("rec"), [[1]]);
+  assert.equal(d.ui("recbuf").length, 2, "written only after record~ has had time to fill the buffer");
+  assert.deepEqual(d.waiting.map((w) => w[1]), [core.RECORD_TAIL_MS]);
+  d.waiting.splice(0).forEach(([fn]) => fn());
   assert.deepEqual(d.ui("recbuf").at(-1), ["writewave", wav]);
   assert.equal(d.osc("/continue").length, 0, "waits for the file to be written");
   d.runLater();
@@ -381,7 +397,7 @@ test("three missed heartbeats show 'engine lost'; the next one restores settings
   d.clear();
   d.bridge.receive("/heartbeat", [0]);
   assert.match(d.ui("engine")[0][0], /back/);
-  assert.deepEqual(d.osc("/set"), [["/set", "temperature", 0.8]]);
+  assert.deepEqual(d.osc("/set"), [["/set", "key", ""], ["/set", "temperature", 0.8]]);
 });
 
 test("a bridge that never answers is reported lost", () => {
@@ -399,7 +415,7 @@ test("a restarted bridge (heartbeat counting from 0 again) gets the settings aga
   d.bridge.receive("/heartbeat", [42]);
   assert.equal(d.osc("/set").length, 0);
   d.bridge.receive("/heartbeat", [0]);
-  assert.deepEqual(d.osc("/set"), [["/set", "top_k", 100]]);
+  assert.deepEqual(d.osc("/set"), [["/set", "key", ""], ["/set", "top_k", 100]]);
 });
 
 test("status, progress and ack reach the status lines", () => {
@@ -410,7 +426,12 @@ test("status, progress and ack reach the status lines", () => {
   d.bridge.receive("/progress", [req, 0.456]);
   assert.match(d.ui("status").at(-1)[0], /46%/);
   d.bridge.receive("/status", ["ready", "facebook/musicgen-small", 31.25, 0, 0.62, "int8", 2]);
-  assert.equal(d.ui("engine").at(-1)[0], "engine ready · facebook/musicgen-small · 31.3 steps/s · 0 queued · 2 underruns");
+  assert.equal(d.ui("engine").at(-1)[0], "engine ready · facebook/musicgen-small (int8) · 31.3 steps/s · 0.62x real time · " +
+    "0 queued · 2 underruns · WARNING slower than real time: jams start later");
+  d.bridge.receive("/status", ["busy", "facebook/musicgen-small", 80, 1, 1.9, "bfloat16", 0]);
+  assert.equal(d.ui("engine").at(-1)[0], "engine busy · facebook/musicgen-small (bfloat16) · 80.0 steps/s · 1.90x real time · 1 queued");
+  d.bridge.receive("/status", ["loading", "", 0, 0, 0, "", 0]); // 0: not measured yet, no warning
+  assert.equal(d.ui("engine").at(-1)[0], "engine loading · 0.0 steps/s · 0 queued");
   d.bridge.receive("/pong", [1, "0.1.0"]);
   assert.match(d.ui("engine").at(-1)[0], /0\.1\.0/);
 });

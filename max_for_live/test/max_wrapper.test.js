@@ -1,18 +1,21 @@
 "use strict";
 
 // Runs musicgen_bridge.js the way Max's js object would: as a script with Max's globals (outlet, post, LiveAPI,
-// Task, File, require, messagename, arrayfromargs), here all faked.
+// Task, require, messagename, arrayfromargs), here all faked. There is no File: the device reads nothing by name
+// (a frozen device or a copy in another folder has no protocol.json next to it).
 
 const test = require("node:test");
 const assert = require("node:assert/strict");
 const fs = require("node:fs");
 const path = require("node:path");
+const os = require("node:os");
 const vm = require("node:vm");
 const { FakeLive } = require("../test_support/fake_live.js");
 
 const DIR = path.join(__dirname, "..");
 
-function loadDevice(live) {
+// dir: the folder Max's require() searches (a frozen-like copy in one test).
+function loadDevice(live, dir = DIR) {
   const outlets = [];
   const tasks = [];
   const factory = live.factory();
@@ -24,7 +27,7 @@ function loadDevice(live) {
     post: () => {},
     outlet: (n, list) => outlets.push([n, ...list]),
     arrayfromargs: (args) => Array.prototype.slice.call(args),
-    require: (name) => require(path.join(DIR, `${name}.js`)),
+    require: (name) => require(path.join(dir, `${name}.js`)),
     LiveAPI: function (a, b) {
       return typeof a === "function" ? factory(b, a) : factory(a);
     },
@@ -34,21 +37,9 @@ function loadDevice(live) {
       this.repeat = () => tasks.push(this);
       this.cancel = () => {};
     },
-    File: function (name) {
-      this.isopen = true;
-      this.text = fs.readFileSync(path.join(DIR, name), "utf8");
-      this.position = 0;
-      this.eof = this.text.length;
-      this.readstring = (count) => {
-        const piece = this.text.slice(this.position, this.position + count);
-        this.position += piece.length;
-        return piece;
-      };
-      this.close = () => {};
-    },
   };
   vm.createContext(context);
-  vm.runInContext(fs.readFileSync(path.join(DIR, "musicgen_bridge.js"), "utf8"), context);
+  vm.runInContext(fs.readFileSync(path.join(dir, "musicgen_bridge.js"), "utf8"), context);
   // Max sets `messagename` before calling anything().
   const osc = (address, ...args) => {
     context.messagename = address;
@@ -65,7 +56,7 @@ test("the Max wrapper declares its inlets and outlets and starts on init", () =>
   assert.equal(outlets.length, 0, "nothing before live.thisdevice says Live is ready");
   context.init();
   const sent = outlets.filter((o) => o[0] === 0).map((o) => o[1]);
-  assert.deepEqual(sent, ["/ping", "/status", "/tempo", "/transport"]);
+  assert.deepEqual(sent, ["/ping", "/status", "/tempo", "/transport", "/set"]); // /set key: Live 12
 });
 
 test("UI messages become OSC on outlet 0, patch commands on outlet 1", () => {
@@ -118,7 +109,7 @@ test("parameter values restored while loading are applied once Live is ready, qu
   assert.equal(outlets.length, 0);
   context.init();
   const sent = outlets.filter((o) => o[0] === 0).map((o) => o.slice(1));
-  assert.deepEqual(sent.filter((m) => m[0] === "/set"), [["/set", "top_k", 100]]);
+  assert.deepEqual(sent.filter((m) => m[0] === "/set"), [["/set", "key", ""], ["/set", "top_k", 100]]);
   assert.equal(sent.filter((m) => m[0] === "/preset").length, 0);
   assert.equal(outlets.filter((o) => o[1] === "pickfile").length, 0);
   outlets.length = 0;
@@ -126,7 +117,63 @@ test("parameter values restored while loading are applied once Live is ready, qu
   // 16 bars were restored; the audio-file melody has no file yet, so generation is refused with a reason.
   assert.equal(outlets.filter((o) => o[1] === "/generate").length, 0);
   assert.ok(outlets.some((o) => o[1] === "error" && /audio file/.test(o[2])));
+  assert.equal(outlets.filter((o) => o[1] === "/melody/record/start").length, 0);
   context.melody(0);
   context.generate(1);
   assert.deepEqual(outlets.find((o) => o[1] === "/generate").slice(3), ["", 16]);
+});
+
+test("the prompt is stored with the set and restored; an empty prompt (a bare bang) is empty", () => {
+  const live = new FakeLive();
+  const { context, outlets } = loadDevice(live);
+  context.storedprompt("dusty", "tape", "loop"); // Live restores the pattr while the device loads
+  assert.deepEqual(outlets, [[1, "promptview", "set", "dusty tape loop"]], "shown in the textedit");
+  context.init();
+  outlets.length = 0;
+  context.generate(1);
+  assert.deepEqual(outlets.find((o) => o[1] === "/generate").slice(3), ["dusty tape loop", 4]);
+  context.prompt("bang"); // route text -> prepend prompt, for an empty textedit
+  assert.deepEqual(outlets.filter((o) => o[1] === "promptstore").at(-1), [1, "promptstore", "set", ""]);
+  context.generate(1);
+  assert.deepEqual(outlets.filter((o) => o[1] === "/generate").at(-1).slice(3), ["", 4]);
+});
+
+test("a Task is kept referenced until it fires", () => {
+  const live = new FakeLive();
+  const { context, tasks, osc } = loadDevice(live);
+  context.init();
+  osc("/heartbeat", 0);
+  live.setSong("is_playing", 1);
+  context.param("chunk_bars", 1);
+  context.melody(2);
+  context.samplerate(48000);
+  context.capture(1); // the hum: bar-line jobs, then Tasks for the record~ tail and the file's settling
+  for (let t = 0.5; t <= 20; t += 0.5) {
+    live.song.current_song_time = t;
+    context.beat();
+  }
+  const pending = tasks.filter((t) => t !== tasks[0]); // tasks[0]: the watchdog
+  assert.equal(pending.length, 1);
+  assert.equal(vm.runInContext("tasks.length", context), 1, "the wrapper holds the Task");
+  pending[0].fn();
+  assert.equal(vm.runInContext("tasks.length", context), 1, "the next one (write settle) is held in turn");
+  tasks.at(-1).fn();
+  assert.equal(vm.runInContext("tasks.length", context), 0, "released once fired");
+});
+
+test("frozen-like: the device works from a folder holding only the files its patch lists as dependencies", () => {
+  const patch = JSON.parse(fs.readFileSync(path.join(DIR, "MusicGenBridge.maxpat"), "utf8")).patcher;
+  const listed = patch.dependency_cache.map((d) => d.name);
+  assert.ok(!listed.includes("protocol.json"), "nothing is read through the search path");
+  const frozen = fs.mkdtempSync(path.join(os.tmpdir(), "mgb-frozen-"));
+  try {
+    for (const name of listed) fs.copyFileSync(path.join(DIR, name), path.join(frozen, name));
+    const live = new FakeLive();
+    const { context, outlets } = loadDevice(live, frozen);
+    context.init();
+    assert.deepEqual(outlets.filter((o) => o[0] === 0).map((o) => o[1]).slice(0, 2), ["/ping", "/status"]);
+    for (const name of listed) assert.match(name, /^(musicgen_bridge|mgb_\w+)\.js$/, "unique names only");
+  } finally {
+    fs.rmSync(frozen, { recursive: true, force: true });
+  }
 });

@@ -17,9 +17,12 @@ const os = require("node:os");
 const path = require("node:path");
 const { FakeLive } = require("../test_support/fake_live.js");
 const { startUdpDevice } = require("../test_support/udp_device.js");
+const { FakeMax, wavInfo } = require("../test_support/fake_max.js");
 
 const DEVICE_DIR = path.join(__dirname, "..");
 const SAMPLE_RATE = 32000; // MusicGen's (and random-tiny's) rate
+const LIVE_RATE = 48000; // Live's sample rate in the fake: the device's own recordings are at this rate
+const D4 = 293.66; // Hz: the hummed note
 const READY_MS = 90000; // importing torch and building the model on two busy cores
 const REQUEST_MS = 60000;
 
@@ -154,6 +157,8 @@ if (notFound) {
   let dev = null;
   let outDir = null;
   const live = new FakeLive({ major: 12 });
+  // The track's input while the device records it: someone humming a steady D.
+  const max = new FakeMax({ sampleRate: LIVE_RATE, input: (i) => 0.4 * Math.sin((2 * Math.PI * D4 * i) / LIVE_RATE) });
 
   // Resolves once check() returns something truthy (and returns it); fails after `ms`, or at once when the
   // bridge has exited, with the end of the bridge's log.
@@ -185,6 +190,17 @@ if (notFound) {
     });
   }
 
+  // Live plays on to song beat `to`: the metro ticks on every eighth on the way (a leap of several beats with no
+  // tick in between would be a jump of the playhead, which the device follows).
+  function walk(to) {
+    for (let t = Math.floor(live.song.current_song_time * 2 + 1e-9) / 2 + 0.5; t <= to + 1e-9; t += 0.5) {
+      live.song.current_song_time = t;
+      dev.bridge.beat();
+    }
+    live.song.current_song_time = to;
+    dev.bridge.beat();
+  }
+
   const reply = (address, req) => dev.received.find((m) => m.address === address && m.args[0] === req);
   const errorsShown = () => dev.patch.filter((p) => p[0] === "error");
 
@@ -199,10 +215,11 @@ if (notFound) {
     outDir = fs.mkdtempSync(path.join(os.tmpdir(), "mgb-real-"));
     const port = await freePort();
     // The device's socket first: its port is the bridge's --reply-port, and nothing the bridge sends is missed.
-    dev = await startUdpDevice({ port, replyPort: 0, live });
+    dev = await startUdpDevice({ port, replyPort: 0, live, max });
     server = startServer(bridgeExe, port, dev.replyPort, outDir);
     // What the device does when it loads: /ping, /status, /tempo, /transport (the bridge may not listen yet).
     dev.bridge.start();
+    dev.bridge.setSampleRate(LIVE_RATE); // what dspstate~ reports
     const ready = () => dev.received.find((m) => m.address === "/status" && m.args[0] === "ready");
     const noModel = () => dev.received.find((m) => m.address === "/error" && m.args[1] === "no_model");
     await waitFor(() => {
@@ -253,10 +270,15 @@ if (notFound) {
       assert.deepEqual(dev.patch.filter((p) => p[0] === "viewbuf"), [["viewbuf", "replace", wav]]);
       assert.deepEqual(live.calls.filter((c) => c[1] === "create_audio_clip"), [["id 100", "create_audio_clip", wav]]);
       assert.equal(live.slots[0].file, wav);
+      // random-tiny is mono, like musicgen-small/medium/large/melody: the file is stereo, so that buffer~ replace
+      // (which takes the file's channel count) feeds both of groove~ 2's outlets.
+      assert.equal(header.channels, 2);
+      assert.deepEqual(max.outputs(0), [true, true], "the result plays on both sides");
       assert.match(dev.patch.filter((p) => p[0] === "status").at(-1)[1], new RegExp(`^#${req} done: 2\\.00 bars.*slot 1`));
       // It loops from the next bar line of 7/8 (3.5 beats) while Live plays.
-      live.song.current_song_time = 3.5;
-      dev.bridge.beat();
+      walk(3);
+      assert.equal(dev.patch.filter((p) => p[0] === "play0").length, 0);
+      walk(3.5);
       assert.deepEqual(dev.patch.filter((p) => p[0] === "play0"), [["play0", "loop", 1], ["play0", "startloop"]]);
       assert.equal(errorsShown().length, 0, JSON.stringify(errorsShown()));
     });
@@ -321,11 +343,9 @@ if (notFound) {
       const before = plays();
       dev.bridge.beat(); // the metro's tick at 10.2
       assert.equal(plays(), before, "not before the song beat the bridge named");
-      live.song.current_song_time = songBeat - 0.5;
-      dev.bridge.beat();
+      walk(songBeat - 0.5);
       assert.equal(plays(), before, "not before the song beat the bridge named");
-      live.song.current_song_time = songBeat;
-      dev.bridge.beat();
+      walk(songBeat);
       assert.deepEqual(dev.patch.filter((p) => p[0] === "play0").slice(before), [["play0", "loop", 0], ["play0", "startloop"]]);
 
       dev.bridge.jam(false);
@@ -351,6 +371,40 @@ if (notFound) {
     await waitFor(() => errorsShown().length > errorsBefore, "/error for an unknown preset", 10000);
     assert.match(errorsShown().at(-1)[1], /^not_found: no preset named 'no-such-preset'/);
   });
+
+  // Issue 17: the hum comes in through the track (Live owns the audio interface), not the bridge's microphone.
+  test("Melody hum: the device records the track for exactly the bars, the bridge hears the melody",
+    { timeout: REQUEST_MS + 5000 }, async () => {
+      const errorsBefore = errorsShown().length;
+      // Still 97 bpm in 7/8, playing. Move to a bar line, then walk the metro ticks as Live plays.
+      live.setSong("current_song_time", 35);
+      dev.bridge.setMelody(2); // hum
+      dev.bridge.setBars(0); // 1 bar
+      const hum = dev.bridge.capture(); // the Rec/Open button
+      assert.ok(hum, "recording armed");
+      walk(38.5); // the next bar line of 7/8 after 35 is 38.5 (3.5 beats a bar)
+      assert.deepEqual(dev.patch.filter((p) => p[0] === "rec"), [["rec", 1]]);
+      walk(42); // one bar later: record~ is full
+      const audio = await waitFor(() => dev.sent.find((m) => m.address === "/melody/audio" && m.args[1] === 1),
+        "/melody/audio with hum=1", 5000);
+      const file = audio.args[0];
+      assert.deepEqual(max.written, [file]);
+      const info = wavInfo(file);
+      assert.equal(info.rate, LIVE_RATE);
+      assert.equal(info.frames, Math.round((1 * 60 * 7 * 4 * LIVE_RATE) / (97 * 8)), "exactly one bar of 7/8 at 97 bpm");
+      assert.equal(dev.patch.filter((p) => p[0] === "rec" && p[1] === 0).length, 0, "record~ stopped by itself");
+
+      await waitFor(() => dev.received.find((m) => m.address === "/ack" && m.args[1] === "/melody/audio"),
+        "/ack for /melody/audio");
+      const heard = await waitFor(() => dev.received.find((m) => m.address === "/melody"), "/melody");
+      assert.equal(heard.args[0], "/melody/audio");
+      assert.match(heard.args[1], /^D \d+ %/, `the bridge heard a D: ${heard.args[1]}`);
+      await waitFor(() => dev.patch.some((p) => p[0] === "status" && p[1] === `melody heard: ${heard.args[1]}`),
+        "the summary in the status line", 1000);
+      assert.equal(errorsShown().length, errorsBefore, JSON.stringify(errorsShown()));
+      fs.rmSync(file, { force: true });
+      dev.bridge.setMelody(0);
+    });
 });
 
 // A test process that ends without the after hook (an uncaught error, --test-timeout) must not leave the bridge

@@ -7,13 +7,14 @@
 "use strict";
 
 const dgram = require("node:dgram");
-const core = require("../bridge_core.js");
-const { Protocol } = require("../protocol_table.js");
+const core = require("../mgb_bridge_core.js");
+const { Protocol } = require("../mgb_protocol.js");
 const { FakeLive } = require("./fake_live.js");
 const { PROTOCOL_JSON } = require("./harness.js");
 const osc = require("./osc.js");
 
-function startUdpDevice({ host, port, replyPort, live } = {}) {
+// max: a FakeMax that also gets the patch commands (players, recorder), as the objects under the route would.
+function startUdpDevice({ host, port, replyPort, live, max } = {}) {
   const defaults = PROTOCOL_JSON.defaults;
   host = host || defaults.host;
   port = port || defaults.port;
@@ -29,6 +30,7 @@ function startUdpDevice({ host, port, replyPort, live } = {}) {
     out: (name, ...args) => {
       if (name.charAt(0) !== "/") {
         patch.push([name, ...args]);
+        if (max) max.command(name, ...args);
         return;
       }
       // Max decides int or float by the value; here the table decides, as the bridge expects.

@@ -1,5 +1,6 @@
-// The protocol table (protocol.json, written from bridge/protocol.py) as the device uses it: look up an address
-// and check a message's arguments against it before it is sent or handled. ES5, `exports.x` form, for Max's js.
+// The protocol table (bridge/protocol.py, built into the device as mgb_protocol_data.js) as the device uses it:
+// look up an address and check a message's arguments against it before it is sent or handled. ES5, `exports.x`
+// form, for Max's js.
 
 function Protocol(table) {
   this.table = table;

@@ -1,0 +1,96 @@
+"""The Jam on a model-free engine whose samples count up: chunks are contiguous in beats and audio, a tempo change
+and a lost engine reopen a stream that continues the tail, nothing delivered is lost or repeated, stop and cancel."""
+
+from __future__ import annotations
+
+import threading
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from bridge.jam import Jam, JamSettings
+from bridge.jam_pacing import Pacer
+from engine.bars import Tempo
+from engine.errors import Cancelled
+from engine.sampling import SamplingSettings
+from tests.fake_engines import CounterEngine
+
+SR = 1000
+FAST = Tempo(600, 4, 4)  # a bar is 0.4 s: 400 samples
+SETTINGS = JamSettings(SamplingSettings(seed=3), chunk_bars=1, context_seconds=1.0)
+
+
+def take(jam: Jam, n: int) -> list:
+    out = []
+    for chunk in jam:
+        out.append(chunk)
+        if len(out) == n:
+            jam.stop()
+    return out
+
+
+def test_chunks_are_contiguous_bars_and_stop_ends_the_iteration():
+    engine = CounterEngine(SR)
+    jam = Jam(engine, SETTINGS, FAST, "keys")
+    chunks = take(jam, 4)
+    assert [c.index for c in chunks] == [0, 1, 2, 3]
+    assert [c.start_beat for c in chunks] == [0, 4, 8, 12] and all(c.beats == 4 for c in chunks)
+    assert all(c.song_beat is None for c in chunks)  # no transport: no song beats
+    audio = np.concatenate([c.audio for c in chunks], axis=1)[0]
+    assert np.array_equal(audio, np.arange(1600))
+    assert len(engine.specs) == 1 and jam.bars == 4 and jam.realtime > 0
+
+
+def test_a_tempo_change_reopens_a_stream_that_continues_the_tail():
+    engine = CounterEngine(SR)
+    tempos = iter([FAST, FAST, Tempo(300, 4, 4)] + [Tempo(300, 4, 4)] * 10)
+    jam = Jam(engine, SETTINGS, FAST, "keys", follow=lambda: (next(tempos), "keys"))
+    chunks = take(jam, 5)
+    assert [c.tempo.bpm for c in chunks] == [600, 600, 600, 300, 300]
+    assert [c.start_beat for c in chunks] == [0, 4, 8, 12, 16]  # beats go on where they were
+    assert [c.audio.shape[1] for c in chunks] == [400, 400, 400, 800, 800]
+    assert len(engine.specs) == 2
+    prompt, rate = engine.specs[1].audio_prompt
+    assert rate == SR and np.array_equal(prompt[0], np.arange(200, 1200))  # the last second delivered
+    assert engine.specs[1].tempo == Tempo(300, 4, 4) and engine.specs[0].audio_prompt is None
+
+
+def test_an_engine_lost_mid_jam_resumes_from_the_tail_without_losing_or_repeating():
+    engine = CounterEngine(SR, lose_after=3)  # the first stream dies instead of making its 4th chunk
+    notes = []
+    jam = Jam(engine, SETTINGS, FAST, "keys", notify=lambda code, msg: notes.append((code, msg)))
+    chunks = take(jam, 6)
+    assert [c.index for c in chunks] == list(range(6))
+    assert [c.start_beat for c in chunks] == [4 * i for i in range(6)]
+    assert [code for code, _ in notes] == ["engine_lost"] and "ws://test" in notes[0][1]
+    assert len(engine.specs) == 2
+    prompt, _ = engine.specs[1].audio_prompt
+    delivered = np.concatenate([c.audio for c in chunks], axis=1)[0]
+    assert np.array_equal(prompt[0], delivered[200:1200])  # continues exactly what was delivered
+    assert len(np.unique(delivered)) == len(delivered)  # no sample delivered twice
+
+
+def test_a_jam_on_a_playing_song_names_its_song_beats():
+    from bridge.transport import Transport
+
+    transport = Transport()
+    transport.set_transport(True, 600.0, 4, 4, 1.0)
+    jam = Jam(CounterEngine(SR), SETTINGS, FAST, "keys", song_beat=Fraction(4), transport=transport)
+    chunks = take(jam, 3)
+    assert [c.song_beat - c.start_beat for c in chunks] == [chunks[0].song_beat] * 3
+    assert chunks[0].song_beat % 4 == 0 and chunks[0].song_beat >= 4
+
+
+def test_cancel_raises_and_stop_before_the_start_yields_nothing():
+    jam = Jam(CounterEngine(SR), SETTINGS, FAST, "keys", pacer=Pacer(ahead_min_s=1e6))
+    got = []
+    with pytest.raises(Cancelled):
+        for chunk in jam:
+            got.append(chunk)
+            if len(got) == 2:
+                threading.Thread(target=jam.cancel).start()
+    assert 2 <= len(got) <= 3
+    stopped = Jam(CounterEngine(SR), SETTINGS, FAST, "keys")
+    stopped.stop()
+    assert list(stopped) == []
