@@ -17,10 +17,10 @@ from engine.errors import BadAudio, UserError
 SILENCE_PEAK = 1e-5
 
 
-def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
+def load_audio(path: str | Path, *, allow_silence: bool = False) -> tuple[np.ndarray, int]:
     """Read an audio file as float32 [channels, n] and its sample rate.
 
-    Raises BadAudio for a missing, unreadable, non-audio, empty or all-silent file.
+    Raises BadAudio for a missing, unreadable, non-audio, empty or (unless `allow_silence`) all-silent file.
     """
     path = Path(path)
     try:
@@ -44,7 +44,7 @@ def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
     audio = np.ascontiguousarray(data.T)
     if not np.all(np.isfinite(audio)):
         raise BadAudio(f"{path} contains NaN or infinite samples; export it again")
-    if float(np.abs(audio).max()) < SILENCE_PEAK:
+    if not allow_silence and float(np.abs(audio).max()) < SILENCE_PEAK:
         raise BadAudio(f"{path} is silent; check the recording level or choose another file")
     return audio, int(sr)
 

@@ -114,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("protocol", help="print the OSC protocol (messages, settings, errors) as JSON")
     pr.set_defaults(func=cmd_protocol)
 
+    lk = sub.add_parser("lock", help="warp audio so its beats fall on the grid of a tempo (at most 8 %% stretch)")
+    lk.add_argument("input", help="audio file to lock (WAV, AIFF, FLAC, ...)")
+    lk.add_argument("--bpm", default=None, help="the grid's tempo, e.g. 96 or 97.5 (required)")
+    lk.add_argument("--time-signature", default="4/4", help="e.g. 4/4, 7/8")
+    lk.add_argument("--bars", default=None, help="make the result exactly this many bars (default: the bars it fills)")
+    lk.add_argument("--out", default=None, help="WAV file to write (required; written atomically)")
+    lk.set_defaults(func=cmd_lock)
+
     from bridge.bench import add_bench_parser
 
     add_bench_parser(sub)
@@ -302,6 +310,19 @@ def _generate_takes(args, model, settings, tempo, audio_prompt, melody) -> int:
         print(f"wrote {path}: {take.audio.shape[1] / model.sample_rate:.2f} s, seed {take.seed}")
     steps = sum(t.steps for t in takes)
     print(f"{len(takes)} takes in {elapsed:.2f} s ({steps / elapsed:.1f} steps/s together)")
+    return 0
+
+
+def cmd_lock(args) -> int:
+    from bridge.tempo_lock import lock_file
+
+    if args.bpm is None or args.out is None:
+        raise UserError("lock needs --bpm B and --out OUT.wav, e.g. musicgen-bridge lock in.wav --bpm 96 --out "
+                        "locked.wav", code="bad_args")
+    _check_out_path(args.out, ".wav")
+    result = lock_file(args.input, args.out, args.bpm, args.time_signature, args.bars)
+    # Audio that cannot be locked is a result, not an error: it is written unchanged and the reason printed.
+    print(f"wrote {args.out}: {result.message}")
     return 0
 
 

@@ -37,7 +37,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Callable
 
@@ -45,6 +45,7 @@ import numpy as np
 
 from engine.bars import Tempo, format_bpm
 from engine.errors import Cancelled, UserError
+from engine.key import key_for_prompt
 from engine.interface import Engine, EngineStream, StreamSpec
 from engine.sampling import SamplingSettings
 from engine.takes import take_specs
@@ -55,6 +56,8 @@ from .audio_out import START_MARGIN_S, LiveOutput, TakeWriter, WavNamer, write_w
 from .jam import Jam, JamSettings
 from .jam_pacing import RateMeter
 from .presets import render_prompt
+from .result_grid import bars_to_render, put_on_grid
+from .tempo_lock import ChunkLock
 from .transport import Transport
 
 log = logging.getLogger(__name__)
@@ -87,6 +90,8 @@ class Request:
     song_beat: Fraction | None = None  # jam: the earliest song beat its first chunk belongs on (None: no transport)
     follow: Callable[[], tuple[Tempo, str]] | None = None  # jam: the current (tempo, prompt template) to follow
     takes: int = 1  # generate: variations rendered at once (seeds: engine.sampling.take_seed)
+    lock: bool = True  # warp onto the beat grid (bridge/tempo_lock.py)
+    loop: bool = False  # generate/continue: the end runs into the start (bridge/seamless_loop.py)
 
 
 class Job:
@@ -372,9 +377,13 @@ class JobRunner:
                      r.wav_path)
         melody = self._melody(job, engine, r.tempo)
         job.check()
-        total = r.tempo.bars_to_samples(r.bars, sr)
+        key, source = key_for_prompt(r.key, melody)
+        log.info("#%d key %s (%s)", job.req, key or "-", source)
+        shaped = r.lock or r.loop  # the result is reshaped once whole: live output gets it then
+        render_bars = bars_to_render(r.bars, lock=r.lock, loop=r.loop)
+        total = r.tempo.bars_to_samples(render_bars, sr)
         slide = total / sr > info.max_seconds  # longer than one window: slide it
-        spec = StreamSpec(self._prompt(r.prompt, r.tempo, r.key), r.sampling, tempo=r.tempo, bars=r.bars,
+        spec = StreamSpec(self._prompt(r.prompt, r.tempo, key), r.sampling, tempo=r.tempo, bars=render_bars,
                           chunk_seconds=PROGRESS_CHUNK_SECONDS, audio_prompt=audio_prompt, melody=melody,
                           context_seconds=r.context_seconds if slide else None, tempo_in_prompt=r.tempo_in_prompt)
         specs = take_specs(spec, r.takes) if r.takes > 1 else [spec]
@@ -395,20 +404,25 @@ class JobRunner:
                                  stream.seed, total)
                     pieces.append(chunk.audio)
                     made[i] += chunk.audio.shape[1]
-                    if take is not None:
+                    if take is not None and not shaped:
                         self.live.push(take, chunk.audio, start_at, job.cancel_event)
                     if sum(made) < total * len(streams):
                         job.progress(sum(made) / (total * len(streams)))
                 meters[i].add(stream.steps, time.perf_counter() - t0)
+                audio = np.concatenate(pieces, axis=1)
+                if audio.shape[1] != total:  # the engine promises exact bars; a mismatch is a bug worth failing on
+                    raise RuntimeError(f"rendered {audio.shape[1]} samples for {render_bars} bars, expected {total}")
+                if shaped:
+                    audio, note = put_on_grid(audio, r.tempo, sr, r.bars, lock=r.lock, loop=r.loop)
+                    log.info("#%d take %d: %s", job.req, i, note)
+                    if take is not None:
+                        self.live.push(take, audio, start_at, job.cancel_event)
             except BaseException:
                 if take is not None:
                     self.live.stop(take)  # a cancelled result falls silent at once
                 raise
             if take is not None:
                 self.live.finish(take)
-            audio = np.concatenate(pieces, axis=1)
-            if audio.shape[1] != total:  # the engine promises exact bars; a mismatch is a bug worth failing on
-                raise RuntimeError(f"rendered {audio.shape[1]} samples for {r.bars} bars, expected {total}")
             return audio
 
         paths = {}
@@ -419,7 +433,7 @@ class JobRunner:
         steps = sum(m.steps_per_s for m in meters) / len(meters)
         self._measured(steps, steps / info.frame_rate)
         # Exactly `bars` bars by the bar arithmetic's rounding rule (bar lines fall on whole samples), so say so.
-        self._send("/done", job.req, str(paths[0]), total / sr, float(r.bars))
+        self._send("/done", job.req, str(paths[0]), r.tempo.bars_to_samples(r.bars, sr) / sr, float(r.bars))
 
     def _each_take(self, job: Job, streams: list[EngineStream], render: Callable[[int], np.ndarray]):
         """(index, audio) of each take as it completes: one after another when the engine runs one stream at a
@@ -439,6 +453,27 @@ class JobRunner:
                     stream.cancel()
                 raise
 
+    @staticmethod
+    def _locked(chunks, lock: bool, sr: int, job: Job):
+        """The jam's chunks with tempo lock (bridge/tempo_lock.ChunkLock): each comes out one chunk late, same
+        length and place; a new lock for each tempo; the last one is flushed when the jam ends (not on cancel)."""
+        if not lock:
+            yield from chunks
+            return
+        locker, held = None, None
+        for chunk in chunks:
+            if locker is not None and chunk.tempo != locker.tempo:
+                yield replace(held, audio=locker.flush())
+                locker, held = None, None
+            locker = locker or ChunkLock(chunk.tempo, sr)
+            locked = locker.push(chunk.audio)
+            if held is not None:
+                yield replace(held, audio=locked)
+            held = chunk
+        if held is not None and not job.cancel_event.is_set():
+            yield replace(held, audio=locker.flush())
+            log.info("#%d tempo lock: %s (%d beats dropped or repeated)", job.req, locker.message, locker.splices)
+
     def _jam(self, job: Job, engine: Engine) -> None:
         """Chunks from a Jam until /jam/stop: each a WAV, a /chunk and live audio; the whole jam a WAV at the end."""
         r, info = job.request, engine.info
@@ -446,18 +481,20 @@ class JobRunner:
         tail = None
         if r.wav_path:
             tail = self._wav_tail(r.wav_path, lambda n, rate: round(r.context_seconds * rate))
+        self._check_melody(job, engine)  # before any chunk
+        key, source = key_for_prompt(r.key, self._melody(job, engine, r.tempo) if not r.key else None)
+        log.info("#%d key %s (%s)", job.req, key or "-", source)
         follow = None
         if r.follow is not None:
             def follow() -> tuple[Tempo, str]:
                 tempo, template = r.follow()
-                return tempo, self._prompt(template, tempo, r.key)
-        self._check_melody(job, engine)  # before any chunk
+                return tempo, self._prompt(template, tempo, key)
 
         def notify(code: str, message: str) -> None:
             self._send("/error", -1 if code == "engine_lost" else job.req, code, message)
 
         jam = job.attach(Jam(engine, JamSettings(r.sampling, r.chunk_bars, r.context_seconds, r.tempo_in_prompt),
-                             r.tempo, self._prompt(r.prompt, r.tempo, r.key), song_beat=r.song_beat,
+                             r.tempo, self._prompt(r.prompt, r.tempo, key), song_beat=r.song_beat,
                              transport=self.transport, tail=tail, follow=follow,
                              melody_for=lambda tempo: self._melody(job, engine, tempo),
                              notify=notify, name=f"#{job.req} jam"))
@@ -465,7 +502,7 @@ class JobRunner:
         take = self._live_take(job)
         start_at = None
         try:
-            for chunk in jam:
+            for chunk in self._locked(jam, r.lock, sr, job):
                 path = write_wav(self.namer.path(job.req, "jam", chunk.index), chunk.audio, sr)
                 writer.write(chunk.audio)
                 args = [job.req, chunk.index, str(path), float(chunk.start_beat), float(chunk.beats)]

@@ -242,6 +242,10 @@ class BridgeServer:
             self.runner = JobRunner(self.send, self.namer, transport=self.transport,
                                     max_queued=self.config.max_queued, on_change=self._state_changed)
             self._set_load_state("loading")
+            # Tempo lock's one-time cost overlaps the model's loading, and is over before ready and before the
+            # live output opens (it holds the GIL for seconds: never in the middle of a set).
+            lock_ready = threading.Thread(target=_warm_up_tempo_lock, name="tempo-lock-warm-up", daemon=True)
+            lock_ready.start()
             if is_remote_engine(self.config.engine):
                 engine = self._remote_engine()
                 if engine is None:  # stopped before the engine answered
@@ -250,6 +254,7 @@ class BridgeServer:
                 model = load_model(self.config.model, device=self.config.device, dtype=self.config.dtype)
                 _warm_up(model)
                 engine = _make_engine(self.config.engine, model)
+            lock_ready.join()
             if self.config.wrap_engine is not None:
                 engine = self.config.wrap_engine(engine)
         except Exception as exc:
@@ -543,7 +548,8 @@ class BridgeServer:
                                     greedy=s["temperature"] == 0, seed=seed).validate()
         return Request(req=req, kind=kind, prompt=prompt or s["prompt"], tempo=state.tempo, sampling=sampling,
                        chunk_bars=s["chunk_bars"], context_seconds=s["context_seconds"],
-                       tempo_in_prompt=bool(s["bpm_in_prompt"]), key=s["key"] or self.key, melody=self.melody, **kw)
+                       tempo_in_prompt=bool(s["bpm_in_prompt"]), key=s["key"] or self.key, melody=self.melody,
+                       lock=bool(s["lock"]), loop=bool(s["loop"]) and kind != "jam", **kw)
 
     def _require_model(self) -> None:
         if self._load_state == "error":
@@ -595,6 +601,15 @@ def _make_engine(kind: str, model) -> Engine:
     engine = BatchEngine(model)
     log.info("batched step traced for up to %d rows in %.1f s", engine.max_rows, engine.warm_up())
     return engine
+
+
+def _warm_up_tempo_lock() -> None:
+    """librosa compiles its beat tracker with numba when first imported (seconds)."""
+    from .tempo_lock import warm_up
+
+    t0 = time.perf_counter()
+    warm_up()
+    log.info("tempo lock ready in %.1f s", time.perf_counter() - t0)
 
 
 def _warm_up(model) -> None:

@@ -364,3 +364,28 @@ def test_only_a_valid_message_moves_the_replies(bridge):
         bridge.send("/ping", 4444)  # the device speaks again: the replies come back to it
         bridge.listener.wait("/pong", lambda a: a[0] == 4444, timeout=5)
         other.close()
+
+
+def test_lock_loop_and_key_through_the_bridge(bridge):
+    from engine.bars import Tempo
+
+    defaults = {s.name: s.default for s in protocol.SETTINGS}
+    bridge.send("/tempo", 600.0, 4, 4)
+    bridge.send("/set", "key", "A minor")
+    bridge.send("/set", "prompt", "drums in {key}")
+    bridge.send("/set", "loop", 1)  # lock is on by default
+    bridge.send("/generate", 80, "", 2)
+    address, args = bridge.listener.result(80)
+    assert address == "/done", args
+    assert wav(args[1]).shape[1] == Tempo(600).bars_to_samples(2, SR)  # exactly 2 bars, though 3 were rendered
+    log = bridge.log()
+    # Random weights make noise: there is no beat, so the result is left as it is, and the log says so.
+    assert "#80 not locked: no clear beat" in log and "made to loop seamlessly" in log
+    assert "#80 prompt 'drums in A minor, 600 bpm'" in log  # the prompt actually used
+    bridge.send("/set", "lock", 0)
+    bridge.send("/set", "loop", 0)
+    bridge.send("/generate", 81, "", 1)
+    assert bridge.listener.result(81)[0] == "/done"
+    assert "#81 not locked" not in bridge.log() and "#81 made to loop" not in bridge.log()
+    for name in ("key", "prompt", "lock", "loop"):
+        bridge.send("/set", name, defaults[name])
