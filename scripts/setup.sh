@@ -5,6 +5,9 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=()
   for p in libportaudio2 jackd2 liblo-tools libsndfile1; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+  # The device's tests run on Node.js (node --test, npm for the pinned ES5 parser).
+  command -v node >/dev/null || need+=(nodejs)
+  command -v npm >/dev/null || need+=(npm)
   if [ ${#need[@]} -gt 0 ]; then
     echo "setup: apt-get install ${need[*]}" >&2
     apt-get update -qq >/dev/null
