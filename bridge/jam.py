@@ -56,6 +56,9 @@ class JamSettings:
     chunk_bars: int = 1
     context_seconds: float = 10.0
     tempo_in_prompt: bool = True
+    # Chunks the consumer holds back after the jam yields them (tempo lock holds one: bridge/tempo_lock.ChunkLock);
+    # placement counts the time the engine needs to make that many more, so a held chunk is still on time.
+    held_chunks: int = 0
 
 
 class Jam:
@@ -189,7 +192,7 @@ class Jam:
         be late; see Pacer)."""
         song_beat = None
         if self._song_beat is not None:
-            state, now = self.transport.snapshot(), self.transport.clock()
+            state, now = self.transport.snapshot(), self.transport.clock() + self._hold_time(audio)
             if self.chunks == 0:
                 song_beat = self.pacer.first(self._song_beat, state, now, self.meter.realtime)
                 self._song_beat = song_beat
@@ -215,6 +218,13 @@ class Jam:
         self.beats += beats
         self.bars += beats / self.tempo.beats_per_bar
         return out
+
+    def _hold_time(self, audio: np.ndarray) -> float:
+        """Seconds until a chunk yielded now is sent on: the time to make `held_chunks` more chunks like it."""
+        rate = self.meter.recent or self.meter.realtime
+        if not self.settings.held_chunks or rate <= 0:
+            return 0.0
+        return self.settings.held_chunks * audio.shape[1] / self.sample_rate / rate
 
     def _keep_tail(self, audio: np.ndarray) -> None:
         keep = max(1, round(self.settings.context_seconds * self.sample_rate))

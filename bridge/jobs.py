@@ -400,8 +400,8 @@ class JobRunner:
                 t0 = time.perf_counter()
                 for chunk in stream:
                     if not pieces:
-                        log.info("#%d take %d: prompt %r, seed %s, %d samples", job.req, i, stream.prompt_text,
-                                 stream.seed, total)
+                        log.info("#%d %sprompt %r, seed %s, %d samples", job.req,
+                                 f"take {i}: " if len(streams) > 1 else "", stream.prompt_text, stream.seed, total)
                     pieces.append(chunk.audio)
                     made[i] += chunk.audio.shape[1]
                     if take is not None and not shaped:
@@ -414,7 +414,7 @@ class JobRunner:
                     raise RuntimeError(f"rendered {audio.shape[1]} samples for {render_bars} bars, expected {total}")
                 if shaped:
                     audio, note = put_on_grid(audio, r.tempo, sr, r.bars, lock=r.lock, loop=r.loop)
-                    log.info("#%d take %d: %s", job.req, i, note)
+                    log.info("#%d %s%s", job.req, f"take {i}: " if len(streams) > 1 else "", note)
                     if take is not None:
                         self.live.push(take, audio, start_at, job.cancel_event)
             except BaseException:
@@ -493,7 +493,8 @@ class JobRunner:
         def notify(code: str, message: str) -> None:
             self._send("/error", -1 if code == "engine_lost" else job.req, code, message)
 
-        jam = job.attach(Jam(engine, JamSettings(r.sampling, r.chunk_bars, r.context_seconds, r.tempo_in_prompt),
+        jam = job.attach(Jam(engine, JamSettings(r.sampling, r.chunk_bars, r.context_seconds, r.tempo_in_prompt,
+                                                       held_chunks=1 if r.lock else 0),
                              r.tempo, self._prompt(r.prompt, r.tempo, key), song_beat=r.song_beat,
                              transport=self.transport, tail=tail, follow=follow,
                              melody_for=lambda tempo: self._melody(job, engine, tempo),

@@ -38,7 +38,7 @@ class InProcessBridge:
 
         self.server = BridgeServer(ServeConfig(model="random-tiny", device="cpu", port=free_udp_port(),
                                                reply_port=self.listener.sock.getsockname()[1], out_dir=str(tmp),
-                                               wrap_engine=wrap_engine))
+                                               engine="local", wrap_engine=wrap_engine))
         self.client = SimpleUDPClient("127.0.0.1", self.server.port)
         self.server.start()
         self.listener.wait("/status", lambda a: a[0] == "ready", timeout=120, take=False)

@@ -46,13 +46,13 @@ def test_melody_changes_the_music(melody_model):
 def test_chroma_window_advances_with_the_sliding_window(melody_model):
     chroma = _melody(n=50)
     stream = open_stream(melody_model, "techno", GREEDY, frames=None, melody=chroma, window_frames=120, keep_frames=40)
-    prefixes, fn = [], stream.cond.prefix
+    prefixes, fn = [], stream.prefix_fn
 
     def record(origin):
         prefixes.append((origin, fn(origin)))
         return fn(origin)
 
-    stream.cond.prefix = record
+    stream.prefix_fn = record
     while stream.new_frames < 260:
         stream.step()
     origins = [o for o, _ in prefixes]
@@ -83,7 +83,8 @@ def test_generate_follows_a_midi_file(tmp_path, tiny_melody, melody_model, capsy
     assert main(["chroma", str(tmp_path / "line.mid"), "--out", str(chroma_out)]) == 0
     c = np.load(chroma_out)
     assert c.shape[1] == 12 and set(c.argmax(1)) >= {0, 4, 7}
-    base = ["generate", "piano", "--model", str(tiny_melody[0]), "--seconds", "0.4", "--seed", "1", "--greedy"]
+    base = ["generate", "piano", "--model", str(tiny_melody[0]), "--seconds", "0.4", "--seed", "1", "--greedy",
+            "--dtype", "float32"]
     assert main(base + ["--melody", str(tmp_path / "line.mid"), "--out", str(out),
                         "--codes-out", str(tmp_path / "m.npy")]) == 0
     assert main(base + ["--out", str(tmp_path / "plain.wav"), "--codes-out", str(tmp_path / "plain.npy")]) == 0

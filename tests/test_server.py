@@ -22,7 +22,9 @@ SR = 32000
 
 @pytest.fixture(scope="module")
 def bridge(tmp_path_factory):
-    b = Bridge(tmp_path_factory.mktemp("bridge"))
+    # One stream at a time, so the queue (busy, cancel of a queued request) is what these tests see; the batching
+    # engine, serve's default, is driven through the server by tests/test_server_batch.py and the device's tests.
+    b = Bridge(tmp_path_factory.mktemp("bridge"), "--engine", "local")
     try:
         b.first_pong = b.ping(timeout=15)
         b.ready_before_pong = bool(b.listener.all("/status", lambda a: a[0] == "ready"))

@@ -29,6 +29,9 @@ def song(t0: float, beats0: float, bpm: float):
 
 def start_jam(bridge, req: int, bpm: float, beats0: float):
     bridge.send("/set", "chunk_bars", 1)
+    # The pacing itself: tempo lock holds each chunk back by one more (its placement allows for the engine's time
+    # for that chunk, not for the lock's own analysis), which these exact bounds leave out.
+    bridge.send("/set", "lock", 0)
     t0 = time.monotonic()
     bridge.send("/transport", 1, bpm, 4, 4, beats0)
     bridge.send("/jam/start", req, "")

@@ -278,7 +278,9 @@ def test_traced_step_equals_eager_step(weights, melody):
                 want = eager(eager.embed(tokens[..., t : t + 1]), pos, kv_len=t + 1)
                 assert torch.equal(got, want), (B, t)
         assert torch.equal(traced.layers[0].attn.kv_cache.kv, eager.layers[0].attn.kv_cache.kv)
-    assert sorted(step.graphs) == [(1, torch.float32), (2, torch.float32)]  # one trace per batch size
+    # one trace per batch size (keys: batch, dtype, then the step's input form: 1-D positions, its argument count)
+    assert sorted({key[:2] for key in step.graphs}) == [(1, torch.float32), (2, torch.float32)]
+    assert len(step.graphs) == 2
 
 
 def test_traced_step_keeps_no_old_cache_alive():
@@ -320,7 +322,8 @@ def test_warm_up_traces_the_step_before_the_first_request(which, dtype, request)
     model = load_model(str(request.getfixturevalue(which)[0]), device="cpu", dtype=dtype)
     assert not traced_step(model.lm).graphs
     assert warm_up(model) > 0
-    assert (2, torch.float32) in traced_step(model.lm).graphs  # guided requests (batch 2) find it ready
+    # guided requests (batch 2) find it ready
+    assert any(key[:2] == (2, torch.float32) for key in traced_step(model.lm).graphs)
 
 
 def test_traced_step_falls_back_to_eager_when_tracing_fails(monkeypatch, caplog):
