@@ -30,13 +30,12 @@ import torch
 
 from engine.batch_cache import BatchCache, kv_bytes_per_row
 from engine.batched_stream import BatchedStream
-from engine.errors import Cancelled
 from engine.generate import open_stream
 from engine.interface import StreamSpec
-from engine.local_engine import engine_info
+from engine.local_engine import SessionStream, engine_info
 from engine.model import MusicGen
 from engine.sampling import SamplingSettings
-from engine.session import Chunk, StreamSession
+from engine.session import Chunk
 from engine.steps import decode_step, resolve_step_mode
 from engine.token_stream import ColumnInput, prefill_logits
 
@@ -269,49 +268,17 @@ class BatchEngine:
         self.stats.step_seconds += time.perf_counter() - t0
 
 
-class BatchEngineStream:
+class BatchEngineStream(SessionStream):
     """One `StreamSpec` on a `BatchEngine`: a `StreamSession` on the caller's thread (chunks, codec) whose tokens
     come from the engine's batch."""
 
     def __init__(self, engine: BatchEngine, spec: StreamSpec):
-        self.engine, self.spec = engine, spec
-        self.seed: int | None = None
-        self.prompt_text: str | None = None
-        self._session: StreamSession | None = None
-        self._cancelled = threading.Event()
-        self._stopped = False
-
-    def cancel(self) -> None:
-        self._cancelled.set()
-        session = self._session
-        if session is not None:
-            session.cancel()
-
-    def stop(self) -> None:
-        self._stopped = True
-        session = self._session
-        if session is not None:
-            session.stop()
-
-    @property
-    def steps(self) -> int:
-        session = self._session
-        return session.steps if session is not None else 0
+        super().__init__(engine.model, spec)
+        self.engine = engine
 
     def __iter__(self) -> Iterator[Chunk]:
-        s = self.spec
-        if self._cancelled.is_set():
-            raise Cancelled()
-        session = StreamSession(
-            self.engine.model, s.prompt, s.sampling, seconds=s.seconds, bars=s.bars, tempo=s.tempo,
-            chunk_seconds=s.chunk_seconds, chunk_bars=s.chunk_bars, audio_prompt=s.audio_prompt, melody=s.melody,
-            context_seconds=s.context_seconds, tempo_in_prompt=s.tempo_in_prompt,
+        session = self._open_session(
             open_tokens=functools.partial(open_stream, make=functools.partial(BatchedStream, self.engine)))
-        self._session, self.seed, self.prompt_text = session, session.seed, session.prompt_text
-        if self._cancelled.is_set():
-            session.cancel()
-        if self._stopped:
-            session.stop()
         try:
             yield from session
         finally:

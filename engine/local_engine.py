@@ -21,11 +21,12 @@ def engine_info(model: MusicGen) -> EngineInfo:
                       dtype=str(model.lm.dtype).removeprefix("torch."), device=model.device.type)
 
 
-class LocalStream:
-    """A `StreamSession` made when iteration starts, under the engine's lock."""
+class SessionStream:
+    """An `engine.interface.EngineStream` over a `StreamSession` that is made when iteration starts (so a stream
+    can be cancelled or stopped before it holds any of the engine). Subclasses say how they iterate."""
 
-    def __init__(self, engine: "LocalEngine", spec: StreamSpec):
-        self.engine, self.spec = engine, spec
+    def __init__(self, model: MusicGen, spec: StreamSpec):
+        self.model, self.spec = model, spec
         self.seed: int | None = None
         self.prompt_text: str | None = None
         self._session: StreamSession | None = None
@@ -49,21 +50,33 @@ class LocalStream:
         session = self._session
         return session.steps if session is not None else 0
 
-    def __iter__(self) -> Iterator[Chunk]:
+    def _open_session(self, **extra) -> StreamSession:
+        """The spec's session (`extra`: StreamSession's own options), with any cancel or stop already asked."""
+        if self._cancelled.is_set():
+            raise Cancelled()
         s = self.spec
+        session = StreamSession(
+            self.model, s.prompt, s.sampling, seconds=s.seconds, bars=s.bars, tempo=s.tempo,
+            chunk_seconds=s.chunk_seconds, chunk_bars=s.chunk_bars, audio_prompt=s.audio_prompt,
+            melody=s.melody, context_seconds=s.context_seconds, tempo_in_prompt=s.tempo_in_prompt, **extra)
+        self._session, self.seed, self.prompt_text = session, session.seed, session.prompt_text
+        if self._cancelled.is_set():
+            session.cancel()
+        if self._stopped:
+            session.stop()
+        return session
+
+
+class LocalStream(SessionStream):
+    """A session run under the engine's lock: one stream at a time."""
+
+    def __init__(self, engine: "LocalEngine", spec: StreamSpec):
+        super().__init__(engine.model, spec)
+        self.engine = engine
+
+    def __iter__(self) -> Iterator[Chunk]:
         with self.engine.lock:
-            if self._cancelled.is_set():
-                raise Cancelled()
-            session = StreamSession(
-                self.engine.model, s.prompt, s.sampling, seconds=s.seconds, bars=s.bars, tempo=s.tempo,
-                chunk_seconds=s.chunk_seconds, chunk_bars=s.chunk_bars, audio_prompt=s.audio_prompt,
-                melody=s.melody, context_seconds=s.context_seconds, tempo_in_prompt=s.tempo_in_prompt)
-            self._session, self.seed, self.prompt_text = session, session.seed, session.prompt_text
-            if self._cancelled.is_set():
-                session.cancel()
-            if self._stopped:
-                session.stop()
-            yield from session
+            yield from self._open_session()
 
 
 class LocalEngine:

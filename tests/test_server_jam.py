@@ -68,7 +68,7 @@ def stop_jam(bridge, req: int):
 
 
 def test_a_slow_engine_starts_later_and_is_never_late(bridge):
-    bridge.slow.delay_s = 1.0  # 0.5 s of audio per bar at 480 bpm: real-time factor below 0.5
+    bridge.slow.delay_s = 1.5  # 0.5 s of audio per bar at 480 bpm: real-time factor below 1/3, well under 0.5
     time_of = start_jam(bridge, 1, 480.0, 1.0)  # the bar after /jam/start is beat 4
     received = [chunk(bridge, 1, i) for i in range(3)]
     for t, args in received:
