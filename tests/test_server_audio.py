@@ -126,7 +126,9 @@ def test_jam_plays_live_from_its_song_beat(bridge, jack_server):  # noqa: F811
     bridge.send("/jam/start", 2, "")
     chunk0 = bridge.listener.wait("/chunk", lambda a: a[:2] == [2, 0], timeout=60)[1]
     bridge.listener.wait("/chunk", lambda a: a[:2] == [2, 1], timeout=60)
-    assert chunk0[5] == 16.0  # the first bar line after beat 13
+    # The first bar line after beat 13 is 16; a jam slower than real time (a saturated host) honestly starts on a
+    # later one. Either way its song beat is a bar line, and the live output must play it there.
+    assert chunk0[5] >= 16.0 and chunk0[5] % 4 == 0
     time.sleep(3.5)
     bridge.send("/jam/stop", 2)
     assert bridge.listener.result(2)[0] == "/done"
@@ -136,7 +138,7 @@ def test_jam_plays_live_from_its_song_beat(bridge, jack_server):  # noqa: F811
     at = _find(first, recorded)
     assert np.abs(np.clip(recorded[at:at + len(first)], -1, 1) - first).max() < 2 / 32768
     error, bar_beat = _bar_error(time_of(at) + latency, t0, beats0)
-    assert abs(error) < 0.015 and bar_beat >= 16
+    assert abs(error) < 0.015 and bar_beat == chunk0[5]
     print(f"jam live start: beat {bar_beat:g}, {error * 1000:+.1f} ms")
 
 

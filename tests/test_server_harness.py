@@ -169,7 +169,7 @@ class Jack:
             raise AssertionError("jackd is not installed: run scripts/setup.sh (Debian package jackd2)")
         self.name = f"mgb-test-{os.getpid()}"
         self.env = {"JACK_DEFAULT_SERVER": self.name, "JACK_NO_AUDIO_RESERVATION": "1"}
-        self.proc = subprocess.Popen(["jackd", "--no-realtime", "-n", self.name, "-d", "dummy", "-r", str(rate),
+        self.proc = subprocess.Popen(["jackd", "-R", "-P", "70", "-n", self.name, "-d", "dummy", "-r", str(rate),
                                       "-p", str(period)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      env={**os.environ, **self.env}, preexec_fn=_die_with_parent)
         end = time.monotonic() + 15
