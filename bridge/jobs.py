@@ -53,6 +53,7 @@ from engine.takes import take_specs
 from . import protocol
 from .audio_io import load_audio
 from .audio_out import START_MARGIN_S, LiveOutput, TakeWriter, WavNamer, write_wav
+from .audio_process import LiveOutputProcess
 from .jam import Jam, JamSettings
 from .jam_pacing import RateMeter
 from .presets import render_prompt
@@ -146,7 +147,7 @@ class Job:
 class JobRunner:
     """The queue and its workers (one per stream the engine can advance at once)."""
 
-    def __init__(self, send: Send, namer: WavNamer, *, live: LiveOutput | None = None,
+    def __init__(self, send: Send, namer: WavNamer, *, live: LiveOutput | LiveOutputProcess | None = None,
                  transport: Transport | None = None, max_queued: int = MAX_QUEUED,
                  on_change: Callable[[], None] | None = None):
         self._send = send

@@ -13,10 +13,11 @@ import soundfile as sf
 from tests.test_audio_out import _find
 from tests.test_server_harness import jack_server, serving  # noqa: F401  (fixture)
 
-# These run against a real JACK server (dummy driver, no realtime scheduling). On a saturated host JACK itself
-# loses process cycles (measured: starts ~120 ms late), which no bridge change prevents; reruns tell that from a
-# deterministic failure, which fails every time. Issue 15 keeps this open.
-pytestmark = pytest.mark.flaky(reruns=2)
+# These run against a real JACK server (dummy driver) with realtime scheduling, as audio systems run their clients
+# (tests/test_server_harness.Jack; without the privilege it runs without). The bridge plays from its own audio
+# process (bridge/audio_process.py), which a saturated machine does not starve (tests/test_audio_process.py); the
+# capture here is a Python callback in the test process, and one rerun covers a miss of its own under heavy load.
+pytestmark = pytest.mark.flaky(reruns=1)
 
 SR = 32000
 BEAT = 0.25  # 240 bpm
@@ -94,7 +95,7 @@ def test_generate_plays_live_from_the_next_bar_line(bridge, jack_server):  # noq
     bridge.send("/generate", 1, "", 2)
     address, args = bridge.listener.result(1)
     assert address == "/done", args
-    time.sleep(2.5)  # 2 bars at 240 bpm, plus up to a bar of waiting for the bar line
+    time.sleep(3.3)  # up to a bar of waiting for the bar line after /done, the 2 bars at 240 bpm, and slack
     recorded, time_of = cap.stop()
     result, sr = sf.read(args[1], dtype="float32")
     assert result.shape[1] == 2 and np.array_equal(result[:, 0], result[:, 1])  # mono written to both sides

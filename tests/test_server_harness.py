@@ -162,7 +162,9 @@ def _die_with_parent() -> None:
 
 class Jack:
     """A JACK server with the dummy driver (a real audio graph, no sound card), under its own server name so it
-    never meets a JACK server someone else runs. Clients find it through JACK_DEFAULT_SERVER."""
+    never meets a JACK server someone else runs. Clients find it through JACK_DEFAULT_SERVER. Realtime (-R), as
+    an audio system runs its clients' process callbacks: on a saturated machine a non-realtime dummy driver loses
+    cycles itself. Without the privilege jackd says so and runs without."""
 
     def __init__(self, rate: int = 32000, period: int = 256):
         if not shutil.which("jackd"):
