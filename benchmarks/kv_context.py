@@ -10,6 +10,10 @@ stalls, not this step's cost). Reports every round, the best and median round pe
 500 / 50 of the best rounds and the median of the rounds' own ratios (the two contexts measured seconds apart).
 
     python benchmarks/kv_context.py [--threads 2] [--rounds 8] [--steps 20] [--kv float32,bfloat16]
+
+`--kernels` instead times the candidate attention formulations alone on the step's shapes (one query, batch 2,
+16 heads, head dim 64, over 24 layers' caches of `--max-len` positions, so the keys come from memory as in a
+step): microseconds per layer at each context, best and median of `--rounds` interleaved rounds.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 
 from engine.assemble import build_lm
-from engine.lm import KVCache, LMConfig, MusicGenLM
+from engine.lm import KVCache, LMConfig, MusicGenLM, attend
 from engine.steps import traced_step
 
 
@@ -43,9 +48,12 @@ def main() -> None:
     p.add_argument("--kv", default="float32,bfloat16", help="KV cache dtypes to compare")
     p.add_argument("--dtype", default="int8", help="linear weight format (int8 = the CPU default)")
     p.add_argument("--max-len", type=int, default=1504, help="cache positions allocated (1504 = a 30 s window)")
+    p.add_argument("--kernels", action="store_true", help="time the attention candidates alone")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     contexts = [int(c) for c in a.contexts.split(",")]
+    if a.kernels:
+        return kernels(contexts, a.max_len, a.rounds)
     kv_dtypes = [getattr(torch, k) for k in a.kv.split(",")]
     lm = build(getattr(torch, a.dtype))
     cfg, B = lm.cfg, 2
@@ -98,6 +106,46 @@ def main() -> None:
         mb = 2 * cfg.n_layers * B * cfg.dim * contexts[-1] * torch.empty(0, dtype=dt).element_size() / 1e6
         print(f"| {name(dt)} | " + " | ".join(f"{b:.1f} / {m:.1f}" for b, m in zip(best, med))
               + f" | {best[-1] / best[0]:.3f} | {ratio:.3f} | {mb:.0f} |")
+
+
+def kernels(contexts: list[int], max_len: int, rounds: int, layers: int = 24) -> None:
+    """Attention candidates for one query over a cache view [:, :, :, :L] of [2, B, H, max_len, d]."""
+    B, H, d = 2, 16, 64
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(B, H, 1, d, generator=g)
+    caches = [torch.randn(2, B, H, max_len, d, generator=g) for _ in range(layers)]
+    narrow = {dt: [c.to(dt) for c in caches] for dt in (torch.bfloat16, torch.int8)}
+    scales = [torch.rand(2, B, H, max_len, 1, generator=g).bfloat16() for _ in range(layers)]
+
+    def bmm(kvs, L):  # today's fp32 path (attend's baddbmm + bmm), also run on bf16 tensors
+        qn = q.to(kvs[0].dtype).reshape(B * H, 1, d)
+        for kv in kvs:
+            s = torch.bmm(qn, kv[0, :, :, :L].reshape(B * H, L, d).transpose(1, 2)) / d**0.5
+            torch.bmm(torch.softmax(s.float(), -1).to(kv.dtype), kv[1, :, :, :L].reshape(B * H, L, d))
+
+    def sdpa(kvs, L):  # what attend does for a narrow cache (and SDPA itself for fp32)
+        for kv in kvs:
+            attend(q, kv[0, :, :, :L], kv[1, :, :, :L], None) if kv.dtype != q.dtype else F.scaled_dot_product_attention(q, kv[0, :, :, :L], kv[1, :, :, :L])
+
+    def int8_dequantized(kvs, L):  # int8 with per-position scales, widened to bf16 for SDPA
+        for kv, sc in zip(kvs, scales):
+            x = kv[:, :, :, :L].to(torch.bfloat16).mul_(sc[:, :, :, :L])
+            F.scaled_dot_product_attention(q.bfloat16(), x[0], x[1])
+
+    candidates = {"fp32 bmm (today)": (bmm, caches), "fp32 SDPA": (sdpa, caches), "bf16 bmm": (bmm, narrow[torch.bfloat16]),
+                  "bf16 SDPA (shipped)": (sdpa, narrow[torch.bfloat16]), "int8 + scales, widened, SDPA": (int8_dequantized, narrow[torch.int8])}
+    print(f"attention alone, {torch.get_num_threads()} threads, us per layer (best / median of {rounds} rounds)")
+    print("| candidate | " + " | ".join(f"L = {L}" for L in contexts) + " |")
+    print("|---|" + "---:|" * len(contexts))
+    us = {(n, L): [] for n in candidates for L in contexts}
+    for i in range(rounds):
+        for n, (fn, kvs) in candidates.items() if i % 2 == 0 else reversed(candidates.items()):
+            for L in contexts:
+                t = time.perf_counter()
+                fn(kvs, L)
+                us[(n, L)].append((time.perf_counter() - t) / layers * 1e6)
+    for n in candidates:
+        print(f"| {n} | " + " | ".join(f"{min(us[(n, L)]):.0f} / {statistics.median(us[(n, L)]):.0f}" for L in contexts) + " |")
 
 
 def name(dt: torch.dtype) -> str:
