@@ -17,10 +17,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.assemble import build_lm, lm_config, lm_state_from_hf
+from engine.assemble import bf16_kv_cache_fast, build_lm, lm_config, lm_state_from_hf
 from engine.batch_cache import BatchCache, kv_bytes_per_row
 from engine.lm import KVCache, attend
-from engine.quantize import bf16_supported, int4_supported, logit_agreement
+from engine.quantize import int4_supported, logit_agreement
 from engine.steps import traced_step
 from engine.tiny import tiny_config, tiny_reference_model
 
@@ -50,7 +50,7 @@ def tiny():
 def test_narrow_weights_get_a_bf16_cache(tiny, dtype):
     cfg, state = tiny[0], tiny[1]
     lm = build_lm(cfg, dict(state), CPU, getattr(torch, dtype))
-    narrow = dtype != "float32" and bf16_supported()  # fp32 models keep fp32 (exact against transformers)
+    narrow = dtype != "float32" and bf16_kv_cache_fast()  # fp32 models keep fp32 (exact against transformers)
     assert lm.cache_dtype == (torch.bfloat16 if narrow else torch.float32)
     assert lm.act_dtype == torch.float32
     lm.setup_caches(2, 16)
@@ -59,6 +59,12 @@ def test_narrow_weights_get_a_bf16_cache(tiny, dtype):
     cache = BatchCache(lm)
     cache.ensure(rows=2, length=16, cross_len=5, used=0)
     assert cache.kvs[0].dtype == lm.cache_dtype and cache.cross_k[0].dtype == torch.float32  # text keys stay wide
+
+
+def test_cpus_without_fast_bf16_attention_keep_the_fp32_cache(tiny, monkeypatch):
+    monkeypatch.setattr("engine.assemble.bf16_kv_cache_fast", lambda: False)
+    lm = build_lm(tiny[0], dict(tiny[1]), CPU, torch.int8)
+    assert lm.cache_dtype == torch.float32 and kv_bytes_per_row(lm, 1) == 2 * tiny[0].n_layers * tiny[0].dim * 4
 
 
 def _relative_error(got, want):
