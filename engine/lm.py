@@ -205,8 +205,8 @@ class MusicGenLM(nn.Module):
         self.heads = nn.Linear(cfg.dim, cfg.n_codebooks * cfg.card, bias=False)
         self.max_len = 0
         self.weight_dtype: torch.dtype | None = None  # set when the linear weights differ from the activations
-        # The self-attention KV cache's dtype when it differs from the activations: bf16 on CPUs with narrow
-        # weights (engine/assemble.py sets it), which halves the bytes a step reads per position of context.
+        # The self-attention KV cache's dtype when it differs from the activations: bf16 for narrow weights on
+        # CPUs where bf16 attention is fast (engine/assemble.py sets it): half the bytes per position of context.
         self.kv_dtype: torch.dtype | None = None
         self.compiled_steps: dict = {}  # engine.steps keeps its traced / captured decode steps here
 
