@@ -94,12 +94,20 @@ def test_unmasked_text_padding_would_change_codes(mono_model, monkeypatch):
 
     monkeypatch.setattr(BatchCache, "set_condition", unmasked)
     engine = BatchEngine(mono_model)
+    long_prompt, short = REQUESTS[1][0], REQUESTS[2]  # "x": the shortest prompt, most padding
     try:
-        together = batched(engine, REQUESTS[:3], stagger=0)
+        # The long prompt runs long enough that "x" surely joins its batch (not left to thread timing).
+        a = engine.token_stream(long_prompt, SamplingSettings(seed=2), frames=600)
+        t = threading.Thread(target=lambda: pytest.raises(Cancelled, a.run))
+        t.start()
+        while a.cursor.n_final < 5:
+            time.sleep(0.001)
+        together = engine.token_stream(short[0], short[1], frames=short[2]).run().clone()
+        a.cancel.set()
+        t.join(60)
     finally:
         engine.close()
-    short = REQUESTS[2]  # "x": the shortest prompt, most padding
-    assert not torch.equal(together[2], alone(mono_model, *short))
+    assert not torch.equal(together, alone(mono_model, *short))
 
 
 def test_join_and_leave_mid_stream(mono_model):
