@@ -24,6 +24,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 
 from bridge import protocol
+from engine.bars import DENOMINATORS, MAX_NUMERATOR
 from tests.test_server_harness import serving
 
 PACKETS = 10_000
@@ -34,8 +35,6 @@ MARK = -(2**31) + 1_000_000  # marker /ping nonces: MARK + i after datagram i; f
 UNREADABLE, UNKNOWN, WRONG, VALID = "unreadable", "unknown address", "wrong arguments", "valid"
 EXPECTED_CODE = {UNREADABLE: "bad_args", UNKNOWN: "unknown_address", WRONG: "bad_args"}
 PATH_ARGS = {"wav_path", "path"}
-DENOMINATORS = (1, 2, 4, 8, 16)  # the handler's rule inside the table's 1..16
-MAX_NUMERATOR = 32  # the handler's (engine/bars.py) inside the table's 1..99
 JOB_REQS = (2_000_000_000, protocol.INT32_MAX + 1)  # request ids of the jobs the fuzz starts (see Fuzzer)
 PRESET_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-_"  # the handler's rule for preset names (not - or _ first)
 
@@ -130,8 +129,8 @@ class Fuzzer:
         args = self.valid_args(msg, job=False)  # its request id is no job's: its /error must be counted
         if msg.address == "/set" and r.random() < 0.3:
             return [r.choice(["nope", "TOP_K", "", "bpm"]), 1]
-        if msg.address == "/tempo" and r.random() < 0.2:  # in the table's ranges, but no time signature
-            return [120.0, 4, r.choice([3, 5, 6, 7, 12])] if r.random() < 0.5 else [120.0, r.randint(33, 99), 4]
+        if msg.address == "/tempo" and r.random() < 0.2:  # in the table's ranges, but not a power-of-two denominator
+            return [120.0, r.randint(1, MAX_NUMERATOR), r.choice([3, 5, 6, 7, 12])]
         n_fixed = len(msg.args)
         numbers = [i for i, a in enumerate(msg.args) if a.type in ("i", "f")]
         strings = [i for i, a in enumerate(msg.args) if a.type == "s"]
