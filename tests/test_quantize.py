@@ -6,8 +6,7 @@ other CPUs' rounding; a coarser quantizer (4 bits) already breaks the int8 bound
 quantizer from a broken one.
 
 w8a8 (int8 weights and int8 activations, one scale per activation row, heads weight-only int8) is held to
-int8's bounds: it measures cosine ~0.9995, KL ~1.5e-3, top-1 ~0.92 here (1.6x weight-only int8's KL), which is what
-makes it `--dtype auto`'s CPU choice.
+int8's bounds: it measures cosine ~0.9995, KL ~1.5e-3, top-1 ~0.92 here (1.6x weight-only int8's KL).
 
 int4 (groups of 32, asymmetric, heads in int8) is a much coarser format: on this model it measures cosine ~0.97,
 KL ~0.09 nats, top-1 ~0.61, about 100x int8's KL (its rounding error is ~13x per-row int8's). Its bounds

@@ -109,6 +109,7 @@ def test_w8a8_without_the_kernel_is_a_clear_error(monkeypatch):
     monkeypatch.setattr("engine.quantize.w8a8_supported", lambda: False)
     with pytest.raises(UserError, match="w8a8 needs oneDNN's int8 matmul"):
         plan_precision(CPU, torch.qint8)
+    monkeypatch.setattr("engine.devices.CPU_AUTO", "w8a8")
     assert auto_dtype(CPU)[0] == torch.int8  # auto falls back to weight-only int8
 
 
@@ -119,10 +120,13 @@ def test_int4_without_the_kernel_is_a_clear_error(monkeypatch):
 
 
 def test_auto_dtype_per_device(monkeypatch):
-    if w8a8_supported():
-        assert resolve_dtype("auto", CPU) == DTYPES[CPU_AUTO] == auto_dtype(CPU)[0]
-        assert resolve_dtype("AUTO") == DTYPES[CPU_AUTO]  # no device: the CPU's choice
-        assert dtype_name(auto_dtype(CPU)[0]) == CPU_AUTO == "w8a8"  # what the log and /status name
+    assert resolve_dtype("auto", CPU) == DTYPES[CPU_AUTO] == auto_dtype(CPU)[0]
+    assert resolve_dtype("AUTO") == DTYPES[CPU_AUTO]  # no device: the CPU's choice
+    assert dtype_name(auto_dtype(CPU)[0]) == CPU_AUTO  # what the log and /status name
+    if w8a8_supported():  # the w8a8 choice, named as --dtype spells it
+        monkeypatch.setattr("engine.devices.CPU_AUTO", "w8a8")
+        assert auto_dtype(CPU)[0] == torch.qint8 and dtype_name(torch.qint8) == "w8a8"
+        monkeypatch.undo()
     assert auto_dtype(torch.device("mps"))[0] == torch.float16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert auto_dtype(torch.device("cuda"))[0] == torch.bfloat16
