@@ -13,9 +13,9 @@ samples are dropped, not played late. Four pieces, one job each: `Ring` (the wra
 `SampleClock` (wall-clock time -> output sample index), `TakeScheduler` (which take plays each output sample,
 hand-over on an exact sample) and `_DeviceStream` (the sounddevice stream); `LiveOutput` wires them together.
 
-Headroom for the callback: it is Python, so it needs the GIL, which a generating thread holds for up to the
-interpreter's switch interval (5 ms by default, most of a JACK period of 8 ms). Opening a live output lowers the
-switch interval to 1 ms, so a late callback waits at most that long for the GIL.
+Headroom for the callback: it is Python, so it needs the GIL. The bridge runs this class in a process of its own
+(`bridge.audio_process`), where nothing else wants the GIL for long; opening a live output also lowers the
+switch interval to 1 ms, so a callback waits at most that long for the feeder thread.
 """
 
 from __future__ import annotations
@@ -439,12 +439,19 @@ class LiveOutput:
              cancel: threading.Event | None = None) -> None:
         """Queue [channels, n] audio at the model's rate. The first push schedules the take at the monotonic
         time `start_at(ready_time)` returns. Waits while the ring is full; raises Cancelled if `cancel` is set."""
-        frames = self._convert(take, audio, last=False)
         if take.start_sample is None:
-            when = start_at(self._clock())
-            self.scheduler.schedule(take, self.sample_clock.sample_at(when))
-            log.debug("live output: take starts in %.3f s", when - self._clock())
-        self._write(take, frames, cancel)
+            self.schedule(take, start_at(self._clock()))
+        self.write(take, audio, cancel)
+
+    def schedule(self, take: _Take, when: float) -> None:
+        """Start `take` at monotonic time `when` (on the sample that plays then)."""
+        self.scheduler.schedule(take, self.sample_clock.sample_at(when))
+        log.debug("live output: take starts in %.3f s", when - self._clock())
+
+    def write(self, take: _Take, audio: np.ndarray, cancel: threading.Event | None = None) -> None:
+        """Queue [channels, n] audio at the model's rate behind what the take already has; waits while the ring is
+        full; raises Cancelled if `cancel` is set."""
+        self._write(take, self._convert(take, audio, last=False), cancel)
 
     def finish(self, take: _Take) -> None:
         """No more audio for this take: running dry at its end is not a dry spell."""

@@ -26,6 +26,7 @@ from engine.errors import UserError
 log = logging.getLogger(__name__)
 
 APP_NAME = "musicgen-engine"
+PATIENT_PROXY_CHECKS = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30"}
 MAX_CONNECTIONS_PER_REPLICA = 16  # open streams a replica accepts; Ray queues the rest (the engine batches/serializes)
 
 
@@ -115,6 +116,11 @@ class Cluster:
         self.ray, self.serve, self.host, self.port = ray, serve, host, port
         self.started_ray = not ray.is_initialized()
         if self.started_ray:
+            # Serve's controller gives a starting proxy 5 s to answer and then kills it (ActorDiedError): on a
+            # laptop whose cores are busy (Live, a jam) that start takes longer. A local Ray inherits this process's
+            # environment, so more patient checks are set here; a joined cluster keeps its operator's settings.
+            for name, seconds in PATIENT_PROXY_CHECKS.items():
+                os.environ.setdefault(name, seconds)
             # Workers import this project: the driver's PYTHONPATH travels with them.
             env = {k: os.environ[k] for k in ("PYTHONPATH", "HF_HUB_OFFLINE", "HF_HOME") if k in os.environ}
             ray.init(address=address, include_dashboard=False, runtime_env={"env_vars": env} if env else None,

@@ -6,8 +6,9 @@ It reopens the stream, continuing the audio tail it holds, when
 - the tempo or the prompt it follows changes (the new stream starts where the last chunk ended),
 - the engine is lost (`engine.errors.EngineLost`): the new stream starts on the bar line after the last chunk
   delivered, so nothing delivered is lost or repeated.
-It never sends a chunk whose song beat has passed, and runs no further ahead of the song than it needs to
-(`bridge.jam_pacing`). It does no I/O: the runner writes WAVs, sends /chunk and feeds the live output.
+With tempo lock each chunk goes out once the next one is made (`bridge.tempo_lock.ChunkLock`), and is placed on
+the song at that moment. It never sends a chunk whose song beat has passed, and runs no further ahead of the song
+than it needs to (`bridge.jam_pacing`). It does no I/O: the runner writes WAVs, sends /chunk and feeds the live output.
 `stop()` ends the iteration after what was delivered; `cancel()` makes it raise `Cancelled`.
 """
 
@@ -28,6 +29,7 @@ from engine.interface import Engine, EngineStream, StreamSpec
 from engine.sampling import SamplingSettings
 
 from .jam_pacing import Pacer, RateMeter
+from .tempo_lock import ChunkLock
 from .transport import Transport
 
 log = logging.getLogger(__name__)
@@ -56,9 +58,9 @@ class JamSettings:
     chunk_bars: int = 1
     context_seconds: float = 10.0
     tempo_in_prompt: bool = True
-    # Chunks the consumer holds back after the jam yields them (tempo lock holds one: bridge/tempo_lock.ChunkLock);
-    # placement counts the time the engine needs to make that many more, so a held chunk is still on time.
-    held_chunks: int = 0
+    # Tempo lock (bridge.tempo_lock.ChunkLock): a chunk is warped onto the grid once the next one is made, and is
+    # placed on the song only then, so the on-time check sees when it really goes out.
+    lock: bool = False
 
 
 class Jam:
@@ -138,6 +140,31 @@ class Jam:
         return stream
 
     def __iter__(self) -> Iterator[JamChunk]:
+        for audio, beats, tempo in self._locked(self._made()):
+            yield self._place(audio, beats, tempo)
+
+    def _locked(self, made: Iterator[tuple[np.ndarray, Fraction, Tempo]]) -> Iterator[tuple[np.ndarray, Fraction, Tempo]]:
+        """The made chunks, tempo-locked when asked: each one chunk late, same length; a new lock for each tempo;
+        the last one flushed when the jam stops (not when it is cancelled: that raises)."""
+        if not self.settings.lock:
+            yield from made
+            return
+        locker, held = None, None
+        for audio, beats, tempo in made:
+            if locker is not None and tempo != locker.tempo:
+                yield locker.flush(), held[0], held[1]
+                locker, held = None, None
+            locker = locker or ChunkLock(tempo, self.sample_rate)
+            locked = locker.push(audio)
+            if held is not None:
+                yield locked, held[0], held[1]
+            held = (beats, tempo)
+        if held is not None:
+            yield locker.flush(), held[0], held[1]
+            log.info("%s tempo lock: %s (%d beats dropped or repeated)", self.name, locker.message, locker.splices)
+
+    def _made(self) -> Iterator[tuple[np.ndarray, Fraction, Tempo]]:
+        """(audio, beats, tempo) of each chunk as the engine makes it, across reopened streams, paced."""
         lost_tries = 0
         while not self._ended():
             try:
@@ -170,9 +197,8 @@ class Jam:
                         self.seed = stream.seed
                         log.info("%s at %s bpm %d/%d: %r, seed %d", self.name, format_bpm(self.tempo.bpm),
                                  self.tempo.numerator, self.tempo.denominator, stream.prompt_text, stream.seed)
-                    out = self._place(chunk.audio, chunk.beats)
                     self._keep_tail(chunk.audio)
-                    yield out
+                    yield chunk.audio, chunk.beats, self.tempo
                     if self._ended():
                         return
                     self._pace()
@@ -187,12 +213,12 @@ class Jam:
                 with self._lock:
                     self._stream = None
 
-    def _place(self, audio: np.ndarray, beats: Fraction) -> JamChunk:
-        """The chunk as handed out: its jam beat and, with a transport, its song beat (moved later if it would
+    def _place(self, audio: np.ndarray, beats: Fraction, tempo: Tempo) -> JamChunk:
+        """The chunk as handed out now: its jam beat and, with a transport, its song beat (moved later if it would
         be late; see Pacer)."""
         song_beat = None
         if self._song_beat is not None:
-            state, now = self.transport.snapshot(), self.transport.clock() + self._hold_time(audio)
+            state, now = self.transport.snapshot(), self.transport.clock()
             if self.chunks == 0:
                 song_beat = self.pacer.first(self._song_beat, state, now, self.meter.realtime)
                 self._song_beat = song_beat
@@ -210,21 +236,14 @@ class Jam:
                     self._song_beat += moved
                     song_beat = later
         self._resuming = False
-        out = JamChunk(self.chunks, audio, self.beats, beats, song_beat, self.tempo)
+        out = JamChunk(self.chunks, audio, self.beats, beats, song_beat, tempo)
         if self.chunks == 0:
             self._t_first = time.monotonic()
         self._made_s += audio.shape[1] / self.sample_rate
         self.chunks += 1
         self.beats += beats
-        self.bars += beats / self.tempo.beats_per_bar
+        self.bars += beats / tempo.beats_per_bar
         return out
-
-    def _hold_time(self, audio: np.ndarray) -> float:
-        """Seconds until a chunk yielded now is sent on: the time to make `held_chunks` more chunks like it."""
-        rate = self.meter.recent or self.meter.realtime
-        if not self.settings.held_chunks or rate <= 0:
-            return 0.0
-        return self.settings.held_chunks * audio.shape[1] / self.sample_rate / rate
 
     def _keep_tail(self, audio: np.ndarray) -> None:
         keep = max(1, round(self.settings.context_seconds * self.sample_rate))

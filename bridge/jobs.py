@@ -37,7 +37,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable
 
@@ -53,11 +53,11 @@ from engine.takes import take_specs
 from . import protocol
 from .audio_io import load_audio
 from .audio_out import START_MARGIN_S, LiveOutput, TakeWriter, WavNamer, write_wav
+from .audio_process import LiveOutputProcess
 from .jam import Jam, JamSettings
 from .jam_pacing import RateMeter
 from .presets import render_prompt
 from .result_grid import bars_to_render, put_on_grid
-from .tempo_lock import ChunkLock
 from .transport import Transport
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ class Job:
 class JobRunner:
     """The queue and its workers (one per stream the engine can advance at once)."""
 
-    def __init__(self, send: Send, namer: WavNamer, *, live: LiveOutput | None = None,
+    def __init__(self, send: Send, namer: WavNamer, *, live: LiveOutput | LiveOutputProcess | None = None,
                  transport: Transport | None = None, max_queued: int = MAX_QUEUED,
                  on_change: Callable[[], None] | None = None):
         self._send = send
@@ -453,27 +453,6 @@ class JobRunner:
                     stream.cancel()
                 raise
 
-    @staticmethod
-    def _locked(chunks, lock: bool, sr: int, job: Job):
-        """The jam's chunks with tempo lock (bridge/tempo_lock.ChunkLock): each comes out one chunk late, same
-        length and place; a new lock for each tempo; the last one is flushed when the jam ends (not on cancel)."""
-        if not lock:
-            yield from chunks
-            return
-        locker, held = None, None
-        for chunk in chunks:
-            if locker is not None and chunk.tempo != locker.tempo:
-                yield replace(held, audio=locker.flush())
-                locker, held = None, None
-            locker = locker or ChunkLock(chunk.tempo, sr)
-            locked = locker.push(chunk.audio)
-            if held is not None:
-                yield replace(held, audio=locked)
-            held = chunk
-        if held is not None and not job.cancel_event.is_set():
-            yield replace(held, audio=locker.flush())
-            log.info("#%d tempo lock: %s (%d beats dropped or repeated)", job.req, locker.message, locker.splices)
-
     def _jam(self, job: Job, engine: Engine) -> None:
         """Chunks from a Jam until /jam/stop: each a WAV, a /chunk and live audio; the whole jam a WAV at the end."""
         r, info = job.request, engine.info
@@ -484,26 +463,25 @@ class JobRunner:
         self._check_melody(job, engine)  # before any chunk
         key, source = key_for_prompt(r.key, self._melody(job, engine, r.tempo) if not r.key else None)
         log.info("#%d key %s (%s)", job.req, key or "-", source)
-        follow = None
-        if r.follow is not None:
-            def follow() -> tuple[Tempo, str]:
-                tempo, template = r.follow()
-                return tempo, self._prompt(template, tempo, key)
+        def follow_song() -> tuple[Tempo, str]:
+            tempo, template = r.follow()
+            return tempo, self._prompt(template, tempo, key)
 
         def notify(code: str, message: str) -> None:
             self._send("/error", -1 if code == "engine_lost" else job.req, code, message)
 
         jam = job.attach(Jam(engine, JamSettings(r.sampling, r.chunk_bars, r.context_seconds, r.tempo_in_prompt,
-                                                       held_chunks=1 if r.lock else 0),
+                                                       lock=r.lock),
                              r.tempo, self._prompt(r.prompt, r.tempo, key), song_beat=r.song_beat,
-                             transport=self.transport, tail=tail, follow=follow,
+                             transport=self.transport, tail=tail,
+                             follow=follow_song if r.follow is not None else None,
                              melody_for=lambda tempo: self._melody(job, engine, tempo),
                              notify=notify, name=f"#{job.req} jam"))
         writer = TakeWriter(self.namer.path(job.req, "jam"), sr, info.channels)
         take = self._live_take(job)
         start_at = None
         try:
-            for chunk in self._locked(jam, r.lock, sr, job):
+            for chunk in jam:
                 path = write_wav(self.namer.path(job.req, "jam", chunk.index), chunk.audio, sr)
                 writer.write(chunk.audio)
                 args = [job.req, chunk.index, str(path), float(chunk.start_beat), float(chunk.beats)]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Sequence
 
-from engine.bars import MAX_BPM, MIN_BPM
+from engine.bars import DENOMINATORS, MAX_BPM, MAX_NUMERATOR, MIN_BPM
 
 HOST = "127.0.0.1"
 PORT = 9000  # the bridge listens here
@@ -107,8 +107,8 @@ PROMPT = Arg("prompt", "s", "text prompt; empty means the prompt set with /set p
              max_len=TEXT_MAX_LEN)
 WAV_PATH = Arg("wav_path", "s", "absolute path of a WAV file")
 BPM = Arg("bpm", "f", "song tempo in beats per minute", int(MIN_BPM), int(MAX_BPM))
-NUM = Arg("num", "i", "time signature numerator", 1, 99)
-DEN = Arg("den", "i", "time signature denominator", 1, 16)
+NUM = Arg("num", "i", "time signature numerator", 1, MAX_NUMERATOR)
+DEN = Arg("den", "i", "time signature denominator (1, 2, 4, 8 or 16)", 1, max(DENOMINATORS))
 
 SETTINGS: tuple[Arg, ...] = (
     Arg("prompt", "s", "default text prompt", allow_empty=True, max_len=TEXT_MAX_LEN, default=""),

@@ -40,7 +40,8 @@ from pythonosc.osc_packet import OscPacket
 from engine.errors import Cancelled, UserError
 
 from . import protocol
-from .audio_out import LiveOutput, WavNamer, find_device, write_wav
+from .audio_out import WavNamer, find_device, write_wav
+from .audio_process import LiveOutputProcess
 from .presets import load_preset, presets_dir
 from .protocol import ProtocolError
 from .transport import Transport
@@ -171,7 +172,7 @@ class BridgeServer:
         self._remote = None  # the RemoteEngine with --engine
         self._last_state = None
         self._state_lock = threading.Lock()
-        self.live: LiveOutput | None = None
+        self.live: LiveOutputProcess | None = None
         self.runner: JobRunner | None = None  # made by the loader thread (it imports torch)
         self.handlers = {m.address: getattr(self, "on_" + m.address.strip("/").replace("/", "_"))
                          for m in protocol.MESSAGES if m.direction == "in"}
@@ -267,8 +268,8 @@ class BridgeServer:
             return
         if self.config.audio_device:  # its rate and channels are the model's, so it opens now
             try:
-                self.live = LiveOutput(self.config.audio_device, engine.info.sample_rate, engine.info.channels,
-                                       clock=self.transport.clock).open()
+                self.live = LiveOutputProcess(self.config.audio_device, engine.info.sample_rate,
+                                              engine.info.channels).open()
                 self.runner.live = self.live
             except UserError as exc:  # results still arrive as files: keep serving, and say why it is silent
                 log.error("live output disabled: %s", exc)

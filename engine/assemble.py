@@ -117,7 +117,8 @@ def build_lm(cfg: LMConfig, state: dict[str, Tensor], device: torch.device, dtyp
     """Our LM from our-named tensors; `state` is consumed (emptied) so no second copy of the weights survives.
 
     `dtype` may be torch.int8 (weight-only int8, CPU). On CPU the activations stay fp32 and the linear weights
-    are prepacked in the asked precision (engine/quantize.py says why).
+    are prepacked in the asked precision (engine/quantize.py says why); with narrow weights the KV cache is bf16
+    where that is fast (`bf16_kv_cache_fast`).
     """
     from engine.quantize import plan_precision, prepare_for_cpu
 
@@ -137,7 +138,22 @@ def build_lm(cfg: LMConfig, state: dict[str, Tensor], device: torch.device, dtyp
     if precision.weights is not None:
         prepare_for_cpu(lm, precision.weights)  # one matrix at a time: each original is freed as it is replaced
     lm.weight_dtype = dtype
+    if device.type == "cpu" and precision.weights in ("bfloat16", "int8", "w8a8", "int4") and bf16_kv_cache_fast():
+        # Narrow weights: the KV cache narrows too, to bf16 (half the bytes a step reads per position of context,
+        # so a step at a long context costs little more than at a short one: benchmarks/RESULTS.md). fp32 models
+        # keep an fp32 cache, exact against transformers.
+        lm.kv_dtype = torch.bfloat16
     return lm
+
+
+def bf16_kv_cache_fast() -> bool:
+    """bf16 attention (SDPA) beats the fp32 path where it was measured: CPUs with AMX tiles and native bf16. On
+    CPUs with avx512_bf16 alone an earlier round measured bf16 attention slower (benchmarks/RESULTS.md), so
+    they keep the fp32 cache until `benchmarks/kv_context.py` says otherwise there."""
+    from engine.quantize import bf16_supported
+
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    return bf16_supported() and bool(amx())
 
 
 # ------------------------------------------------------------------------------ T5, EnCodec and projections

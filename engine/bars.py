@@ -24,7 +24,9 @@ Number = Union[int, float, str, Fraction]
 # device can send nothing else, and a tempo above it is a typo (e.g. 1200 for 120.0).
 MIN_BPM = Fraction(20)
 MAX_BPM = Fraction(999)
-MAX_SIGNATURE_PART = 32
+# Live's time signatures, likewise the one set for the project: numerators 1-99 over a power of two up to 16.
+MAX_NUMERATOR = 99
+DENOMINATORS = (1, 2, 4, 8, 16)
 
 
 def exact(value: Number, what: str = "value") -> Fraction:
@@ -70,11 +72,11 @@ def _check_signature(numerator: int, denominator: int) -> None:
     for name, part in (("numerator", numerator), ("denominator", denominator)):
         if isinstance(part, bool) or not isinstance(part, int):
             raise UserError(f"time signature {name} must be an integer, got {part!r}")
-    if not 1 <= numerator <= MAX_SIGNATURE_PART:
-        raise UserError(f"time signature numerator {numerator} is out of range; use 1 to {MAX_SIGNATURE_PART}")
-    # Powers of two only: that is what a notated (and Live's) time signature allows.
-    if not 1 <= denominator <= MAX_SIGNATURE_PART or denominator & (denominator - 1):
-        raise UserError(f"time signature denominator {denominator} must be 1, 2, 4, 8, 16 or 32")
+    if not 1 <= numerator <= MAX_NUMERATOR:
+        raise UserError(f"time signature numerator {numerator} is out of range; use 1 to {MAX_NUMERATOR}")
+    if denominator not in DENOMINATORS:
+        raise UserError(f"time signature denominator {denominator} must be one of "
+                        f"{', '.join(map(str, DENOMINATORS))} (as in Live)")
 
 
 def parse_time_signature(text: str) -> tuple[int, int]:

@@ -23,7 +23,7 @@ from engine.lm import MusicGenLM
 def kv_bytes_per_row(lm: MusicGenLM, length: int) -> int:
     """Self-attention cache bytes of one row holding `length` positions (keys and values, every layer)."""
     cfg = lm.cfg
-    return 2 * cfg.n_layers * cfg.dim * length * torch.empty(0, dtype=lm.act_dtype).element_size()
+    return 2 * cfg.n_layers * cfg.dim * length * torch.empty(0, dtype=lm.cache_dtype).element_size()
 
 
 class BatchCache:
@@ -52,7 +52,7 @@ class BatchCache:
         lm, cfg = self.lm, self.lm.cfg
         R, L, S = max(rows, self.rows), max(length, self.length), max(cross_len, self.cross_len)
         dev, dt = lm.device, lm.act_dtype
-        kvs = [torch.zeros(2, R, cfg.n_heads, L, cfg.head_dim, dtype=dt, device=dev) for _ in range(cfg.n_layers)]
+        kvs = [torch.zeros(2, R, cfg.n_heads, L, cfg.head_dim, dtype=lm.cache_dtype, device=dev) for _ in range(cfg.n_layers)]
         for new, old in zip(kvs, self.kvs):
             new[:, :used, :, : self.length] = old[:, :used]
         self.kvs = kvs

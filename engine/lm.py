@@ -63,11 +63,19 @@ def sinusoids(positions: Tensor, dim: int) -> Tensor:
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     """softmax(q k^T / sqrt(d) + mask) v over [B, H, T|L, d]; `mask` is boolean (True = attend), additive
-    (float, 0 or -inf, broadcastable to [B, H, T, L]: per-row lengths in a batch of streams) or None."""
+    (float, 0 or -inf, broadcastable to [B, H, T, L]: per-row lengths in a batch of streams) or None.
+
+    Keys and values narrower than the queries (a bf16 KV cache under fp32 activations, `MusicGenLM.kv_dtype`)
+    go through SDPA in their own dtype: its CPU kernel reads bf16 keys and values at the memory's rate and
+    accumulates in fp32, where a bf16 bmm copies the strided cache view before multiplying. The result comes
+    back in the queries' dtype."""
+    if k.dtype != q.dtype:
+        if mask is not None and mask.is_floating_point():
+            mask = mask.to(k.dtype)  # 0 and -inf are exact in bf16
+        return F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask).to(q.dtype)
     if q.shape[-2] == 1 and q.device.type == "cpu" and (mask is None or mask.is_floating_point()):
         # One query: two batched matmuls over [B*H] views of the cache (no copies), the 1/sqrt(d) scale folded
-        # into the first one's alpha. SDPA's CPU kernel costs more in setup than this math at T=1, and in bf16
-        # it is several times slower.
+        # into the first one's alpha. SDPA's CPU kernel costs more in setup than this math at T=1 in fp32.
         B, H, _, d = q.shape
         L = k.shape[-2]
         # An additive mask rides in baddbmm's added term; masked keys get exactly zero weight, and a row's result
@@ -100,7 +108,8 @@ class KVCache(nn.Module):
 
     def update(self, input_pos: Tensor, kv: Tensor) -> Tensor:
         """Write kv [2, B, H, T, d] at positions `input_pos`: [T] for every row, or [B, T] one per row (a batch of
-        streams); returns the whole cache."""
+        streams), rounded to the cache's dtype; returns the whole cache."""
+        kv = kv.to(self.kv.dtype)
         if input_pos.dim() == 1:
             return self.kv.index_copy_(3, input_pos, kv)
         return self.kv.scatter_(3, input_pos[None, :, None, :, None].expand(kv.shape), kv)
@@ -196,6 +205,9 @@ class MusicGenLM(nn.Module):
         self.heads = nn.Linear(cfg.dim, cfg.n_codebooks * cfg.card, bias=False)
         self.max_len = 0
         self.weight_dtype: torch.dtype | None = None  # set when the linear weights differ from the activations
+        # The self-attention KV cache's dtype when it differs from the activations: bf16 for narrow weights on
+        # CPUs where bf16 attention is fast (engine/assemble.py sets it): half the bytes per position of context.
+        self.kv_dtype: torch.dtype | None = None
         self.compiled_steps: dict = {}  # engine.steps keeps its traced / captured decode steps here
 
     @property
@@ -205,8 +217,14 @@ class MusicGenLM(nn.Module):
 
     @property
     def act_dtype(self) -> torch.dtype:
-        """The activations' and the KV cache's dtype. On CPU it stays fp32 while the linear weights narrow."""
+        """The activations' dtype (and the cross-attention keys'). On CPU it stays fp32 while the linear weights
+        narrow."""
         return self.out_norm.weight.dtype
+
+    @property
+    def cache_dtype(self) -> torch.dtype:
+        """The self-attention KV cache's dtype: `kv_dtype` when set, else the activations'."""
+        return self.kv_dtype or self.act_dtype
 
     @property
     def device(self) -> torch.device:
@@ -214,10 +232,11 @@ class MusicGenLM(nn.Module):
 
     def setup_caches(self, batch: int, max_len: int) -> None:
         """Allocate the KV cache for one generation (positions 0 .. max_len-1), reused across its windows."""
-        if self.max_len == max_len and self.layers[0].attn.kv_cache.k.shape[0] == batch:
+        kv = self.layers[0].attn.kv_cache
+        if self.max_len == max_len and kv.k.shape[0] == batch and kv.kv.dtype == self.cache_dtype:
             return
         for layer in self.layers:
-            layer.attn.kv_cache = KVCache(batch, self.cfg.n_heads, max_len, self.cfg.head_dim, self.act_dtype, self.device)
+            layer.attn.kv_cache = KVCache(batch, self.cfg.n_heads, max_len, self.cfg.head_dim, self.cache_dtype, self.device)
         self.register_buffer("causal", torch.ones(max_len, max_len, dtype=torch.bool, device=self.device).tril(), persistent=False)
         self.register_buffer("pos_table", sinusoids(torch.arange(max_len, device=self.device), self.cfg.dim), persistent=False)
         self.max_len = max_len

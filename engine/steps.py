@@ -99,8 +99,8 @@ class TracedStep:
     """One decode step (T = 1, sliced) as a frozen TorchScript graph: the CPU's way past per-op overhead.
 
     In eager mode a step is ~1,500 small tensor ops, each paying Python and dispatch costs; the graph runs the
-    same ops without them (what that saves is measured in benchmarks/RESULTS.md). Traced
-    once per batch size and activation dtype; the caches, the conditioning and the position are inputs, so
+    same ops without them (what that saves is measured in benchmarks/RESULTS.md). Traced once per batch size,
+    activation dtype and KV cache dtype; the caches, the conditioning and the position are inputs, so
     generations, windows and prompts of any length reuse it. torch.jit is deprecated in torch 2.x: if tracing
     fails, the step runs eagerly (the "eager" step mode turns it off).
     """
@@ -128,7 +128,7 @@ class TracedStep:
         """Positioned inputs [B, 1, D] (act_dtype) at `input_pos` [1], or [B, 1] for a batch of streams (one
         position per row, `kv_len` the longest row's length) -> logits [B, K, 1, card] (float32)."""
         args = self._inputs(h, input_pos, kv_len)
-        key = (h.shape[0], h.dtype, input_pos.dim(), len(args))
+        key = (h.shape[0], h.dtype, args[3][0].dtype, input_pos.dim(), len(args))  # args[3]: the KV caches
         graph = self.graphs.get(key)
         if graph is None and not self.failed:
             graph = self._trace(args, key)

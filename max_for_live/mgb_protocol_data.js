@@ -65,7 +65,7 @@ exports.TABLE = {
     {
      "name": "den",
      "type": "i",
-     "doc": "time signature denominator",
+     "doc": "time signature denominator (1, 2, 4, 8 or 16)",
      "min": 1,
      "max": 16
     }
@@ -102,7 +102,7 @@ exports.TABLE = {
     {
      "name": "den",
      "type": "i",
-     "doc": "time signature denominator",
+     "doc": "time signature denominator (1, 2, 4, 8 or 16)",
      "min": 1,
      "max": 16
     },

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from bridge.bench import format_table, read_bandwidth_gbs, run_row, step_bytes
+from engine.assemble import bf16_kv_cache_fast
 from engine.checkpoint import load_model
 
 
@@ -28,11 +29,12 @@ def test_step_bytes_counts_the_weights_a_step_reads_and_the_filled_cache(tiny_mo
     lm.set_condition(torch.zeros(2, 5, lm.cfg.dim))
     cfg = lm.cfg
     # int8: per layer wqkv, wo, cross wq, cross wo, fc1, fc2 (cross wkv runs once per generation), one byte per
-    # weight and a bf16 scale per output row; the heads; K and V at 10 positions; the cross keys and values (fp32).
+    # weight and a bf16 scale per output row; the heads; K and V at 10 positions (bf16 where the int8 model gets a
+    # bf16 cache, fp32 elsewhere); the cross keys and values (fp32).
     D, F, L = cfg.dim, cfg.ffn_dim, cfg.n_layers
     rows = 3 * D + D + D + D + F + D
     weights = L * (D * (3 * D + D + D + D + F) + F * D + 2 * rows) + cfg.n_codebooks * cfg.card * (D + 2)
-    kv = L * 2 * 2 * 10 * D * 4
+    kv = L * 2 * 2 * 10 * D * (2 if bf16_kv_cache_fast() else 4)
     cross = L * 2 * 2 * 5 * D * 4
     assert step_bytes(lm, batch=2, context=10) == weights + kv + cross
     assert step_bytes(lm, batch=2, context=20) - step_bytes(lm, batch=2, context=10) == kv

@@ -4,6 +4,7 @@ and a lost engine reopen a stream that continues the tail, nothing delivered is 
 from __future__ import annotations
 
 import threading
+import time
 from fractions import Fraction
 
 import numpy as np
@@ -94,3 +95,65 @@ def test_cancel_raises_and_stop_before_the_start_yields_nothing():
     stopped = Jam(CounterEngine(SR), SETTINGS, FAST, "keys")
     stopped.stop()
     assert list(stopped) == []
+
+
+class _UnevenEngine(CounterEngine):
+    """Chunk j takes delays[j] seconds to make (the last repeats): a host whose load changes under the jam."""
+
+    def __init__(self, delays: list[float]):
+        super().__init__(SR)
+        self.delays = delays
+
+    def open(self, spec):
+        stream, delays = super().open(spec), self.delays
+
+        class Uneven:
+            def __getattr__(self, name):
+                return getattr(stream, name)
+
+            def __iter__(self):
+                for j, chunk in enumerate(stream):
+                    time.sleep(delays[min(j, len(delays) - 1)])
+                    yield chunk
+
+        return Uneven()
+
+
+def _handed_out(chunks, transport, hold: bool) -> list[tuple[float, float]]:
+    """(seconds from being handed out to its song beat, song beat) of the chunks until 4 went out; with `hold`, the consumer holds
+    each chunk until the next arrives, as tempo lock did when it ran after the jam."""
+    out, held = [], None
+    for chunk in chunks:
+        if hold and held is not None:
+            out.append((transport.snapshot().time_of_beat(held.song_beat) - time.monotonic(), held.song_beat))
+        if not hold:
+            out.append((transport.snapshot().time_of_beat(chunk.song_beat) - time.monotonic(), chunk.song_beat))
+        held = chunk
+        if len(out) == 4:
+            chunks.stop()
+    return out
+
+
+def _uneven_jam(lock: bool) -> tuple[Jam, object]:
+    from bridge.transport import Transport
+
+    transport = Transport()
+    transport.set_transport(True, 600.0, 4, 4, 2.6)  # a bar is 0.4 s; beat 4 comes in 0.14 s
+    # Chunk 0 comes at once, chunk 1 takes most of a bar: a rate measured on chunk 0 alone says "very fast".
+    engine = _UnevenEngine([0.0, 0.3, 0.1])
+    settings = JamSettings(SamplingSettings(seed=3), chunk_bars=1, context_seconds=1.0, lock=lock)
+    return Jam(engine, settings, FAST, "keys", song_beat=Fraction(4), transport=transport), transport
+
+
+def test_tempo_lock_places_a_chunk_when_it_goes_out_so_it_is_never_late():
+    jam, transport = _uneven_jam(lock=True)
+    got = _handed_out(jam, transport, hold=False)  # the first lock also compiles librosa's beat tracker (~4 s)
+    assert len(got) == 5  # stopped after 4: the lock's held chunk still goes out
+    assert all(lead > 0 for lead, _ in got), got  # every chunk reaches the device before its song beat
+    assert [b - got[0][1] for _, b in got] == [0, 4, 8, 12, 16]  # still one chunk per bar, contiguous
+
+
+def test_negative_control_placed_when_made_and_held_afterwards_it_is_late():
+    jam, transport = _uneven_jam(lock=False)
+    got = _handed_out(jam, transport, hold=True)
+    assert got[0][0] < 0, got  # chunk 0 was placed on the bar after it was made, and went out after that bar

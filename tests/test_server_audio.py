@@ -13,10 +13,11 @@ import soundfile as sf
 from tests.test_audio_out import _find
 from tests.test_server_harness import jack_server, serving  # noqa: F401  (fixture)
 
-# These run against a real JACK server (dummy driver, no realtime scheduling). On a saturated host JACK itself
-# loses process cycles (measured: starts ~120 ms late), which no bridge change prevents; reruns tell that from a
-# deterministic failure, which fails every time. Issue 15 keeps this open.
-pytestmark = pytest.mark.flaky(reruns=2)
+# These run against a real JACK server (dummy driver) with realtime scheduling, as audio systems run their clients
+# (tests/test_server_harness.Jack; without the privilege it runs without). The bridge plays from its own audio
+# process (bridge/audio_process.py), which a saturated machine does not starve (tests/test_audio_process.py); the
+# capture here is a Python callback in the test process, and one rerun covers a miss of its own under heavy load.
+pytestmark = pytest.mark.flaky(reruns=1)
 
 SR = 32000
 BEAT = 0.25  # 240 bpm
@@ -94,7 +95,7 @@ def test_generate_plays_live_from_the_next_bar_line(bridge, jack_server):  # noq
     bridge.send("/generate", 1, "", 2)
     address, args = bridge.listener.result(1)
     assert address == "/done", args
-    time.sleep(2.5)  # 2 bars at 240 bpm, plus up to a bar of waiting for the bar line
+    time.sleep(3.3)  # up to a bar of waiting for the bar line after /done, the 2 bars at 240 bpm, and slack
     recorded, time_of = cap.stop()
     result, sr = sf.read(args[1], dtype="float32")
     assert result.shape[1] == 2 and np.array_equal(result[:, 0], result[:, 1])  # mono written to both sides
@@ -107,9 +108,10 @@ def test_generate_plays_live_from_the_next_bar_line(bridge, jack_server):  # noq
     onset = time_of(at) + latency
     error, bar_beat = _bar_error(onset, t0, beats0)
     assert abs(error) < 0.015, f"the result started {error * 1000:.1f} ms off the bar line"
-    first_news = min(t for t, a in bridge.listener.timed("/progress", lambda a: a[0] == 1)
-                     + bridge.listener.timed("/done", lambda a: a[0] == 1))
-    assert bar_beat >= 8 and onset < first_news + 0.05 + 4 * BEAT + 0.015  # the next bar, not a later one
+    # With tempo lock (on by default) the result goes to the live output once whole and locked, just before /done
+    # is sent: it must start on the first bar line after that (START_MARGIN_S 0.05), not a later one.
+    done_at = bridge.listener.timed("/done", lambda a: a[0] == 1)[0][0]
+    assert bar_beat >= 8 and onset < done_at + 0.05 + 4 * BEAT + 0.015
     bridge.send("/status")
     status = bridge.listener.wait("/status")[1]
     assert status[6] >= 0  # underruns are reported when there is a live output
@@ -126,7 +128,9 @@ def test_jam_plays_live_from_its_song_beat(bridge, jack_server):  # noqa: F811
     bridge.send("/jam/start", 2, "")
     chunk0 = bridge.listener.wait("/chunk", lambda a: a[:2] == [2, 0], timeout=60)[1]
     bridge.listener.wait("/chunk", lambda a: a[:2] == [2, 1], timeout=60)
-    assert chunk0[5] == 16.0  # the first bar line after beat 13
+    # The first bar line after beat 13 is 16; a jam slower than real time (a saturated host) honestly starts on a
+    # later one. Either way its song beat is a bar line, and the live output must play it there.
+    assert chunk0[5] >= 16.0 and chunk0[5] % 4 == 0
     time.sleep(3.5)
     bridge.send("/jam/stop", 2)
     assert bridge.listener.result(2)[0] == "/done"
@@ -136,7 +140,7 @@ def test_jam_plays_live_from_its_song_beat(bridge, jack_server):  # noqa: F811
     at = _find(first, recorded)
     assert np.abs(np.clip(recorded[at:at + len(first)], -1, 1) - first).max() < 2 / 32768
     error, bar_beat = _bar_error(time_of(at) + latency, t0, beats0)
-    assert abs(error) < 0.015 and bar_beat >= 16
+    assert abs(error) < 0.015 and bar_beat == chunk0[5]
     print(f"jam live start: beat {bar_beat:g}, {error * 1000:+.1f} ms")
 
 

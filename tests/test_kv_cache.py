@@ -1,0 +1,152 @@
+"""The bf16 KV cache (`MusicGenLM.kv_dtype`): which models get it and what it saves, attention over it within bf16
+rounding of the fp32 cache's, the LM's logits within bounds (with negative controls), and the traced step equal
+to the eager one over it.
+
+Bounds, measured here (benchmarks/RESULTS.md, issue 11.3):
+- attention output, relative error (norm of the difference / norm of the fp32 result): bf16 keys and values
+  give ~3.9e-3 (bf16 keeps 8 significant bits: each of q, k, v and the output is rounded by up to 2^-9). Bound
+  1e-2. Keys and values rounded to fp8 e4m3 (3 bits, 16x coarser) give ~4e-2, values off by 2% ~2e-2: both miss.
+- logits, teacher-forced on the tiny model of tests/test_quantize.py with fp32 weights, fp32 cache against
+  bf16 cache: cosine ~0.999992, KL ~2.3e-5 nats, top-1 ~0.99. Bounds: cosine >= 0.9999, KL <= 2.5e-4 (about
+  10x), top-1 >= 0.95 (bf16 weights' bounds). e4m3 rounding of the cache (KL ~3.4e-3) and int8 with a wrong
+  fixed scale (clipping at 1, KL ~0.7) miss them.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.assemble import bf16_kv_cache_fast, build_lm, lm_config, lm_state_from_hf
+from engine.batch_cache import BatchCache, kv_bytes_per_row
+from engine.lm import KVCache, attend
+from engine.quantize import int4_supported, logit_agreement
+from engine.steps import traced_step
+from engine.tiny import tiny_config, tiny_reference_model
+
+CPU = torch.device("cpu")
+ATTENTION_BOUND = 1e-2
+LOGIT_BOUNDS = (0.9999, 2.5e-4, 0.95)  # mean cosine >=, mean KL <= (nats), top-1 agreement >=
+
+
+def _state(dim=128, layers=2, heads=4, seed=3):
+    ref = tiny_reference_model(tiny_config(dim=dim, layers=layers, heads=heads), seed=seed)
+    cfg = lm_config(ref.config.decoder.to_dict(), cross_attention=True)
+    return cfg, lm_state_from_hf({k: v for k, v in ref.state_dict().items() if k.startswith("decoder.")}, cfg)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg, state = _state()
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 2048, (2, 4, 60), generator=g)
+    cond = torch.randn(2, 12, cfg.dim, generator=g)
+    cond[1] = 0  # the unconditional row
+    return cfg, state, tokens, cond
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8", pytest.param("int4", marks=pytest.mark.skipif(
+    not int4_supported(), reason="no int4 kernel"))])
+def test_narrow_weights_get_a_bf16_cache(tiny, dtype):
+    cfg, state = tiny[0], tiny[1]
+    lm = build_lm(cfg, dict(state), CPU, getattr(torch, dtype))
+    narrow = dtype != "float32" and bf16_kv_cache_fast()  # fp32 models keep fp32 (exact against transformers)
+    assert lm.cache_dtype == (torch.bfloat16 if narrow else torch.float32)
+    assert lm.act_dtype == torch.float32
+    lm.setup_caches(2, 16)
+    assert lm.layers[0].attn.kv_cache.kv.dtype == lm.cache_dtype
+    assert kv_bytes_per_row(lm, 10) == 2 * cfg.n_layers * cfg.dim * 10 * (2 if narrow else 4)
+    cache = BatchCache(lm)
+    cache.ensure(rows=2, length=16, cross_len=5, used=0)
+    assert cache.kvs[0].dtype == lm.cache_dtype and cache.cross_k[0].dtype == torch.float32  # text keys stay wide
+
+
+def test_cpus_without_fast_bf16_attention_keep_the_fp32_cache(tiny, monkeypatch):
+    monkeypatch.setattr("engine.assemble.bf16_kv_cache_fast", lambda: False)
+    lm = build_lm(tiny[0], dict(tiny[1]), CPU, torch.int8)
+    assert lm.cache_dtype == torch.float32 and kv_bytes_per_row(lm, 1) == 2 * tiny[0].n_layers * tiny[0].dim * 4
+
+
+def _relative_error(got, want):
+    return ((got.float() - want).norm() / want.norm()).item()
+
+
+@pytest.mark.parametrize("case", ["one query", "row mask", "prefill"])
+def test_attention_over_a_bf16_cache_is_within_rounding(case):
+    g = torch.Generator().manual_seed(0)
+    T, L = (24, 64) if case == "prefill" else (1, 300)
+    q, k, v = (torch.randn(2, 16, n, 64, generator=g) for n in (T, L, L))
+    if case == "prefill":
+        mask = torch.ones(T, L, dtype=torch.bool).tril(L - T)[None, None]
+    elif case == "row mask":  # a batch of streams: row 1 is shorter, its padded keys get -inf
+        mask = torch.zeros(2, 1, 1, L)
+        mask[1, ..., 200:] = float("-inf")
+    else:
+        mask = None
+    want = attend(q, k, v, mask)
+    got = attend(q, k.bfloat16(), v.bfloat16(), mask)
+    assert got.dtype == torch.float32 and _relative_error(got, want) < ATTENTION_BOUND
+    # Negative controls: a cache 16x coarser (fp8 e4m3), and values 2% off (a wrong scale), miss the bound.
+    e4m3 = attend(q, k.to(torch.float8_e4m3fn).bfloat16(), v.to(torch.float8_e4m3fn).bfloat16(), mask)
+    assert _relative_error(e4m3, want) > ATTENTION_BOUND
+    assert _relative_error(attend(q, k.bfloat16(), (v * 1.02).bfloat16(), mask), want) > ATTENTION_BOUND
+
+
+def _within(got):
+    cos, kl, top1 = LOGIT_BOUNDS
+    return got["cosine"] >= cos and got["kl"] <= kl and got["top1"] >= top1
+
+
+def test_logits_with_a_bf16_cache_stay_within_bounds(tiny):
+    cfg, state, tokens, cond = tiny
+    reference = build_lm(cfg, dict(state), CPU, torch.float32)
+    candidate = build_lm(cfg, dict(state), CPU, torch.float32)
+    candidate.kv_dtype = torch.bfloat16  # the same weights: the cache alone differs
+    got = logit_agreement(reference, candidate, tokens, cond)
+    assert candidate.layers[0].attn.kv_cache.kv.dtype == torch.bfloat16
+    assert _within(got), got
+    assert got["kl"] > 0, "the candidate computed exactly fp32: the bf16 cache was not used"
+
+
+BROKEN = {
+    "e4m3 rounding": lambda kv: kv.to(torch.float8_e4m3fn).float(),
+    "int8, wrong scale": lambda kv: (kv * 127).round().clamp(-127, 127) / 127,  # a fixed scale that clips at 1
+}
+
+
+@pytest.mark.parametrize("broken", sorted(BROKEN))
+def test_the_logit_bounds_catch_a_broken_cache(tiny, broken, monkeypatch):
+    cfg, state, tokens, cond = tiny
+    reference = build_lm(cfg, dict(state), CPU, torch.float32)
+    candidate = build_lm(cfg, dict(state), CPU, torch.float32)
+    candidate.kv_dtype = torch.bfloat16
+    update = KVCache.update
+
+    def broken_update(self, input_pos, kv):  # only the candidate's (bf16) caches are broken
+        return update(self, input_pos, BROKEN[broken](kv) if self.kv.dtype == torch.bfloat16 else kv)
+
+    monkeypatch.setattr(KVCache, "update", broken_update)
+    got = logit_agreement(reference, candidate, tokens, cond)
+    assert not _within(got), got
+
+
+def test_traced_step_equals_eager_step_over_a_bf16_cache():
+    cfg, state = _state(dim=64, seed=2)
+    traced, eager = (build_lm(cfg, dict(state), CPU, torch.int8) for _ in range(2))
+    for lm in (traced, eager):
+        lm.kv_dtype = torch.bfloat16  # whatever this CPU's default: the path under test
+    step = traced_step(traced)
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randint(0, 2048, (2, 4, 20), generator=g)
+    cond = torch.randn(2, 6, cfg.dim, generator=g)
+    with torch.inference_mode():
+        for lm in (traced, eager):
+            lm.setup_caches(2, 24)
+            lm.set_condition(cond)
+            lm(lm.embed(tokens[..., :3]), torch.arange(3), kv_len=3)
+        for t in range(3, 20):
+            pos = torch.tensor([t])
+            got = step(traced.positioned(traced.embed(tokens[..., t : t + 1]), pos), pos, t + 1)
+            assert torch.equal(got, eager(eager.embed(tokens[..., t : t + 1]), pos, kv_len=t + 1)), t
+    assert torch.equal(traced.layers[0].attn.kv_cache.kv, eager.layers[0].attn.kv_cache.kv)
+    assert {key[2] for key in step.graphs} == {torch.bfloat16}  # traced for the bf16 cache
