@@ -56,9 +56,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 # The CPU weight format `auto` picks: the fastest one that passes the quality guard (tests/test_quantize.py,
 # benchmarks/quality.py; the measurements behind the choice are in benchmarks/RESULTS.md).
-# w8a8 is faster and within int8's bounds, but as the server's default it broke the live-output tests
-# (tests/test_server_audio.py), cause not yet found: benchmarks/RESULTS.md, "step-speed round".
-CPU_AUTO = "int8"
+CPU_AUTO = "w8a8"
 
 
 def auto_dtype(device: torch.device) -> tuple[torch.dtype, str]:
