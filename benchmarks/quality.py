@@ -1,15 +1,15 @@
 """Reduced precision against fp32 on musicgen-small's shape (random weights): per-step logits, teacher-forced.
 
-For bf16, int8 and int4 weights (`--dtypes`, each with the KV cache it ships with: bf16 on CPUs with native bf16)
+For bf16, int8, w8a8 and int4 weights (`--dtypes`, each with the KV cache it ships with: bf16 on CPUs with native bf16)
 and for the bf16 KV cache alone (fp32 weights; `--kv-cache`): mean cosine similarity of the logits, mean KL(p_fp32 || p) of their softmax (nats per
 token) and top-1 agreement, over `--steps` steps of one fixed token sequence, both guidance rows, all codebooks.
 Then the text encoder: T5 (t5-base's shape) in bf16, as bf16 and int8 models load it, against fp32: cosine of
 its output states per token.
 
-    python benchmarks/quality.py [--steps 100] [--dtypes bfloat16,int8,int4] [--kv-cache bfloat16] [--model FOLDER]
+    python benchmarks/quality.py [--steps 100] [--dtypes bfloat16,int8,w8a8,int4] [--kv-cache bfloat16] [--model FOLDER]
 
 With `--model` (a local Hugging Face MusicGen folder, e.g. a downloaded facebook/musicgen-small) it measures that
-checkpoint instead of random weights: what a user should run before trusting int4 (or int8) on real weights.
+checkpoint instead of random weights: what a user should run before trusting int4, w8a8 or int8 on real weights.
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ import torch
 
 from bridge.bench import small_shape_model
 from engine.assemble import build_lm, lm_config, lm_state_from_hf
+from engine.devices import resolve_dtype
 from engine.quantize import logit_agreement
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--dtypes", default="bfloat16,int8,int4", help="comma-separated weight formats to compare with fp32")
+    p.add_argument("--dtypes", default="bfloat16,int8,w8a8,int4", help="comma-separated weight formats to compare with fp32")
     p.add_argument("--no-t5", action="store_true", help="skip the text encoder comparison")
     p.add_argument("--kv-cache", default="bfloat16", help="KV cache dtype to compare alone, with fp32 weights ('' skips)")
     p.add_argument("--model", default=None, help="a local Hugging Face MusicGen folder (default: random small shape)")
@@ -52,7 +53,7 @@ def main() -> None:
     print("|---|---|---:|---:|---:|")
     rows = [(name, None) for name in a.dtypes.split(",") if name] + ([("float32", a.kv_cache)] if a.kv_cache else [])
     for name, kv in rows:
-        lm = build_lm(cfg, dict(state), cpu, getattr(torch, name))
+        lm = build_lm(cfg, dict(state), cpu, resolve_dtype(name))
         if kv:
             lm.kv_dtype = getattr(torch, kv)
         r = logit_agreement(fp32, lm, tokens, cond)

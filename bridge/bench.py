@@ -6,7 +6,7 @@ random weights, so it needs no download. The checkpoint is written once, in Hugg
 the published one, to a cache folder; every row then loads it in a fresh subprocess, so that the peak RSS of a
 row is what that configuration costs from disk to the last step.
 
-Rows: the machine's read bandwidth, transformers' `generate` (fp32, bf16), ours (fp32, bf16, int8, int4, and
+Rows: the machine's read bandwidth, transformers' `generate` (fp32, bf16), ours (fp32, bf16, int8, w8a8, int4, and
 `auto` = what `--dtype auto` picks), and the streaming EnCodec decode.
 Columns: decoder steps per second (50 steps = 1 s of audio), real-time factor (steps/s / 50; above 1 keeps up),
 time to first audio (ours: until the first 1 s chunk is out of a streaming session; transformers: generation
@@ -32,9 +32,10 @@ from pathlib import Path
 
 
 FRAME_RATE = 50
-ROWS = ("bandwidth", "hf-fp32", "hf-bf16", "ours-fp32", "ours-bf16", "ours-int8", "ours-int4", "ours-auto", "decode")
-DEFAULT_ROWS = ("bandwidth", "hf-fp32", "hf-bf16", "ours-fp32", "ours-bf16", "ours-int8", "ours-int4", "decode")
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8", "int4": "int4", "auto": "auto"}
+ROWS = ("bandwidth", "hf-fp32", "hf-bf16", "ours-fp32", "ours-bf16", "ours-int8", "ours-w8a8", "ours-int4", "ours-auto",
+        "decode")
+DEFAULT_ROWS = ("bandwidth", "hf-fp32", "hf-bf16", "ours-fp32", "ours-bf16", "ours-int8", "ours-w8a8", "ours-int4", "decode")
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8", "w8a8": "w8a8", "int4": "int4", "auto": "auto"}
 PROMPT = "warm lo fi hip hop with soft drums and piano 90 bpm"
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "musicgen-bridge" / "bench-small-t5base"
 
@@ -172,6 +173,7 @@ def worker_ours(folder: Path, dtype: str, steps: int) -> dict:
     import torch
 
     from bridge.model_loading import load_model
+    from engine.devices import dtype_name
     from engine.generate import open_stream, warm_up
     from engine.session import StreamSession
 
@@ -197,7 +199,7 @@ def worker_ours(folder: Path, dtype: str, steps: int) -> dict:
     gen_s = time.perf_counter() - t1
     batch = 2  # guidance on: [cond; uncond]
     return {
-        "dtype": str(model.lm.dtype).removeprefix("torch."),
+        "dtype": dtype_name(model.lm.dtype),
         "step_mb": step_bytes(model.lm, batch, context=stream.steps / 2) / 1e6,
         "steps": stream.steps, "steps_per_s": stream.steps / gen_s, "cond_s": t1 - t0, "ttfa_s": ttfa,
         "load_s": load_s, "rss_base_mb": base, "rss_loaded_mb": loaded, "peak_rss_mb": peak_rss_mb(),
@@ -385,9 +387,9 @@ def run_bench(args: argparse.Namespace) -> int:
         results[row] = run_row(row, folder, args.steps, threads)
     import torch
 
-    from engine.devices import auto_dtype
+    from engine.devices import auto_dtype, dtype_name
 
-    print(format_table(results, auto=str(auto_dtype(torch.device("cpu"))[0]).removeprefix("torch.")))
+    print(format_table(results, auto=dtype_name(auto_dtype(torch.device("cpu"))[0])))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "threads": threads, "steps": args.steps, "rows": results}, indent=1))
     return 0

@@ -27,8 +27,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="a local folder (Hugging Face or Meta format), a hub id, or random-tiny (noise, for wiring tests)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--dtype", default="auto",
-                   help="auto (default: int8 weights on CPU, bfloat16 on CUDA, float16 on MPS), float32, bfloat16, "
-                        "float16, int8 or int4 (weight-only, CPU only); T5 runs in bf16 for bf16/int8/int4, else fp32")
+                   help="auto (default: w8a8 on CPU, bfloat16 on CUDA, float16 on MPS), float32, bfloat16, float16, "
+                        "int8 or int4 (weight-only, CPU only), w8a8 (int8 weights and int8 activations, quantized per "
+                        "row as they arrive; CPU only); T5 runs in bf16 for bf16/int8/w8a8/int4, else fp32")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:

@@ -31,8 +31,8 @@ DECODER_LINEAR = re.compile(r"^decoder\..*(_proj|fc1|fc2|lm_heads\.\d+)\.weight$
 
 def text_dtype(dtype: torch.dtype) -> torch.dtype:
     """The T5 encoder's precision for an LM loaded in `dtype`: bf16 for bf16, int8 and int4 models (weights
-    straight into the target dtype; T5 was trained in bf16), fp32 otherwise (fp16 overflows in T5's feed-forward)."""
-    return torch.bfloat16 if dtype in (torch.bfloat16, torch.int8, torch.int4) else torch.float32
+    straight into the target dtype; T5 was trained in bf16; w8a8 too), fp32 otherwise (fp16 overflows in T5's feed-forward)."""
+    return torch.bfloat16 if dtype in (torch.bfloat16, torch.int8, torch.qint8, torch.int4) else torch.float32
 
 
 def _keeps_fp32(cls, name: str) -> bool:
@@ -138,7 +138,7 @@ def build_lm(cfg: LMConfig, state: dict[str, Tensor], device: torch.device, dtyp
     if precision.weights is not None:
         prepare_for_cpu(lm, precision.weights)  # one matrix at a time: each original is freed as it is replaced
     lm.weight_dtype = dtype
-    if device.type == "cpu" and precision.weights in ("bfloat16", "int8", "int4") and bf16_kv_cache_fast():
+    if device.type == "cpu" and precision.weights in ("bfloat16", "int8", "w8a8", "int4") and bf16_kv_cache_fast():
         # Narrow weights: the KV cache narrows too, to bf16 (half the bytes a step reads per position of context,
         # so a step at a long context costs little more than at a short one: benchmarks/RESULTS.md). fp32 models
         # keep an fp32 cache, exact against transformers.

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from engine.assemble import assemble, narrow_while_reading, submodel, text_dtype
-from engine.devices import auto_dtype, resolve_device, resolve_dtype
+from engine.devices import auto_dtype, dtype_name, resolve_device, resolve_dtype
 from engine.errors import ModelNotFound, UserError
 from engine.hub import resolve
 from engine.model import MusicGen
@@ -37,8 +37,8 @@ def load_model(spec: str, device: str = "auto", dtype: str = "float32") -> Music
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if dtype.lower() == "auto":
-        log.info("--dtype auto: %s (%s; --dtype float32|bfloat16|float16|int8|int4 overrides)",
-                 str(dt).removeprefix("torch."), auto_dtype(dev)[1])
+        log.info("--dtype auto: %s (%s; --dtype float32|bfloat16|float16|int8|w8a8|int4 overrides)",
+                 dtype_name(dt), auto_dtype(dev)[1])
     if spec == "random-tiny":
         from engine.tiny import random_tiny_state
 

@@ -12,6 +12,9 @@ DTYPES = {
     "float16": torch.float16, "fp16": torch.float16,
     # int8 weight-only (engine/quantize.py): weights in int8, activations wider. CPU only.
     "int8": torch.int8,
+    # int8 weights and int8 activations (quantized per row as they arrive; engine/quantize.py). CPU only. torch's
+    # quantized-int8 dtype is only the token that names the format: no quantized tensor is made.
+    "w8a8": torch.qint8,
     # int4 weight-only, group-wise (engine/quantize.py). CPU only.
     "int4": torch.int4,
 }
@@ -43,12 +46,17 @@ def resolve_dtype(name: str = "auto", device: torch.device | None = None) -> tor
     try:
         return DTYPES[name.lower()]
     except KeyError:
-        raise UserError(f"unknown dtype {name!r}: use auto, float32, bfloat16, float16, int8 or int4", code="bad_args") from None
+        raise UserError(f"unknown dtype {name!r}: use auto, float32, bfloat16, float16, int8, w8a8 or int4", code="bad_args") from None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The `--dtype` name of `dtype` ("w8a8" for the int8-weights-and-activations format), for logs and /status."""
+    return "w8a8" if dtype == torch.qint8 else str(dtype).removeprefix("torch.")
 
 
 # The CPU weight format `auto` picks: the fastest one that passes the quality guard (tests/test_quantize.py,
 # benchmarks/quality.py; the measurements behind the choice are in benchmarks/RESULTS.md).
-CPU_AUTO = "int8"
+CPU_AUTO = "w8a8"
 
 
 def auto_dtype(device: torch.device) -> tuple[torch.dtype, str]:
@@ -60,10 +68,13 @@ def auto_dtype(device: torch.device) -> tuple[torch.dtype, str]:
     if device.type == "mps":
         return torch.float16, "Apple MPS runs fp16 natively"
     if device.type == "cpu":
-        from engine.quantize import int4_supported
+        from engine.quantize import int4_supported, w8a8_supported
 
         if CPU_AUTO == "int4" and int4_supported():
             return torch.int4, "CPU: int4 weights are the fastest format within the quality bounds"
+        if CPU_AUTO == "w8a8" and w8a8_supported():
+            return torch.qint8, ("CPU: int8 weights and activations (int8 dot products) are the fastest format within "
+                                 "the quality bounds")
         if hasattr(torch.ops.aten, "_weight_int8pack_mm"):
             return torch.int8, "CPU: int8 weights are the fastest format within the quality bounds"
         return torch.float32, "CPU without torch's int8 weight kernel"

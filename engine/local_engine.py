@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Iterator
 
+from engine.devices import dtype_name
 from engine.errors import Cancelled
 from engine.interface import EngineInfo, StreamSpec
 from engine.model import MusicGen
@@ -18,7 +19,7 @@ from engine.session import Chunk, StreamSession
 def engine_info(model: MusicGen) -> EngineInfo:
     return EngineInfo(name=model.name, sample_rate=model.sample_rate, channels=model.channels,
                       frame_rate=model.frame_rate, max_seconds=model.max_seconds, melody=model.melody is not None,
-                      dtype=str(model.lm.dtype).removeprefix("torch."), device=model.device.type)
+                      dtype=dtype_name(model.lm.dtype), device=model.device.type)
 
 
 class SessionStream:

@@ -9,6 +9,9 @@ them several times faster, and fewer bytes per weight stream faster still. Measu
   accumulate in fp32, the output comes in the weight's dtype.
 - `Int8Linear`: weight-only int8, one scale per output row (symmetric, w ~ scale[n] * q[n, :]); activations
   enter the kernel in bf16, accumulate in fp32, and leave in bf16.
+- `W8A8Linear`: int8 weights (per-row scales) and int8 activations, quantized per row as they arrive (dynamic,
+  symmetric), multiplied in integers by oneDNN's `qlinear_pointwise` (VNNI/AMX); fp32 out. The w8a8 model keeps its
+  output heads weight-only int8 (`prepare_for_cpu`): the logits are where rounding is least diluted.
 - `Int4Linear`: weight-only int4 in groups of `INT4_GROUP` input columns (asymmetric: a scale and a zero point
   per group), torch's `_weight_int4pack_mm_for_cpu`; bf16 activations in and out, as int8. The int4 model keeps
   its output heads in int8 (`prepare_for_cpu`): the logits are where rounding is least diluted.
@@ -34,7 +37,7 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-WEIGHT_FORMATS = ("float32", "bfloat16", "int8", "int4")
+WEIGHT_FORMATS = ("float32", "bfloat16", "int8", "w8a8", "int4")
 INT4_GROUP = 32  # input columns per scale/zero pair; benchmarks/RESULTS.md compares 32, 64 and 128
 
 
@@ -55,15 +58,18 @@ def plan_precision(device: torch.device, dtype: torch.dtype) -> Precision:
     """On CPU the activations stay fp32 and only the linear weights narrow: bf16 attention and elementwise ops run
     several times slower than fp32 on CPUs (measured in benchmarks/RESULTS.md), while the weights, which are
     the bytes a step streams, are what bf16/int8 are for. On GPUs `dtype` is used throughout."""
-    if dtype in (torch.int8, torch.int4):
+    if dtype in (torch.int8, torch.qint8, torch.int4):
         from engine.errors import UserError
 
-        name = str(dtype).removeprefix("torch.")
+        name = "w8a8" if dtype == torch.qint8 else str(dtype).removeprefix("torch.")
         if device.type != "cpu":
             raise UserError(f"--dtype {name} is for CPUs: on a GPU use bfloat16 or float16 (or --dtype auto)", code="bad_args")
         if dtype == torch.int4 and not int4_supported():
             raise UserError("--dtype int4 needs torch's CPU int4 kernel (_weight_int4pack_mm_for_cpu), which this torch "
                             "build lacks: use --dtype int8 or auto", code="bad_args")
+        if dtype == torch.qint8 and not w8a8_supported():
+            raise UserError("--dtype w8a8 needs oneDNN's int8 matmul (onednn.qlinear_pointwise), which this torch build "
+                            "lacks: use --dtype int8 or auto", code="bad_args")
         return Precision(torch.float32, name)
     if device.type == "cpu" and onednn_available():
         if dtype == torch.float32:
@@ -81,6 +87,13 @@ def onednn_available() -> bool:
 def int4_supported() -> bool:
     """torch's CPU int4 weight-only matmul exists in this build (torch >= 2.6 on x86 and Arm)."""
     return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") and hasattr(torch.ops.aten, "_convert_weight_to_int4pack_for_cpu")
+
+
+def w8a8_supported() -> bool:
+    """oneDNN's int8 x int8 linear exists in this torch build (x86 builds with oneDNN)."""
+    onednn = getattr(torch.ops, "onednn", None)
+    return (torch.backends.mkldnn.is_available() and hasattr(onednn, "qlinear_pointwise")
+            and hasattr(onednn, "qlinear_prepack"))
 
 
 def bf16_supported() -> bool:
@@ -161,6 +174,64 @@ class Int8Linear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, int8 weight-only"
 
 
+class W8A8Linear(nn.Module):
+    """int8 weights and int8 activations: the step's matmuls in integer dot products (VNNI/AMX), which stream int8
+    weights faster than `_weight_int8pack_mm`'s convert-then-multiply (benchmarks/RESULTS.md). Each activation row
+    gets its own scale (its largest magnitude / 127), so the guidance batch's rows do not share one."""
+
+    def __init__(self, weight: Tensor, batch_hint: int = 2):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        q, scale = quantize_rows(weight)
+        self.register_buffer("weight", torch.ops.onednn.qlinear_prepack(q, [batch_hint, self.in_features]), persistent=False)
+        # The activation's 1/127 rides in the weight scales, so a row's own scale is one multiply on the output.
+        self.register_buffer("scale", scale / 127.0, persistent=False)
+        self.register_buffer("zero", torch.zeros(self.out_features, dtype=torch.int32), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1]).float()
+        # clamp: an all-zero row (guidance's unconditional row after cross-attention) quantizes to zeros, not NaN
+        top = torch.linalg.vector_norm(x, float("inf"), dim=-1, keepdim=True).clamp_(min=1e-30)
+        # Unsigned with zero point 128 (128 + round(v) == round(128 + v): 128 is even): oneDNN runs signed int8
+        # inputs of narrow matrices (K or N of a few dozen) ~10x slower, and u8 costs the same on the wide ones.
+        q = torch.round(torch.addcmul(_U8_ZERO_POINT, x, 127.0 / top)).to(torch.uint8)
+        if torch.jit.is_tracing():  # as PackedLinear: the tracer cannot type the op's empty scalar list
+            y = _scripted_int8_matmul()(q, self.weight, self.scale, self.zero)
+        else:
+            y = _int8_matmul(q, self.weight, self.scale, self.zero)
+        return (y * top).view(*shape[:-1], self.out_features)
+
+    def dequantized(self) -> Tensor:
+        """The weight the kernel multiplies by, [N, K] fp32 (unpacked by multiplying the identity)."""
+        eye = torch.eye(self.in_features, dtype=torch.uint8) + 128  # 129 on the diagonal: (129 - 128) = 1
+        return (_int8_matmul(eye, self.weight, self.scale, self.zero) * 127.0).t()
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, int8 weights and activations (per row), oneDNN"
+
+
+_U8_ZERO_POINT = torch.tensor(128.0)
+
+
+def _int8_matmul(q: Tensor, w: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
+    """(q - 128) @ int8 weights^T * scale, fp32: q uint8 [M, K] with zero point 128."""
+    no_scalars: List[Optional[Union[int, float, complex]]] = []
+    return torch.ops.onednn.qlinear_pointwise(q, 1.0, 128, w, scale, zero, None, 1.0, 0, torch.float32, "none", no_scalars, "")
+
+
+_SCRIPTED_INT8_MATMUL = None
+
+
+def _scripted_int8_matmul():
+    global _SCRIPTED_INT8_MATMUL
+    if _SCRIPTED_INT8_MATMUL is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            _SCRIPTED_INT8_MATMUL = torch.jit.script(_int8_matmul)
+    return _SCRIPTED_INT8_MATMUL
+
+
 def quantize_groups(weight: Tensor, group: int) -> tuple[Tensor, Tensor, Tensor]:
     """Asymmetric 4-bit per group of `group` input columns: (q [N, K] int32 in 0..15, scale [N, K/group],
     lo [N, K/group]) with weight ~ lo + scale * q, both fp32. The group's min and max are grid points."""
@@ -223,18 +294,19 @@ def _swap_linears(module: nn.Module, make) -> int:
 
 @torch.no_grad()
 def prepare_for_cpu(lm: nn.Module, weights: str) -> nn.Module:
-    """Swap the LM's linears for prepacked ones in `weights` format ("float32", "bfloat16", "int8" or "int4"), in
-    place. int4 keeps the output heads (and any matrix the kernel's shape rules refuse) in int8.
+    """Swap the LM's linears for prepacked ones in `weights` format ("float32", "bfloat16", "int8", "w8a8" or
+    "int4"), in place. w8a8 and int4 keep the output heads (and int4 any matrix the kernel's shape rules refuse)
+    in weight-only int8.
 
     The activations keep the LM's dtype (`lm.dtype`). Without oneDNN the fp32/bf16 linears stay plain `nn.Linear`s.
     """
     if weights not in WEIGHT_FORMATS:
         raise ValueError(f"weights must be one of {WEIGHT_FORMATS}, got {weights!r}")
-    if weights == "int4":
+    if weights in ("int4", "w8a8"):
         heads = getattr(lm, "heads", None)
         if isinstance(heads, nn.Linear):
             lm.heads = Int8Linear(heads.weight)
-        n = _swap_linears(lm, _int4_or_int8)
+        n = _swap_linears(lm, _int4_or_int8 if weights == "int4" else W8A8Linear)
     elif weights == "int8":
         n = _swap_linears(lm, Int8Linear)
     elif not onednn_available():

@@ -5,6 +5,9 @@ cosine of ~0.99997 and KL ~1e-4 nats per token; int8 ~0.9997 and ~7e-4. The boun
 other CPUs' rounding; a coarser quantizer (4 bits) already breaks the int8 bound, so they do tell a working
 quantizer from a broken one.
 
+w8a8 (int8 weights and int8 activations, one scale per activation row, heads weight-only int8) is held to
+int8's bounds: it measures cosine ~0.9995, KL ~1.5e-3, top-1 ~0.92 here (1.6x weight-only int8's KL).
+
 int4 (groups of 32, asymmetric, heads in int8) is a much coarser format: on this model it measures cosine ~0.97,
 KL ~0.09 nats, top-1 ~0.61, about 100x int8's KL (its rounding error is ~13x per-row int8's). Its bounds
 leave ~3x room in KL; 3-bit rounding of the same groups breaks them (a test checks that). That int4 cannot meet
@@ -17,16 +20,19 @@ import pytest
 import torch
 
 from engine.assemble import build_lm, lm_config, lm_state_from_hf
-from engine.quantize import (INT4_GROUP, Int4Linear, Int8Linear, PackedLinear, bf16_supported, int4_supported,
-                             logit_agreement, quantize_groups, quantize_rows)
+from engine.devices import resolve_dtype
+from engine.quantize import (INT4_GROUP, Int4Linear, Int8Linear, PackedLinear, W8A8Linear, bf16_supported, int4_supported,
+                             logit_agreement, quantize_groups, quantize_rows, w8a8_supported)
 from engine.tiny import tiny_config, tiny_reference_model
 
 BOUNDS = {  # mean cosine >=, mean KL <= (nats), top-1 agreement >=
     "bfloat16": (0.9999, 1e-3, 0.95),
     "int8": (0.999, 5e-3, 0.90),
+    "w8a8": (0.999, 5e-3, 0.90),  # int8's guard: what --dtype auto must pass on CPU
     "int4": (0.95, 0.25, 0.45),
 }
 needs_int4 = pytest.mark.skipif(not int4_supported(), reason="this torch build has no CPU int4 kernel")
+needs_w8a8 = pytest.mark.skipif(not w8a8_supported(), reason="this torch build has no oneDNN int8 matmul")
 CPU = torch.device("cpu")
 
 
@@ -48,10 +54,11 @@ def _lm(tiny, dtype):
     return build_lm(cfg, dict(state), CPU, dtype)  # build_lm consumes its dict: hand it a copy
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "int8", pytest.param("int4", marks=needs_int4)])
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8", pytest.param("w8a8", marks=needs_w8a8),
+                                   pytest.param("int4", marks=needs_int4)])
 def test_reduced_precision_stays_within_bounds(tiny, dtype):
     reference = _lm(tiny, torch.float32)
-    candidate = _lm(tiny, getattr(torch, dtype))
+    candidate = _lm(tiny, resolve_dtype(dtype))
     got = logit_agreement(reference, candidate, tiny[2], tiny[3])
     cos, kl, top1 = BOUNDS[dtype]
     assert got["cosine"] >= cos and got["kl"] <= kl and got["top1"] >= top1, got
@@ -171,3 +178,39 @@ def test_int4_model_holds_int4_weights_and_int8_heads(tiny):
     # 4 bits a weight plus a bf16 scale and zero per 32: 5/32 of fp32's bytes.
     assert linear_bytes(int4, Int4Linear) < 0.17 * linear_bytes(fp32.layers, PackedLinear)
     assert int4.dtype == torch.int4 and int4.act_dtype == torch.float32
+
+
+@needs_w8a8
+def test_w8a8_linear_equals_an_integer_reference_matmul():
+    w = torch.randn(96, 128) * torch.linspace(0.1, 2, 96)[:, None]
+    x = torch.randn(2, 3, 128) * torch.tensor([1.0, 30.0])[:, None, None]  # rows of very different ranges
+    x[1, 2] = 0  # an all-zero row (guidance's unconditional row after cross-attention): zeros out, not NaN
+    lin = W8A8Linear(w)
+    # The reference: each row rounded to int8 on its own scale, the int8 weights, multiplied out in fp32 by hand.
+    q, scale = quantize_rows(w)
+    top = x.abs().amax(-1, keepdim=True).clamp(min=1e-30)
+    qx = torch.round(x * 127 / top)
+    expected = torch.nn.functional.linear(qx, q.float()) * (top / 127) * scale
+    got = lin(x)
+    assert got.shape == (2, 3, 96) and got.dtype == torch.float32 and bool(torch.isfinite(got).all())
+    assert bool((got[1, 2] == 0).all())
+    tol = 1e-4 * expected.abs().amax(-1, keepdim=True)  # relative to each row: the rows differ 30x in range
+    assert bool(((got - expected).abs() <= tol).all())
+    assert torch.allclose(lin.dequantized(), q.float() * scale[:, None], rtol=1e-5, atol=1e-7)
+    # Negative control: the activations really are rounded. A row whose one large entry sets its scale loses its
+    # small entries, which weight-only int8 (bf16 activations) keeps.
+    spiky = torch.randn(1, 128) * 0.01
+    spiky[0, 0] = 10.0
+    exact = torch.nn.functional.linear(spiky, q.float() * scale[:, None])
+    err_w8a8 = (lin(spiky) - exact).abs().max()
+    err_int8 = (Int8Linear(w)(spiky).float() - exact).abs().max()
+    assert err_w8a8 > 3 * err_int8
+
+
+@needs_w8a8
+def test_w8a8_model_holds_int8_linears_and_weight_only_heads(tiny):
+    lm = _lm(tiny, resolve_dtype("w8a8"))
+    assert isinstance(lm.heads, Int8Linear)
+    assert len([m for m in lm.modules() if isinstance(m, W8A8Linear)]) == 7 * tiny[0].n_layers
+    assert lm.dtype == torch.qint8 and lm.act_dtype == torch.float32
+    assert not [m for m in lm.modules() if isinstance(m, torch.nn.Linear)]

@@ -16,8 +16,9 @@ from engine.errors import UserError
 from engine.generate import open_stream
 from engine.lm import attend
 from engine.steps import traced_step
-from engine.devices import CPU_AUTO, auto_dtype, resolve_dtype
-from engine.quantize import Int4Linear, Int8Linear, PackedLinear, int4_supported, onednn_available, plan_precision, prepare_for_cpu
+from engine.devices import CPU_AUTO, DTYPES, auto_dtype, dtype_name, resolve_dtype
+from engine.quantize import (Int4Linear, Int8Linear, PackedLinear, W8A8Linear, int4_supported, onednn_available, plan_precision,
+                             prepare_for_cpu, w8a8_supported)
 from engine.sampling import SamplingSettings
 from engine.tiny import tiny_config, tiny_reference_model
 
@@ -97,9 +98,19 @@ def test_precision_plans():
     if onednn_available():
         assert plan_precision(CPU, torch.float32).weights == "float32"
     assert plan_precision(torch.device("cuda"), torch.float16).weights is None  # GPUs: the dtype throughout
-    for narrow in (torch.int8, torch.int4):
+    for narrow in (torch.int8, torch.qint8, torch.int4):
         with pytest.raises(UserError, match="is for CPUs"):
             plan_precision(torch.device("cuda"), narrow)
+    if w8a8_supported():
+        assert plan_precision(CPU, resolve_dtype("w8a8")).weights == "w8a8"
+
+
+def test_w8a8_without_the_kernel_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr("engine.quantize.w8a8_supported", lambda: False)
+    with pytest.raises(UserError, match="w8a8 needs oneDNN's int8 matmul"):
+        plan_precision(CPU, torch.qint8)
+    monkeypatch.setattr("engine.devices.CPU_AUTO", "w8a8")
+    assert auto_dtype(CPU)[0] == torch.int8  # auto falls back to weight-only int8
 
 
 def test_int4_without_the_kernel_is_a_clear_error(monkeypatch):
@@ -109,8 +120,13 @@ def test_int4_without_the_kernel_is_a_clear_error(monkeypatch):
 
 
 def test_auto_dtype_per_device(monkeypatch):
-    assert resolve_dtype("auto", CPU) == getattr(torch, CPU_AUTO) == auto_dtype(CPU)[0]
-    assert resolve_dtype("AUTO") == getattr(torch, CPU_AUTO)  # no device: the CPU's choice
+    assert resolve_dtype("auto", CPU) == DTYPES[CPU_AUTO] == auto_dtype(CPU)[0]
+    assert resolve_dtype("AUTO") == DTYPES[CPU_AUTO]  # no device: the CPU's choice
+    assert dtype_name(auto_dtype(CPU)[0]) == CPU_AUTO  # what the log and /status name
+    if w8a8_supported():  # the w8a8 choice, named as --dtype spells it
+        monkeypatch.setattr("engine.devices.CPU_AUTO", "w8a8")
+        assert auto_dtype(CPU)[0] == torch.qint8 and dtype_name(torch.qint8) == "w8a8"
+        monkeypatch.undo()
     assert auto_dtype(torch.device("mps"))[0] == torch.float16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert auto_dtype(torch.device("cuda"))[0] == torch.bfloat16
@@ -122,6 +138,7 @@ def test_auto_dtype_per_device(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8",
+                                   pytest.param("w8a8", marks=pytest.mark.skipif(not w8a8_supported(), reason="no oneDNN int8 matmul")),
                                    pytest.param("int4", marks=pytest.mark.skipif(not int4_supported(), reason="no int4 kernel")),
                                    "auto"])
 def test_every_dtype_loads_and_generates(tiny_mono, dtype):
@@ -140,6 +157,8 @@ def test_every_dtype_loads_and_generates(tiny_mono, dtype):
         assert "Int8Linear" in kinds and "Linear" not in kinds
     elif dtype == "int4":
         assert "Int4Linear" in kinds and isinstance(model.lm.heads, Int8Linear) and "Linear" not in kinds
+    elif dtype == "w8a8":
+        assert "W8A8Linear" in kinds and isinstance(model.lm.heads, Int8Linear) and "Linear" not in kinds
     elif plan_precision(CPU, getattr(torch, dtype)).weights is not None:  # oneDNN here (and native bf16 for bf16)
         assert "PackedLinear" in kinds and "Linear" not in kinds
 
@@ -254,7 +273,8 @@ def _prepared_lm(weights, melody=False):
 @pytest.mark.parametrize("weights,melody", [(None, False), (None, True),
                                             pytest.param("bfloat16", False, marks=needs_onednn),
                                             pytest.param("float32", False, marks=needs_onednn), ("int8", False),
-                                            pytest.param("int4", False, marks=pytest.mark.skipif(not int4_supported(), reason="no int4 kernel"))])
+                                            pytest.param("int4", False, marks=pytest.mark.skipif(not int4_supported(), reason="no int4 kernel")),
+                                            pytest.param("w8a8", False, marks=pytest.mark.skipif(not w8a8_supported(), reason="no oneDNN int8 matmul"))])
 def test_traced_step_equals_eager_step(weights, melody):
     """The traced step computes exactly the eager step's logits, at every cache length, for two generations of
     other lengths and prompts (one trace serves them all), with the caches it writes equal too."""

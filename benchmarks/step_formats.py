@@ -1,0 +1,84 @@
+"""The decode step alone, per weight format, A against B in one process: musicgen-small's decoder shape (random
+weights), guidance batch 2, the traced step the token stream runs, at a context of ~110 positions.
+
+Rounds interleave the formats (each round runs `--steps` steps of every format in turn), so a host whose load
+changes moves all of them alike. Per round it reports wall ms per step and this process's CPU ms per step: with
+1 thread the CPU time is what the step costs even when other work takes the core part of the time (with 2
+threads it also counts OpenMP's spinning).
+
+    python benchmarks/step_formats.py [--formats int8,w8a8,int4] [--threads 1] [--rounds 5] [--steps 10] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import torch
+
+from engine.lm import LMConfig, MusicGenLM
+from engine.quantize import prepare_for_cpu
+from engine.steps import traced_step
+
+
+def make_lm(weights: str, cond: torch.Tensor, max_len: int) -> MusicGenLM:
+    torch.manual_seed(0)
+    lm = MusicGenLM(LMConfig()).eval().requires_grad_(False)
+    with torch.no_grad():
+        for p in lm.parameters():
+            p.normal_(0.0, 0.02)
+    prepare_for_cpu(lm, weights)
+    lm.setup_caches(2, max_len)
+    lm.set_condition(cond)
+    return lm
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--formats", default="int8,w8a8,int4")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=10, help="steps per format per round")
+    p.add_argument("--profile", action="store_true", help="then torch.profiler's op table per format")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    warnings.simplefilter("ignore")
+    formats = a.formats.split(",")
+    cond = torch.randn(2, 12, 1024, generator=torch.Generator().manual_seed(1))
+    tokens = torch.randint(0, 2048, (2, 4, 1), generator=torch.Generator().manual_seed(2))
+    lms = {f: make_lm(f, cond, 100 + a.steps + 64) for f in formats}
+    steps = {f: traced_step(lm) for f, lm in lms.items()}
+
+    def step(f: str, pos: int) -> None:
+        lm, ip = lms[f], torch.tensor([pos])
+        steps[f](lm.positioned(lm.embed(tokens), ip), ip, pos + 1)
+
+    rows: dict[str, list[tuple[float, float]]] = {f: [] for f in formats}
+    with torch.inference_mode():
+        for f in formats:  # trace and warm up
+            for i in range(3):
+                step(f, 96 + i)
+        for _ in range(a.rounds):
+            for f in formats:
+                c0, t0 = time.process_time(), time.perf_counter()
+                for i in range(a.steps):
+                    step(f, 100 + i)
+                rows[f].append(((time.perf_counter() - t0) / a.steps * 1e3, (time.process_time() - c0) / a.steps * 1e3))
+    print(f"| format | wall ms/step, every round | CPU ms/step, every round | median CPU ms |  ({a.threads} threads)")
+    print("|---|---|---|---:|")
+    for f, r in rows.items():
+        cpu = sorted(c for _, c in r)
+        print(f"| {f} | {', '.join(f'{w:.1f}' for w, _ in r)} | {', '.join(f'{c:.1f}' for _, c in r)} | {cpu[len(cpu) // 2]:.1f} |")
+    if a.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        for f in formats:
+            with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+                for i in range(a.steps):
+                    step(f, 100 + i)
+            print(f"\n{f}, {a.steps} steps\n" + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+if __name__ == "__main__":
+    main()
