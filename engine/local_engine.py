@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Iterator
 
+from engine.codec_worker import CodecWorker
 from engine.errors import Cancelled
 from engine.interface import EngineInfo, StreamSpec
 from engine.model import MusicGen
@@ -76,7 +77,7 @@ class LocalStream(SessionStream):
 
     def __iter__(self) -> Iterator[Chunk]:
         with self.engine.lock:
-            yield from self._open_session()
+            yield from self._open_session(codec=self.engine.codec)
 
 
 class LocalEngine:
@@ -88,9 +89,10 @@ class LocalEngine:
         self.model = model
         self.info = engine_info(model)
         self.lock = threading.Lock()
+        self.codec = CodecWorker()  # decodes while the stream's thread goes on stepping the LM
 
     def open(self, spec: StreamSpec) -> LocalStream:
         return LocalStream(self, spec)
 
     def close(self) -> None:
-        pass
+        self.codec.close()
