@@ -63,8 +63,13 @@ def install(timers: Timers, engine) -> None:
     timers.wrap(batch_engine, "prefill_logits", "prefill")
     timers.wrap(BatchedStream, "take", "sample")
     timers.wrap(BatchedStream, "step", "wait")
-    timers.wrap(StreamingDecoder, "push", "codec")
-    timers.wrap(StreamingDecoder, "flush", "codec")
+    try:
+        from engine import codec_worker  # the codec on the engine's worker thread
+
+        timers.wrap(codec_worker, "decode_together", "codec")
+    except ImportError:  # before there was one: on each request's thread
+        timers.wrap(StreamingDecoder, "push", "codec")
+        timers.wrap(StreamingDecoder, "flush", "codec")
     decode = engine.decode
 
     def step(*a):

@@ -20,7 +20,6 @@ import time
 from collections import deque
 from concurrent.futures import Future
 
-import numpy as np
 import torch
 
 from engine.stream_decode import StreamingDecoder, decode_together
@@ -112,6 +111,3 @@ class CodecWorker:
             for f, a in zip(futures, audio):
                 f.set_result(a)
 
-
-def empty_audio(channels: int) -> np.ndarray:
-    return np.zeros((channels, 0), np.float32)
