@@ -17,12 +17,14 @@ Every round runs every case back to back, so a ratio inside a round is taken on 
 from __future__ import annotations
 
 import argparse
+import logging
 import threading
 import time
 
 import torch
 
 FRAME_RATE = 50
+log = logging.getLogger("codec_overlap")
 
 
 def lm_rate(model, steps: int) -> float:
@@ -85,6 +87,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dtype", default="auto")
     a = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(a.threads)
 
     from bridge.bench import DEFAULT_CACHE, ensure_checkpoint
@@ -102,9 +105,13 @@ def main() -> None:
     try:
         for k in range(a.rounds):
             alone = lm_rate(model, a.steps)
+            log.info("LM alone %.2f", alone)
             lm1, c1 = with_codec(model, a.steps, 1)
+            log.info("LM + codec 1 thread %.2f, codec %.2f", lm1, c1)
             lm2, c2 = with_codec(model, a.steps, 2)
+            log.info("LM + codec 2 threads %.2f, codec %.2f", lm2, c2)
             inline = jam_rtf(model, a.seconds, None)
+            log.info("jam inline %.3f", inline)
             w1, w2 = jam_rtf(model, a.seconds, workers[1]), jam_rtf(model, a.seconds, workers[2])
             print(f"| {k + 1} | {alone:.1f} | {lm1:.1f} | {c1:.1f} | {lm2:.1f} | {c2:.1f} | {inline:.3f} | {w1:.3f} | "
                   f"{w2:.3f} |", flush=True)
