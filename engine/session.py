@@ -132,6 +132,10 @@ class StreamSession:
         self._pending = 0  # settled frames not yet pushed
         self._target = 0  # the chunk whose end the next covering push aims at
         self._flushed = self._finished = False
+        # Stepping ahead while the codec works only helps where the LM steps on this thread (a batching engine's
+        # scheduler steps on its own), and only finite streams do it: a jam reads its real-time factor from the
+        # steps taken per chunk (bridge/jam.py), which steps taken ahead would inflate.
+        self._steps_here = isinstance(self.stream, TokenStream) and self.total_samples is not None
         if prompt_codes is not None:
             # Decode the end of the prompt first so the new audio continues it without a seam; drop its samples.
             ctx = prompt_codes[:, -PROMPT_DECODE_CONTEXT:]
@@ -236,7 +240,7 @@ class StreamSession:
                 elif self._expected() >= end or self._flushed:
                     # All of this chunk's audio is being decoded: step the LM meanwhile (up to the next chunk's
                     # frames), which is what takes the codec off the critical path, or else wait for it.
-                    ahead = not (self._flushed or self._stop or self.stream.done)
+                    ahead = self._steps_here and not (self._flushed or self._stop or self.stream.done)
                     if self._jobs and not (ahead and self._expected(self._pending) < self._end(j + 1)):
                         self._collect(wait=True)
                     else:
