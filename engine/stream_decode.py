@@ -227,8 +227,9 @@ def decode_together(decoders: list[StreamingDecoder], codes: list[torch.Tensor |
             rows = slice(i * n, (i + 1) * n)
             d._codes, d._received = together._codes[rows], together._received
             d._codes_start, d._lstm_done, d._emitted = together._codes_start, together._lstm_done, together._emitted
-            d._lstm_out, d._lstm_out_start = together._lstm_out[rows], together._lstm_out_start
+            d._lstm_out = None if together._lstm_out is None else together._lstm_out[rows]  # a push too short to reach the LSTM
+            d._lstm_out_start = together._lstm_out_start
             d._state = None if together._state is None else tuple(t[:, rows] for t in together._state)
         d.last_frames_decoded = together.last_frames_decoded
-        out.append(audio[i * n : (i + 1) * n])
+        out.append(audio[i * n : (i + 1) * n] if audio.shape[1] else np.zeros((n, 0), np.float32))  # no new audio
     return out
