@@ -30,6 +30,7 @@ import torch
 
 from engine.batch_cache import BatchCache, kv_bytes_per_row
 from engine.batched_stream import BatchedStream
+from engine.codec_worker import CodecWorker
 from engine.generate import open_stream
 from engine.interface import StreamSpec
 from engine.local_engine import SessionStream, engine_info
@@ -77,6 +78,7 @@ class BatchStats:
     step_seconds: float = 0.0
     prefills: int = 0
     prefill_seconds: float = 0.0  # time the running rows waited for joining or sliding requests' prefills
+    prefills_shared: int = 0  # prefills copied from an identical one (takes), included in `prefills`
 
 
 class BatchEngine:
@@ -94,6 +96,7 @@ class BatchEngine:
         self.decode = decode_step(lm, self.step_mode)
         self.cache = BatchCache(lm)
         self.stats = BatchStats()
+        self.codec = CodecWorker()  # every stream's codec pushes, batched where streams are cut alike
         self.active: list[BatchedStream] = []  # admitted, in row order (packed from row 0)
         self.waiting: list[tuple[int, int, BatchedStream]] = []  # (priority, arrival, stream)
         self._arrivals = itertools.count()
@@ -132,6 +135,7 @@ class BatchEngine:
             self._closed = True
             self._cv.notify_all()
         self._thread.join(timeout=10)
+        self.codec.close()
 
     def token_stream(self, prompt: str, settings: SamplingSettings, **kwargs) -> BatchedStream:
         """A token stream in this engine's batch (`engine.generate.open_stream`'s arguments)."""
@@ -216,6 +220,24 @@ class BatchEngine:
                 self.cache.set_condition(used, s.cond.cross)
             self.active.append(s)
 
+    def _twin(self, s: BatchedStream, inp: ColumnInput) -> BatchedStream | None:
+        """An admitted stream whose current window began with the prefill `s` is about to run, on the same
+        conditioning, so that its rows hold what that prefill would write; None if there is none."""
+        for t in self.active:
+            if t is s or t.prefilled is None or t.slot is None or t.rows != s.rows or t.cross_len != s.cross_len:
+                continue
+            t_inp, _, seq = t.prefilled
+            if seq is not t.cursor.seq:  # its window has slid since
+                continue
+            if t_inp.start != inp.start or t_inp.tokens.shape != inp.tokens.shape or not torch.equal(t_inp.tokens, inp.tokens):
+                continue
+            if (t_inp.prefix is None) != (inp.prefix is None) or (inp.prefix is not None and not torch.equal(t_inp.prefix, inp.prefix)):
+                continue
+            if (t.cond.cross is None) != (s.cond.cross is None) or (s.cond.cross is not None and not torch.equal(t.cond.cross, s.cond.cross)):
+                continue
+            return t
+        return None
+
     @torch.inference_mode()
     def _round(self, ready: list[BatchedStream]) -> None:
         lm = self.model.lm
@@ -223,8 +245,17 @@ class BatchEngine:
             if s.cursor.prefill_due:
                 t0 = time.perf_counter()
                 inp = s.cursor.next_input()
-                with self.cache.bind(s.slot, s.slot + s.rows, cross_len=s.cross_len):
-                    logits = prefill_logits(lm, inp, s.rows)
+                twin = self._twin(s, inp)
+                if twin is not None:
+                    # Takes: the same prompt and length prefill the same rows alike; copy the keys and values
+                    # the twin's prefill wrote (positions it has not overwritten since) and its logits.
+                    self.cache.move(twin.slot, s.slot, s.rows, inp.kv_len)
+                    logits = twin.prefilled[1]
+                    self.stats.prefills_shared += 1
+                else:
+                    with self.cache.bind(s.slot, s.slot + s.rows, cross_len=s.cross_len):
+                        logits = prefill_logits(lm, inp, s.rows)
+                s.prefilled = (inp, logits, s.cursor.seq)
                 s.kv_used = inp.kv_len
                 s.take(inp, logits)
                 self.stats.prefills += 1
@@ -278,7 +309,8 @@ class BatchEngineStream(SessionStream):
 
     def __iter__(self) -> Iterator[Chunk]:
         session = self._open_session(
-            open_tokens=functools.partial(open_stream, make=functools.partial(BatchedStream, self.engine)))
+            open_tokens=functools.partial(open_stream, make=functools.partial(BatchedStream, self.engine)),
+            codec=self.engine.codec)
         try:
             yield from session
         finally:

@@ -58,6 +58,7 @@ class BatchedStream:
         self.kv_used = 0  # cache positions its rows hold in the current window (what moving them copies)
         self.released = False  # the consumer is gone: the scheduler drops the request
         self.last_logits: Tensor | None = None
+        self.prefilled: tuple | None = None  # (input, logits, window) of its latest prefill, for takes to share
         self._cv = threading.Condition()
         self._settled = 0  # new frames settled by the scheduler
         self._consumed = 0  # new frames handed to the consumer

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Iterator
 
+from engine.codec_worker import CodecWorker
 from engine.devices import dtype_name
 from engine.errors import Cancelled
 from engine.interface import EngineInfo, StreamSpec
@@ -77,7 +78,7 @@ class LocalStream(SessionStream):
 
     def __iter__(self) -> Iterator[Chunk]:
         with self.engine.lock:
-            yield from self._open_session()
+            yield from self._open_session(codec=self.engine.codec)
 
 
 class LocalEngine:
@@ -89,9 +90,10 @@ class LocalEngine:
         self.model = model
         self.info = engine_info(model)
         self.lock = threading.Lock()
+        self.codec = CodecWorker()  # decodes while the stream's thread goes on stepping the LM
 
     def open(self, spec: StreamSpec) -> LocalStream:
         return LocalStream(self, spec)
 
     def close(self) -> None:
-        pass
+        self.codec.close()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable, Iterator
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 
 from engine.bars import Tempo, tempo_text
+from engine.codec_worker import CodecWorker
 from engine.errors import UserError
 from engine.generate import check_seconds, frames_for_seconds, open_stream
 from engine.model import MusicGen
@@ -49,7 +52,8 @@ class StreamSession:
 
     Length: `seconds`, or `bars` with a `tempo`, or neither for endless (until cancelled or `stop()`).
     Chunks: `chunk_bars` (needs a tempo) or `chunk_seconds`. `open_tokens` opens the token stream
-    (`engine.generate.open_stream`'s signature; a batching engine gives its own).
+    (`engine.generate.open_stream`'s signature; a batching engine gives its own). `codec`: a worker that decodes
+    off this thread (`engine.codec_worker`) while this one goes on stepping the token stream; None decodes here.
     """
 
     def __init__(
@@ -69,6 +73,7 @@ class StreamSession:
         keep_seconds: float | None = None,
         tempo_in_prompt: bool = True,
         open_tokens: Callable[..., TokenStream] = open_stream,
+        codec: CodecWorker | None = None,
     ):
         self.model, self.tempo = model, tempo
         sr = model.sample_rate
@@ -116,20 +121,61 @@ class StreamSession:
                                   cancel=self.cancel_event)
         self.seed = self.stream.seed
         self.decoder = StreamingDecoder(model.codec.model, channels=model.channels)
+        self.codec = codec
         self._buf = np.zeros((model.channels, 0), np.float32)  # decoded new audio not yet handed out
         self._skip = 0
+        # What the decoder will have been given and will have returned once every push so far is decoded (frames,
+        # prompt context included): pushes are decided from these, so they are the same with or without a worker.
+        self._sent = self._out = 0
+        self._skip0 = 0  # samples of prompt context at the start of the decoder's audio
+        self._jobs: deque[tuple[Future, bool]] = deque()  # (audio to come, is the flush), in order
+        self._pending = 0  # settled frames not yet pushed
+        self._target = 0  # the chunk whose end the next covering push aims at
+        self._flushed = self._finished = False
+        # Stepping ahead while the codec works only helps where the LM steps on this thread (a batching engine's
+        # scheduler steps on its own), and only finite streams do it: a jam reads its real-time factor from the
+        # steps taken per chunk (bridge/jam.py), which steps taken ahead would inflate.
+        self._steps_here = isinstance(self.stream, TokenStream) and self.total_samples is not None
         if prompt_codes is not None:
             # Decode the end of the prompt first so the new audio continues it without a seam; drop its samples.
             ctx = prompt_codes[:, -PROMPT_DECODE_CONTEXT:]
-            self._skip = ctx.shape[1] * model.hop
+            self._skip = self._skip0 = ctx.shape[1] * model.hop
+            self._sent, self._out = ctx.shape[1], max(0, ctx.shape[1] - self.decoder.holdback)
             self._feed(self.decoder.push(ctx))
         self._stop = False
 
+    def _expected(self, extra: int = 0) -> int:
+        """Samples of new audio out of the decoder once every push so far, and `extra` more frames, are decoded."""
+        out = self._sent if self._flushed else max(self._out, self._sent + extra - self.decoder.holdback)
+        return max(0, out * self.model.hop - self._skip0)
+
     def _push(self, n: int) -> None:
-        """Decode the last `n` settled frames of the stream."""
+        """Decode the last `n` settled frames of the stream (on the codec worker when there is one)."""
         if n:
             total = self.stream.new_frames
-            self._feed(self.decoder.push(self.stream.codes(total - n, total)))
+            codes = self.stream.codes(total - n, total)
+            self._sent += n
+            self._out = max(self._out, self._sent - self.decoder.holdback)
+            if self.codec is None:
+                self._feed(self.decoder.push(codes))
+            else:
+                self._jobs.append((self.codec.submit(self.decoder, codes.clone()), False))
+
+    def _flush(self) -> None:
+        self._flushed = True
+        if self.codec is None:
+            self._feed(self.decoder.flush())
+            self._finished = True
+        else:
+            self._jobs.append((self.codec.submit(self.decoder, None), True))
+
+    def _collect(self, wait: bool) -> None:
+        """Feed the worker's finished decodes, in order (waiting for the oldest when `wait`)."""
+        while self._jobs and (wait or self._jobs[0][0].done()):
+            fut, last = self._jobs.popleft()
+            self._feed(fut.result())
+            self._finished |= last
+            wait = False
 
     def _feed(self, audio: np.ndarray) -> None:
         cut = min(self._skip, audio.shape[1])
@@ -160,27 +206,47 @@ class StreamSession:
     def steps(self) -> int:
         return self.stream.steps
 
+    def _end(self, j: int) -> int:
+        """Where chunk j ends (samples of new audio)."""
+        end = self._boundary(j + 1)
+        return end if self.total_samples is None else min(end, self.total_samples)
+
+    def _advance(self) -> None:
+        """One frame from the token stream (or the flush at its end), pushed to the decoder in groups."""
+        if self.stream.done:
+            self._push(self._pending)
+            self._pending = 0
+            self._flush()
+            return
+        self._pending += self.stream.step().shape[1]
+        # Push when the first chunk not yet covered can be completed (the decoder keeps `holdback` frames back),
+        # or when enough frames wait: a function of frame counts only, so the groups, and the audio, do not depend
+        # on how fast the codec runs.
+        have = self._expected()
+        while self._end(self._target) <= have and (self.total_samples is None or self._end(self._target) < self.total_samples):
+            self._target += 1
+        covers = self._expected(self._pending) >= self._end(self._target)
+        if self._pending and (covers or self._pending >= DECODE_EVERY_FRAMES):
+            self._push(self._pending)
+            self._pending = 0
+
     def __iter__(self) -> Iterator[Chunk]:
-        emitted, j, finished = 0, 0, False  # samples of new audio handed out; chunk index; stream over
-        pending = 0  # settled frames not yet pushed to the decoder
-        hop, dec = self.model.hop, self.decoder
+        emitted, j = 0, 0  # samples of new audio handed out; chunk index
         while True:
-            end = self._boundary(j + 1)
-            if self.total_samples is not None:
-                end = min(end, self.total_samples)
-            while emitted + self._buf.shape[1] < end and not finished:
-                if self.stream.done:
-                    self._push(pending)
-                    self._feed(self.decoder.flush())
-                    finished = True
-                    continue
-                pending += self.stream.step().shape[1]
-                # Push when the chunk can be completed (the decoder keeps `holdback` frames back) or enough waits.
-                ready = (dec.frames_received + pending - dec.holdback - dec.frames_emitted) * hop - self._skip
-                covers = emitted + self._buf.shape[1] + ready >= end
-                if pending and (covers or pending >= DECODE_EVERY_FRAMES):
-                    self._push(pending)
-                    pending = 0
+            end = self._end(j)
+            while emitted + self._buf.shape[1] < end and not self._finished:
+                if self._jobs and self._jobs[0][0].done():
+                    self._collect(wait=False)
+                elif self._expected() >= end or self._flushed:
+                    # All of this chunk's audio is being decoded: step the LM meanwhile (up to the next chunk's
+                    # frames), which is what takes the codec off the critical path, or else wait for it.
+                    ahead = self._steps_here and not (self._flushed or self._stop or self.stream.done)
+                    if self._jobs and not (ahead and self._expected(self._pending) < self._end(j + 1)):
+                        self._collect(wait=True)
+                    else:
+                        self._advance()
+                else:
+                    self._advance()
             n = min(end - emitted, self._buf.shape[1])
             last = self.total_samples is not None and emitted + n >= self.total_samples
             if n > 0:
@@ -188,7 +254,7 @@ class StreamSession:
                 self._buf = self._buf[:, n:]
                 emitted += n
                 j += 1
-            if last or self._stop or (finished and self._buf.shape[1] == 0):
+            if last or self._stop or (self._finished and self._buf.shape[1] == 0):
                 return
 
     def _chunk(self, index: int, audio: np.ndarray, start: int, last: bool, on_boundary: bool) -> Chunk:

@@ -142,6 +142,11 @@ class StreamingDecoder:
             return codes[None]
         return torch.stack([codes[0::2], codes[1::2]])
 
+    def state_key(self) -> tuple:
+        """What decides the shapes of the next push or flush: decoders with equal keys can run as one batch."""
+        return (id(self.codec), self.channels, self.left_context, self.holdback, self._received, self._codes_start,
+                self._lstm_done, self._lstm_out_start, self._emitted, self._state is None)
+
     @torch.inference_mode()
     def _advance(self, final: bool) -> np.ndarray:
         self._run_lstm(final)
@@ -185,3 +190,46 @@ class StreamingDecoder:
         self._lstm_out = self._lstm_out[..., keep_from - self._lstm_out_start :]
         self._lstm_out_start = keep_from
         return np.ascontiguousarray(audio.float().cpu().numpy())
+
+
+@torch.inference_mode()
+def decode_together(decoders: list[StreamingDecoder], codes: list[torch.Tensor | None]) -> list[np.ndarray]:
+    """One push (codes [K * channels, n]) or flush (None) for each of several decoders in the same state (equal
+    `state_key()`, equal n), run as one batch through the codec: each stream's audio equals its own push's up to
+    float rounding (tests/test_stream_decode.py), for one call's fixed costs instead of one per stream. Decoders
+    in different states, or pushes of different lengths, run one by one."""
+    final = codes[0] is None
+    same = len({d.state_key() for d in decoders}) == 1 and len({None if c is None else c.shape[1] for c in codes}) == 1
+    if len(decoders) == 1 or not same:
+        return [d.flush() if c is None else d.push(c) for d, c in zip(decoders, codes)]
+    lead = decoders[0]
+    together = StreamingDecoder(lead.codec, channels=lead.channels, left_context_frames=lead.left_context,
+                                holdback_frames=lead.holdback)
+    cat = lambda ts, dim: None if ts[0] is None else torch.cat(ts, dim=dim)  # noqa: E731
+    parts = [d._codes for d in decoders]
+    if not final:
+        split = [d._split(c) for d, c in zip(decoders, codes)]
+        parts = split if parts[0] is None else [torch.cat([p, n], dim=-1) for p, n in zip(parts, split)]
+    together._codes = cat(parts, 0)
+    together._codes_start, together._lstm_done, together._lstm_out_start = lead._codes_start, lead._lstm_done, lead._lstm_out_start
+    together._emitted = lead._emitted
+    together._received = lead._received + (0 if final else codes[0].shape[1])
+    together._lstm_out = cat([d._lstm_out for d in decoders], 0)
+    if lead._state is not None:  # LSTM (h, c): [layers, streams, hidden]
+        together._state = tuple(torch.cat([d._state[i] for d in decoders], dim=1) for i in range(2))
+    audio = together._advance(final)
+    n = lead.channels
+    out = []
+    for i, d in enumerate(decoders):
+        if final:
+            d.reset()
+        else:
+            rows = slice(i * n, (i + 1) * n)
+            d._codes, d._received = together._codes[rows], together._received
+            d._codes_start, d._lstm_done, d._emitted = together._codes_start, together._lstm_done, together._emitted
+            d._lstm_out = None if together._lstm_out is None else together._lstm_out[rows]  # a push too short to reach the LSTM
+            d._lstm_out_start = together._lstm_out_start
+            d._state = None if together._state is None else tuple(t[:, rows] for t in together._state)
+        d.last_frames_decoded = together.last_frames_decoded
+        out.append(audio[i * n : (i + 1) * n] if audio.shape[1] else np.zeros((n, 0), np.float32))  # no new audio
+    return out

@@ -20,6 +20,7 @@ from engine.generate import open_stream
 from engine.interface import StreamSpec
 from engine.local_engine import LocalEngine
 from engine.sampling import SamplingSettings
+from tests.test_stream_decode import MIN_SNR_DB, snr_db
 
 # Prompts of different lengths (padded text keys), every sampling mode, with and without guidance.
 REQUESTS = [
@@ -206,17 +207,24 @@ def test_endless_streams_are_admitted_first(mono_model):
 
 
 def test_engine_streams_equal_local_engine(mono_model):
-    """Through the Engine interface: chunks of two streams at once equal the in-process engine's, one by one."""
+    """Through the Engine interface: two streams at once give the in-process engine's codes, one by one, and its
+    audio up to the float rounding of a batched codec call (the streaming decoder test's bound)."""
     tempo = Tempo(Fraction(120), 4, 4)
     specs = [StreamSpec("warm keys", SamplingSettings(seed=17, top_k=50), tempo=tempo, bars=Fraction(1, 2), chunk_bars=Fraction(1, 4)),
              StreamSpec("deep house", SamplingSettings(seed=18), seconds=1.0, chunk_seconds=0.5)]
     local = LocalEngine(mono_model)
-    expected = [np.concatenate([c.audio for c in local.open(s)], 1) for s in specs]
+
+    def render(stream):
+        audio = np.concatenate([c.audio for c in stream], 1)
+        return audio, stream._session.stream.codes().clone()
+
+    expected = [render(local.open(s)) for s in specs]
+    local.close()
     engine = BatchEngine(mono_model)
     got = [None, None]
 
     def run(i):
-        got[i] = np.concatenate([c.audio for c in engine.open(specs[i])], 1)
+        got[i] = render(engine.open(specs[i]))
 
     try:
         threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
@@ -226,5 +234,60 @@ def test_engine_streams_equal_local_engine(mono_model):
             t.join(60)
     finally:
         engine.close()
-    for e, g in zip(expected, got):
-        assert np.array_equal(e, g)
+    for (e_audio, e_codes), (g_audio, g_codes) in zip(expected, got):
+        assert torch.equal(e_codes, g_codes)
+        assert e_audio.shape == g_audio.shape
+        assert snr_db(g_audio, e_audio) > MIN_SNR_DB
+
+
+def _take_codes(engine, spec, n):
+    from engine.takes import render_takes
+
+    return [t.codes for t in render_takes(engine, spec, n)]
+
+
+def test_takes_share_one_t5_pass_one_prefill_and_codec_calls(mono_model):
+    """4 takes: one T5 pass, one prefill (copied to the other takes' rows), batched codec calls; each take's codes
+    equal its seed's alone."""
+    spec = StreamSpec("takes share a prompt", SamplingSettings(seed=40, top_k=50), seconds=0.6, chunk_seconds=0.3)
+    engine = BatchEngine(mono_model)
+    passes = mono_model.text.passes
+    try:
+        codes = _take_codes(engine, spec, 4)
+        assert mono_model.text.passes - passes == 1
+        assert engine.stats.prefills == 4 and engine.stats.prefills_shared == 3
+        assert engine.codec.calls < engine.codec.jobs  # some pushes of the 4 ran as one codec call
+    finally:
+        engine.close()
+    frames = codes[0].shape[1]
+    for i, c in enumerate(codes):
+        assert torch.equal(c, alone(mono_model, spec.prompt, SamplingSettings(seed=40 + i, top_k=50), frames)), i
+
+
+def test_different_prompts_share_nothing(mono_model):
+    """Negative control: requests with their own prompts each run T5 and their own prefill. (The tiny test
+    tokenizer reads most words as one unknown token, so these prompts differ in length.)"""
+    engine = BatchEngine(mono_model)
+    passes = mono_model.text.passes
+    try:
+        prompts = ["own", "own prompt", "own prompt here"]
+        batched(engine, [(p, SamplingSettings(seed=50 + i), 12) for i, p in enumerate(prompts)], stagger=0)
+        assert mono_model.text.passes - passes == 3
+        assert engine.stats.prefills == 3 and engine.stats.prefills_shared == 0
+    finally:
+        engine.close()
+
+
+def test_shared_prefill_needs_the_copied_rows(mono_model, monkeypatch):
+    """Negative control for the takes test: without the copy of the twin's keys and values, takes 1-3 change."""
+    spec = StreamSpec("takes share a prompt too", SamplingSettings(seed=60, top_k=50), seconds=0.3, chunk_seconds=0.3)
+    monkeypatch.setattr(BatchCache, "move", lambda *a: None)  # nothing leaves the batch here, so only the copy uses it
+    engine = BatchEngine(mono_model)
+    try:
+        codes = _take_codes(engine, spec, 2)
+        assert engine.stats.prefills_shared == 1
+    finally:
+        engine.close()
+    frames = codes[0].shape[1]
+    same = [torch.equal(c, alone(mono_model, spec.prompt, SamplingSettings(seed=60 + i, top_k=50), frames)) for i, c in enumerate(codes)]
+    assert sorted(same) == [False, True]  # the take that ran the prefill is right, the one that copied it is not

@@ -22,7 +22,11 @@ def test_takes_write_one_file_each_with_derived_seeds(tmp_path, tiny_mono, capsy
         assert main(["generate", "lo-fi keys", *model, "--seed", str(seed), "--out", str(single),
                      "--codes-out", str(tmp_path / f"single-{i}.npy")]) == 0
         assert np.array_equal(np.load(tmp_path / f"v-{i + 1}.npy"), np.load(tmp_path / f"single-{i}.npy"))
-        assert np.array_equal(sf.read(tmp_path / f"v-{i + 1}.wav")[0], sf.read(single)[0])
+        # Same codes; the takes' codec runs batched on the engine's worker, the single render's inline, so the
+        # audio agrees to float rounding (~120 dB): in a 16-bit file, at most one step where a sample sits on a
+        # rounding boundary.
+        take, alone = sf.read(tmp_path / f"v-{i + 1}.wav")[0], sf.read(single)[0]
+        assert take.shape == alone.shape and np.abs(take - alone).max() <= 1 / 32768 + 1e-9
     assert not np.array_equal(np.load(tmp_path / "v-1.npy"), np.load(tmp_path / "v-2.npy"))
 
 

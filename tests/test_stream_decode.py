@@ -177,3 +177,59 @@ def test_latency_and_bad_arguments(codec):
         decoder.push(torch.zeros(K, 3, dtype=torch.long))  # stereo needs 8 codebooks
     with pytest.raises(ValueError, match="special"):
         decoder.push(torch.full((2 * K, 3), 2048))  # the delay pattern's special token
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_decode_together_equals_one_by_one(codec, channels):
+    """Several decoders in one state decode as one batch: each stream's audio equals its own decode (to float
+    rounding), and each decoder carries on alone afterwards as if it had pushed by itself."""
+    from engine.stream_decode import decode_together
+
+    g = torch.Generator().manual_seed(7)
+    codes = [torch.randint(0, 2048, (K * channels, 90), generator=g) for _ in range(3)]
+    reference = [stream(StreamingDecoder(codec, channels=channels), c, 9) for c in codes]
+    decoders = [StreamingDecoder(codec, channels=channels) for _ in codes]
+    parts = [[] for _ in codes]
+    for i in range(0, 90, 9):
+        if i == 45:  # one push each, then together again: the states still match
+            audio = [d.push(c[:, i : i + 9]) for d, c in zip(decoders, codes)]
+        else:
+            audio = decode_together(decoders, [c[:, i : i + 9] for c in codes])
+        for p, a in zip(parts, audio):
+            p.append(a)
+    for p, a in zip(parts, decode_together(decoders, [None] * 3)):
+        p.append(a)
+    for p, ref in zip(parts, reference):
+        got = np.concatenate(p, axis=1)
+        assert got.shape == ref.shape and snr_db(got, ref) > MIN_SNR_DB
+    assert all(d.frames_received == 0 for d in decoders)  # the flush reset them
+
+
+def test_decode_together_falls_back_for_different_states(codec):
+    from engine.stream_decode import decode_together
+
+    g = torch.Generator().manual_seed(8)
+    a, b = StreamingDecoder(codec), StreamingDecoder(codec)
+    a.push(torch.randint(0, 2048, (K, 5), generator=g))
+    codes = torch.randint(0, 2048, (K, 6), generator=g)
+    out = decode_together([a, b], [codes, codes])
+    assert a.frames_received == 11 and b.frames_received == 6
+    assert out[1].shape[1] == (6 - b.holdback) * HOP
+
+
+def test_decode_together_pushes_too_short_for_the_lstm(codec):
+    """Pushes shorter than the first conv's reach run no LSTM yet: the batched states stay empty, then go on."""
+    from engine.stream_decode import decode_together
+
+    g = torch.Generator().manual_seed(9)
+    codes = [torch.randint(0, 2048, (K, 12), generator=g) for _ in range(2)]
+    reference = [stream(StreamingDecoder(codec), c, 2) for c in codes]
+    decoders = [StreamingDecoder(codec) for _ in codes]
+    parts = [[] for _ in codes]
+    for i in range(0, 12, 2):
+        for p, a in zip(parts, decode_together(decoders, [c[:, i : i + 2] for c in codes])):
+            p.append(a)
+    for p, a in zip(parts, decode_together(decoders, [None, None])):
+        p.append(a)
+    for p, ref in zip(parts, reference):
+        assert snr_db(np.concatenate(p, axis=1), ref) > MIN_SNR_DB

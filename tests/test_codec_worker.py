@@ -1,0 +1,91 @@
+"""The codec worker: sessions decode off their thread with the same pushes and codes as inline, on the worker's
+own thread budget, and an error in the codec reaches the session."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from engine.codec_worker import CodecWorker, set_thread_budget
+from engine.sampling import SamplingSettings
+from engine.session import StreamSession
+from tests.test_stream_decode import MIN_SNR_DB, snr_db
+
+PROMPT = "worker test"
+
+
+def render(model, codec, **kw):
+    session = StreamSession(model, PROMPT, SamplingSettings(seed=3, top_k=50), codec=codec, **kw)
+    pushes, original = [], session.decoder.push
+    session.decoder.push = lambda codes: (pushes.append(codes.shape[1]), original(codes))[1]
+    chunks = list(session)
+    return chunks, session.stream.codes().clone(), pushes
+
+
+@pytest.mark.parametrize("kw", [dict(seconds=2.0, chunk_seconds=0.5), dict(seconds=1.3, chunk_seconds=0.2)])
+def test_worker_session_equals_inline(mono_model, kw):
+    inline = render(mono_model, None, **kw)
+    worker = CodecWorker(threads=None)  # the caller's thread count: the same rounding as inline
+    try:
+        off = render(mono_model, worker, **kw)
+    finally:
+        worker.close()
+    assert torch.equal(off[1], inline[1])
+    assert off[2] == inline[2]  # the same groups of frames, decided by frame counts alone
+    assert [c.start_sample for c in off[0]] == [c.start_sample for c in inline[0]]
+    for a, b in zip(off[0], inline[0]):
+        assert np.array_equal(a.audio, b.audio)
+
+
+def test_worker_on_its_own_thread_budget(mono_model):
+    """1 thread for the codec: within the decoder's bound of inline audio; the other threads keep theirs."""
+    before = torch.get_num_threads()
+    inline = render(mono_model, None, seconds=1.0, chunk_seconds=0.5)
+    worker = CodecWorker(threads=1)
+    try:
+        off = render(mono_model, worker, seconds=1.0, chunk_seconds=0.5)
+        counts = []
+        t = threading.Thread(target=lambda: counts.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+    finally:
+        worker.close()
+    assert torch.get_num_threads() == before and counts == [before]  # new threads still get the default
+    a, b = np.concatenate([c.audio for c in off[0]], 1), np.concatenate([c.audio for c in inline[0]], 1)
+    assert torch.equal(off[1], inline[1]) and snr_db(a, b) > MIN_SNR_DB
+
+
+def test_thread_budget_is_per_thread():
+    before = torch.get_num_threads()
+    target = 1 if before > 1 else 2
+    got = {}
+
+    def budgeted():
+        set_thread_budget(target)
+        got["own"] = torch.get_num_threads()
+
+    t = threading.Thread(target=budgeted)
+    t.start()
+    t.join()
+    fresh = threading.Thread(target=lambda: got.setdefault("fresh", torch.get_num_threads()))
+    fresh.start()
+    fresh.join()
+    assert got == {"own": target, "fresh": before} and torch.get_num_threads() == before
+
+
+def test_codec_error_reaches_the_session(mono_model):
+    worker = CodecWorker()
+    session = StreamSession(mono_model, PROMPT, SamplingSettings(seed=3), seconds=1.0, chunk_seconds=0.5, codec=worker)
+
+    def broken(codes):
+        raise RuntimeError("codec broke")
+
+    session.decoder.push = broken
+    try:
+        with pytest.raises(RuntimeError, match="codec broke"):
+            list(session)
+    finally:
+        worker.close()
