@@ -89,3 +89,40 @@ def test_codec_error_reaches_the_session(mono_model):
             list(session)
     finally:
         worker.close()
+
+
+def test_the_codec_gets_a_thread_only_with_a_core_to_spare(monkeypatch):
+    import os
+
+    from engine import codec_worker
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(codec_worker.torch, "get_num_threads", lambda: cores)
+    assert not codec_worker.codec_overlaps(torch.device("cpu"))  # the LM's team has every core
+    monkeypatch.setattr(codec_worker.torch, "get_num_threads", lambda: cores - 1)
+    assert codec_worker.codec_overlaps(torch.device("cpu")) == (cores > 1)
+    monkeypatch.setattr(codec_worker.torch, "get_num_threads", lambda: cores)
+    assert codec_worker.codec_overlaps(torch.device("cuda"))  # the steps run on the GPU
+
+
+@pytest.mark.parametrize("overlaps", [False, True])
+def test_batch_engine_decodes_between_steps_or_on_the_worker(mono_model, monkeypatch, overlaps):
+    """Without a core to spare the batching engine's own thread decodes between steps (driven); with one, the worker
+    thread does. Either way the stream is the one a session makes alone."""
+    from engine import batch_engine
+    from engine.interface import StreamSpec
+
+    monkeypatch.setattr(batch_engine, "codec_overlaps", lambda device: overlaps)
+    engine = batch_engine.BatchEngine(mono_model)
+    try:
+        assert engine.codec.driven is (not overlaps)
+        spec = StreamSpec(PROMPT, SamplingSettings(seed=3, top_k=50), seconds=1.3, chunk_seconds=0.2)
+        chunks = list(engine.open(spec))
+        calls = engine.codec.calls
+    finally:
+        engine.close()
+    inline, _, _ = render(mono_model, None, seconds=1.3, chunk_seconds=0.2)
+    assert calls > 0 and [c.start_sample for c in chunks] == [c.start_sample for c in inline]
+    got = np.concatenate([c.audio for c in chunks], axis=1)
+    want = np.concatenate([c.audio for c in inline], axis=1)
+    assert got.shape == want.shape and snr_db(want, got) > MIN_SNR_DB
