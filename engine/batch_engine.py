@@ -30,7 +30,7 @@ import torch
 
 from engine.batch_cache import BatchCache, kv_bytes_per_row
 from engine.batched_stream import BatchedStream
-from engine.codec_worker import CodecWorker, codec_overlaps
+from engine.codec_worker import CodecWorker
 from engine.generate import open_stream
 from engine.interface import StreamSpec
 from engine.local_engine import SessionStream, engine_info
@@ -96,9 +96,7 @@ class BatchEngine:
         self.decode = decode_step(lm, self.step_mode)
         self.cache = BatchCache(lm)
         self.stats = BatchStats()
-        # Every stream's codec pushes, batched where streams are cut alike: on a thread of its own where it overlaps
-        # the steps, else between the steps on this engine's thread.
-        self.codec = CodecWorker() if codec_overlaps(lm.device) else CodecWorker(driven=True, wake=self.wake)
+        self.codec = CodecWorker()  # every stream's codec pushes, batched where streams are cut alike
         self.active: list[BatchedStream] = []  # admitted, in row order (packed from row 0)
         self.waiting: list[tuple[int, int, BatchedStream]] = []  # (priority, arrival, stream)
         self._arrivals = itertools.count()
@@ -166,8 +164,6 @@ class BatchEngine:
 
     def _loop(self) -> None:
         while True:
-            if self.codec.driven:
-                self.codec.run_pending()  # between steps: the codec and the LM never share the cores
             with self._cv:
                 if self._closed:
                     for s in self.active + [w[2] for w in self.waiting]:
@@ -181,8 +177,7 @@ class BatchEngine:
                 if not ready:
                     if not self.active and not self.waiting:
                         self.cache.release()
-                    if not self.codec.pending:
-                        self._cv.wait(0.5)
+                    self._cv.wait(0.5)
                     continue
             try:
                 self._round(ready)

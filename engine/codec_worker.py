@@ -15,12 +15,10 @@ parallel op), so the worker can decode on 1 thread while the LM's thread keeps i
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from typing import Callable
 
 import torch
 
@@ -30,17 +28,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_THREADS = 1  # the codec's intra-op threads (benchmarks/RESULTS.md, issue 11.4)
 GATHER_SECONDS = 0.003  # after a first push arrives, wait this long for the pushes of streams cut alike
-
-
-def codec_overlaps(device: torch.device) -> bool:
-    """Whether decoding on a thread of its own overlaps the LM's steps instead of fighting them: on a GPU the steps
-    leave the cores free; on a CPU only when a core is left over from the LM's intra-op threads. An OpenMP team
-    that loses a core to the codec stalls at every barrier of every step (benchmarks/RESULTS.md, issue 11.4: on 2
-    cores the LM fell from 32 to 7 steps/s while a 1-thread decode ran)."""
-    if device.type != "cpu":
-        return True
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return cores > torch.get_num_threads()
 
 
 def set_thread_budget(threads: int) -> None:
@@ -57,39 +44,17 @@ def set_thread_budget(threads: int) -> None:
 
 
 class CodecWorker:
-    """One decoding thread with `threads` intra-op threads; `batch` lets it join pushes of decoders in one state.
+    """One decoding thread with `threads` intra-op threads; `batch` lets it join pushes of decoders in one state."""
 
-    Driven (`driven=True`): no thread of its own; whoever owns the cores (the batching engine's scheduler) calls
-    `run_pending()` between decoder steps, and `wake` is called when a push arrives. That is the choice where the
-    codec cannot overlap the LM (`codec_overlaps`)."""
-
-    def __init__(self, threads: int | None = DEFAULT_THREADS, batch: bool = True, name: str = "codec", *,
-                 driven: bool = False, wake: Callable[[], None] | None = None):
+    def __init__(self, threads: int | None = DEFAULT_THREADS, batch: bool = True, name: str = "codec"):
         self.threads, self.batch = threads, batch
         self.calls = 0  # codec calls run (a batched call counts once)
         self.jobs = 0  # pushes and flushes done
         self._queue: deque[tuple[StreamingDecoder, torch.Tensor | None, Future]] = deque()
         self._cv = threading.Condition()
         self._closed = False
-        self._wake = wake
-        self._thread = None if driven else threading.Thread(target=self._loop, name=name, daemon=True)
-        if self._thread is not None:
-            self._thread.start()
-
-    @property
-    def driven(self) -> bool:
-        return self._thread is None
-
-    @property
-    def pending(self) -> bool:
-        return bool(self._queue)
-
-    def run_pending(self) -> bool:
-        """Driven: decode what is queued now, on the calling thread; whether there was anything."""
-        jobs = self._take()
-        if jobs:
-            self._run(jobs)
-        return bool(jobs)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
 
     def submit(self, decoder: StreamingDecoder, codes: torch.Tensor | None) -> Future:
         """Queue a push of `codes` [K * channels, n] (None: the flush) on `decoder`; the Future gives its audio.
@@ -100,19 +65,13 @@ class CodecWorker:
                 raise RuntimeError("the codec worker is closed")
             self._queue.append((decoder, codes, fut))
             self._cv.notify()
-        if self._wake is not None:
-            self._wake()
         return fut
 
     def close(self) -> None:
         with self._cv:
             self._closed = True
             self._cv.notify()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        else:
-            for _, _, fut in self._take():
-                fut.set_exception(RuntimeError("the codec worker is closed"))
+        self._thread.join(timeout=10)
 
     def _loop(self) -> None:
         if self.threads is not None:
@@ -125,16 +84,13 @@ class CodecWorker:
                     return
             if self.batch:
                 time.sleep(GATHER_SECONDS)
-            self._run(self._take())
-
-    def _take(self) -> list:
-        with self._cv:
-            jobs, later, seen = [], deque(), set()
-            for job in self._queue:  # one job per decoder per round: a decoder's jobs are in order
-                (later if id(job[0]) in seen else jobs).append(job)
-                seen.add(id(job[0]))
-            self._queue = later
-        return jobs
+            with self._cv:
+                jobs, later, seen = [], deque(), set()
+                for job in self._queue:  # one job per decoder per round: a decoder's jobs are in order
+                    (later if id(job[0]) in seen else jobs).append(job)
+                    seen.add(id(job[0]))
+                self._queue = later
+            self._run(jobs)
 
     def _run(self, jobs: list) -> None:
         groups: dict[tuple, list] = {}

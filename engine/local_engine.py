@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Iterator
 
-from engine.codec_worker import CodecWorker, codec_overlaps
+from engine.codec_worker import CodecWorker
 from engine.devices import dtype_name
 from engine.errors import Cancelled
 from engine.interface import EngineInfo, StreamSpec
@@ -90,12 +90,10 @@ class LocalEngine:
         self.model = model
         self.info = engine_info(model)
         self.lock = threading.Lock()
-        # Decodes while the stream's thread goes on stepping the LM, where that overlaps; else the stream decodes.
-        self.codec = CodecWorker() if codec_overlaps(model.lm.device) else None
+        self.codec = CodecWorker()  # decodes while the stream's thread goes on stepping the LM
 
     def open(self, spec: StreamSpec) -> LocalStream:
         return LocalStream(self, spec)
 
     def close(self) -> None:
-        if self.codec is not None:
-            self.codec.close()
+        self.codec.close()
