@@ -26,7 +26,9 @@ from engine.errors import UserError
 log = logging.getLogger(__name__)
 
 APP_NAME = "musicgen-engine"
-PATIENT_PROXY_CHECKS = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30"}
+# For a local Ray (see Cluster): patient proxy checks, and the engine's processes at normal priority.
+LOCAL_RAY_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
+                 "RAY_worker_niceness": "0"}
 MAX_CONNECTIONS_PER_REPLICA = 16  # open streams a replica accepts; Ray queues the rest (the engine batches/serializes)
 
 
@@ -117,10 +119,11 @@ class Cluster:
         self.started_ray = not ray.is_initialized()
         if self.started_ray:
             # Serve's controller gives a starting proxy 5 s to answer and then kills it (ActorDiedError): on a
-            # laptop whose cores are busy (Live, a jam) that start takes longer. A local Ray inherits this process's
-            # environment, so more patient checks are set here; a joined cluster keeps its operator's settings.
-            for name, seconds in PATIENT_PROXY_CHECKS.items():
-                os.environ.setdefault(name, seconds)
+            # laptop whose cores are busy (Live, a jam) that start takes longer. And Ray runs its workers at nice
+            # 15, where any busy process starves them: here the workers are the engine, the work itself. A local
+            # Ray inherits this process's environment; a joined cluster keeps its operator's settings.
+            for name, value in LOCAL_RAY_ENV.items():
+                os.environ.setdefault(name, value)
             # Workers import this project: the driver's PYTHONPATH travels with them.
             env = {k: os.environ[k] for k in ("PYTHONPATH", "HF_HUB_OFFLINE", "HF_HOME") if k in os.environ}
             ray.init(address=address, include_dashboard=False, runtime_env={"env_vars": env} if env else None,

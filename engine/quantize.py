@@ -26,6 +26,7 @@ original weights as it goes (so peak memory grows by one matrix, not by the mode
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from dataclasses import dataclass
@@ -118,7 +119,7 @@ class PackedLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # Returns the weight's dtype: the LM casts where it must (q, k, v) and lets the residual adds promote.
         if torch.jit.is_tracing():  # the tracer cannot type the op's empty scalar list; a scripted call can
-            return _scripted_packed_matmul()(x.to(self.weight.dtype), self.weight)
+            return _scripted(_packed_matmul)(x.to(self.weight.dtype), self.weight)
         return torch.ops.mkldnn._linear_pointwise(x.to(self.weight.dtype), self.weight, None, "none", [], "")
 
     def extra_repr(self) -> str:
@@ -130,16 +131,12 @@ def _packed_matmul(x: Tensor, w: Tensor) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", no_scalars, "")
 
 
-_SCRIPTED_PACKED_MATMUL = None
-
-
-def _scripted_packed_matmul():
-    global _SCRIPTED_PACKED_MATMUL
-    if _SCRIPTED_PACKED_MATMUL is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            _SCRIPTED_PACKED_MATMUL = torch.jit.script(_packed_matmul)
-    return _SCRIPTED_PACKED_MATMUL
+@functools.lru_cache(maxsize=None)
+def _scripted(fn):
+    """`fn` compiled once by TorchScript, so the traced step (engine/steps.py) can call an op it cannot trace."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(fn)
 
 
 def quantize_rows(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -197,7 +194,7 @@ class W8A8Linear(nn.Module):
         # inputs of narrow matrices (K or N of a few dozen) ~10x slower, and u8 costs the same on the wide ones.
         q = torch.round(torch.addcmul(_U8_ZERO_POINT, x, 127.0 / top)).to(torch.uint8)
         if torch.jit.is_tracing():  # as PackedLinear: the tracer cannot type the op's empty scalar list
-            y = _scripted_int8_matmul()(q, self.weight, self.scale, self.zero)
+            y = _scripted(_int8_matmul)(q, self.weight, self.scale, self.zero)
         else:
             y = _int8_matmul(q, self.weight, self.scale, self.zero)
         return (y * top).view(*shape[:-1], self.out_features)
@@ -218,18 +215,6 @@ def _int8_matmul(q: Tensor, w: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
     """(q - 128) @ int8 weights^T * scale, fp32: q uint8 [M, K] with zero point 128."""
     no_scalars: List[Optional[Union[int, float, complex]]] = []
     return torch.ops.onednn.qlinear_pointwise(q, 1.0, 128, w, scale, zero, None, 1.0, 0, torch.float32, "none", no_scalars, "")
-
-
-_SCRIPTED_INT8_MATMUL = None
-
-
-def _scripted_int8_matmul():
-    global _SCRIPTED_INT8_MATMUL
-    if _SCRIPTED_INT8_MATMUL is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            _SCRIPTED_INT8_MATMUL = torch.jit.script(_int8_matmul)
-    return _SCRIPTED_INT8_MATMUL
 
 
 def quantize_groups(weight: Tensor, group: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -16,7 +16,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from bridge.cluster import APP_NAME, PATIENT_PROXY_CHECKS, Cluster  # Ray comes with the test extra: a missing Ray fails, it does not skip
+from bridge.cluster import APP_NAME, LOCAL_RAY_ENV, Cluster  # Ray comes with the test extra: a missing Ray fails, it does not skip
 from bridge.remote_engine import EngineRefused, RemoteEngine, _connect
 from engine.bars import Tempo
 from engine.errors import EngineLost
@@ -82,14 +82,17 @@ def test_two_bridges_at_once_each_on_its_replica(cluster, mono_model):
     assert servers[1]["pid"] != servers[2]["pid"]  # power-of-two: the idle replica got the second jam
 
 
-def test_the_local_ray_gives_a_starting_proxy_time_on_a_busy_machine(cluster):
+def test_the_local_ray_holds_up_on_a_busy_machine(cluster):
     import ray
 
-    # Serve's default gives a proxy 5 s to start; on a saturated 2-core host it took longer and Ray killed it.
-    # The processes of the local Ray (controller, proxy, replicas) inherit the patient checks.
-    seen = ray.get(ray.remote(lambda: {k: os.environ.get(k) for k in PATIENT_PROXY_CHECKS}).remote())
-    assert all(float(seen[k]) >= float(v) for k, v in PATIENT_PROXY_CHECKS.items()), seen
-    assert float(seen["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"]) > 5  # more than Serve's own default
+    # Serve's default gives a proxy 5 s to start; on a saturated 2-core host it took longer and Ray killed it. And
+    # Ray's workers run at nice 15 by default, where two busy loops leave them ~2 % of a core each. The processes of
+    # the local Ray (controller, proxy, replicas) inherit patient checks and run at normal priority.
+    seen = ray.get(ray.remote(lambda: ({k: os.environ.get(k) for k in LOCAL_RAY_ENV}, os.nice(0))).remote())
+    env, niceness = seen
+    assert float(env["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"]) > 5  # more than Serve's own default
+    assert float(env["RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"]) >= 30
+    assert niceness == 0, niceness
 
 
 def test_the_ingress_checks_the_token(cluster):
