@@ -42,14 +42,19 @@ def pooled(tmp_path_factory):
         b.close()
 
 
+def _generate_takes(b, req: int, seed: int, takes: int) -> tuple[list, list]:
+    """/generate of 1 bar at 600 bpm in `takes` takes: the /done arguments and the /take messages."""
+    b.send("/tempo", 600.0, 4, 4)
+    b.send("/set", "seed", seed)
+    b.send("/generate", req, "", 1, takes)
+    address, done = b.listener.result(req)
+    assert address == "/done", done
+    return done, b.listener.all("/take", lambda a: a[0] == req)
+
+
 def test_takes_come_one_by_one_and_done_names_take_0(single):
     b = single
-    b.send("/tempo", 600.0, 4, 4)
-    b.send("/set", "seed", 5)
-    b.send("/generate", 1, "", 1, 3)
-    address, done = b.listener.result(1)
-    assert address == "/done", done
-    takes = b.listener.all("/take", lambda a: a[0] == 1)
+    done, takes = _generate_takes(b, 1, 5, 3)
     assert sorted(a[1] for a in takes) == [0, 1, 2] and done[1] == next(a[2] for a in takes if a[1] == 0)
     audio = {a[1]: wav(a[2]) for a in takes}
     assert all(x.shape[1] == 12800 for x in audio.values())  # each exactly 1 bar at 600 bpm
@@ -105,10 +110,5 @@ def test_with_two_streams_a_generate_runs_beside_the_jam_and_cancel_leaves_the_j
 
 def test_takes_side_by_side_on_two_streams(pooled):
     b = pooled
-    b.send("/tempo", 600.0, 4, 4)
-    b.send("/set", "seed", 9)
-    b.send("/generate", 30, "", 1, 2)
-    address, done = b.listener.result(30)
-    assert address == "/done", done
-    takes = b.listener.all("/take", lambda a: a[0] == 30)
+    done, takes = _generate_takes(b, 30, 9, 2)
     assert sorted(a[1] for a in takes) == [0, 1] and all(wav(a[2]).shape[1] == 12800 for a in takes)
