@@ -6,7 +6,7 @@ Every round runs every case back to back, so a ratio inside a round is taken on 
 
 - `LM alone`: a token stream's decoder steps/s, nothing else running.
 - `LM + codec (N threads)`: the same while another thread decodes 1 s pushes of codes without pause on N threads
-  (`engine.codec_worker.set_thread_budget`); also the codec's own rate (seconds of audio decoded per second).
+  (`engine.threads.set_thread_budget`); also the codec's own rate (seconds of audio decoded per second).
 - `jam inline | worker N`: a `StreamSession` (1 s chunks, `--seconds` of audio) with the codec on the stream's
   thread (inline) or on a `CodecWorker` of N threads, whose thread goes on stepping the LM meanwhile: audio
   seconds per wall second (the real-time factor a jam on this engine would get).
@@ -43,7 +43,7 @@ def lm_rate(model, steps: int) -> float:
 
 def with_codec(model, steps: int, threads: int) -> tuple[float, float]:
     """LM steps/s while another thread decodes without pause; and that decoder's audio seconds per second."""
-    from engine.codec_worker import set_thread_budget
+    from engine.threads import set_thread_budget
     from engine.stream_decode import StreamingDecoder
 
     stop, decoded = threading.Event(), []

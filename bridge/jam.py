@@ -27,6 +27,7 @@ from engine.bars import Tempo, format_bpm
 from engine.errors import Cancelled, EngineLost
 from engine.interface import Engine, EngineStream, StreamSpec
 from engine.sampling import SamplingSettings
+from engine.threads import side_work
 
 from .jam_pacing import Pacer, RateMeter
 from .tempo_lock import ChunkLock
@@ -155,7 +156,8 @@ class Jam:
                 yield locker.flush(), held[0], held[1]
                 locker, held = None, None
             locker = locker or ChunkLock(tempo, self.sample_rate)
-            locked = locker.push(audio)
+            with side_work():  # beside the LM's steps: they take a thread fewer meanwhile (engine/threads.py)
+                locked = locker.push(audio)
             if held is not None:
                 yield locked, held[0], held[1]
             held = (beats, tempo)

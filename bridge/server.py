@@ -38,6 +38,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 
 from engine.errors import Cancelled, UserError
+from engine.threads import set_thread_budget
 
 from . import protocol
 from .audio_out import WavNamer, find_device, write_wav
@@ -164,7 +165,7 @@ class BridgeServer:
         self.melody: MelodySource | None = None
         self._notes_req: int | None = None
         self._notes: list[Note] = []
-        self._prep = ThreadPoolExecutor(1, thread_name_prefix="melody")
+        self._prep = ThreadPoolExecutor(1, thread_name_prefix="melody", initializer=set_thread_budget, initargs=(1,))  # engine/threads.py
         self._send_lock = threading.Lock()
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.reply_to = ReplyAddress(config.host)

@@ -23,8 +23,9 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -38,6 +39,7 @@ from engine.model import MusicGen
 from engine.sampling import SamplingSettings
 from engine.session import Chunk
 from engine.steps import decode_step, resolve_step_mode
+from engine.threads import LMThreads, process_default, side_thread
 from engine.token_stream import ColumnInput, prefill_logits
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,7 @@ class BatchEngine:
 
     def __init__(self, model: MusicGen, *, max_rows: int | None = None, step_mode: str = "auto"):
         self.model, self.info = model, engine_info(model)
+        self.threads = LMThreads(process_default())  # the LM's budget, on the engine's thread (engine/threads.py)
         lm = model.lm
         self.full_len = full_window_len(model)
         self.row_bytes = kv_bytes_per_row(lm, self.full_len)
@@ -100,6 +103,7 @@ class BatchEngine:
         self.active: list[BatchedStream] = []  # admitted, in row order (packed from row 0)
         self.waiting: list[tuple[int, int, BatchedStream]] = []  # (priority, arrival, stream)
         self._arrivals = itertools.count()
+        self._calls: list[tuple[Callable[[], object], Future]] = []  # work for the engine's thread (warm_up)
         self._cv = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="batch-engine", daemon=True)
@@ -107,23 +111,36 @@ class BatchEngine:
         log.info("batch engine: up to %d rows (%d guided streams), %.1f MB of KV cache per full-window row, %s steps",
                  self.max_rows, self.capacity, self.row_bytes / 1e6, self.step_mode)
 
-    @torch.inference_mode()
     def warm_up(self) -> float:
         """Trace the batched step for every row bucket (2, 4, ... max_rows) before serving, so a stream that joins
-        does not stall the others while a trace is made. Returns the seconds it took."""
+        does not stall the others while a trace is made. Runs on the engine's thread (its OpenMP team is the one
+        the steps use). Returns the seconds it took."""
+        return self._on_engine_thread(self._warm_up)
+
+    @torch.inference_mode()
+    def _warm_up(self) -> float:
         t0 = time.perf_counter()
         lm, K = self.model.lm, self.model.pattern.n_codebooks
-        with self._cv:
-            if self.active or self.waiting:
-                return 0.0
-            self.cache.ensure(self.max_rows, 8, 1, 0)
-            buckets = sorted({min(self.max_rows, 1 << (n - 1).bit_length()) for n in range(2, self.max_rows + 1)})
-            for B in buckets:
-                tokens = torch.full((B, K, 1), lm.cfg.special_token, device=lm.device)
-                with self.cache.bind(0, B):
-                    self.decode(tokens, torch.zeros(B, 1, dtype=torch.long, device=lm.device), 1)
-            self.cache.release()
+        if self.active or self.waiting:
+            return 0.0
+        self.cache.ensure(self.max_rows, 8, 1, 0)
+        buckets = sorted({min(self.max_rows, 1 << (n - 1).bit_length()) for n in range(2, self.max_rows + 1)})
+        for B in buckets:
+            tokens = torch.full((B, K, 1), lm.cfg.special_token, device=lm.device)
+            with self.cache.bind(0, B):
+                self.decode(tokens, torch.zeros(B, 1, dtype=torch.long, device=lm.device), 1)
+        self.cache.release()
         return time.perf_counter() - t0
+
+    def _on_engine_thread(self, fn: Callable[[], object]):
+        """`fn()` run by the scheduler between rounds; its result (or exception) here."""
+        fut: Future = Future()
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the batch engine is closed")
+            self._calls.append((fn, fut))
+            self._cv.notify_all()
+        return fut.result()
 
     # --- Engine ---
 
@@ -138,8 +155,10 @@ class BatchEngine:
         self.codec.close()
 
     def token_stream(self, prompt: str, settings: SamplingSettings, **kwargs) -> BatchedStream:
-        """A token stream in this engine's batch (`engine.generate.open_stream`'s arguments)."""
-        return open_stream(self.model, prompt, settings, make=functools.partial(BatchedStream, self), **kwargs)
+        """A token stream in this engine's batch (`engine.generate.open_stream`'s arguments). The prompt's T5 pass
+        runs on one thread of the caller's (`engine.threads.side_thread`)."""
+        with side_thread():
+            return open_stream(self.model, prompt, settings, make=functools.partial(BatchedStream, self), **kwargs)
 
     @property
     def rows_used(self) -> int:
@@ -163,22 +182,30 @@ class BatchEngine:
     # --- the scheduler ---
 
     def _loop(self) -> None:
+        self.threads.idle()  # the budget, on this thread: warm-up and steps run here
         while True:
             with self._cv:
                 if self._closed:
-                    for s in self.active + [w[2] for w in self.waiting]:
-                        s.fail(RuntimeError("the engine was closed"))
-                    self.active, self.waiting = [], []
-                    self.cache.release()
+                    self._shut_down()
                     return
-                self._drop_finished()
-                self._admit()
-                ready = [s for s in self.active if s.wants_step()]
-                if not ready:
-                    if not self.active and not self.waiting:
-                        self.cache.release()
-                    self._cv.wait(0.5)
-                    continue
+                calls, self._calls = self._calls, []
+                if not calls:
+                    self._drop_finished()
+                    self._admit()
+                    ready = [s for s in self.active if s.wants_step()]
+                    if not ready:
+                        if not self.active and not self.waiting:
+                            self.cache.release()
+                        self.threads.idle()
+                        self._cv.wait(0.5)
+                        continue
+            if calls:
+                for fn, fut in calls:
+                    try:
+                        fut.set_result(fn())
+                    except BaseException as e:  # noqa: BLE001 - the caller gets it
+                        fut.set_exception(e)
+                continue
             try:
                 self._round(ready)
             except Exception as e:  # noqa: BLE001 - the requests in this round fail, the engine goes on
@@ -186,6 +213,14 @@ class BatchEngine:
                 for s in ready:
                     s.fail(e)
                     s.released = True
+
+    def _shut_down(self) -> None:
+        for s in self.active + [w[2] for w in self.waiting]:
+            s.fail(RuntimeError("the engine was closed"))
+        for _, fut in self._calls:
+            fut.set_exception(RuntimeError("the batch engine is closed"))
+        self.active, self.waiting, self._calls = [], [], []
+        self.cache.release()
 
     def _drop_finished(self) -> None:
         gone = lambda s: s.released or s.cancel.is_set() or s.cursor.done or s._error is not None  # noqa: E731
@@ -241,6 +276,7 @@ class BatchEngine:
     @torch.inference_mode()
     def _round(self, ready: list[BatchedStream]) -> None:
         lm = self.model.lm
+        self.threads.step()  # a thread fewer while a codec push or a tempo lock runs beside (engine/threads.py)
         for s in ready:  # prefills first, each on its own rows as it would run alone
             if s.cursor.prefill_due:
                 t0 = time.perf_counter()
@@ -308,10 +344,11 @@ class BatchEngineStream(SessionStream):
         self.engine = engine
 
     def __iter__(self) -> Iterator[Chunk]:
-        session = self._open_session(
-            open_tokens=functools.partial(open_stream, make=functools.partial(BatchedStream, self.engine)),
-            codec=self.engine.codec)
-        try:
-            yield from session
-        finally:
-            session.stream.release()
+        with side_thread():  # the session's torch work (prompt encoding) on one thread (engine/threads.py)
+            session = self._open_session(
+                open_tokens=functools.partial(open_stream, make=functools.partial(BatchedStream, self.engine)),
+                codec=self.engine.codec)
+            try:
+                yield from session
+            finally:
+                session.stream.release()

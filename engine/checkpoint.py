@@ -20,6 +20,7 @@ import torch
 
 from engine.assemble import assemble, narrow_while_reading, submodel, text_dtype
 from engine.devices import auto_dtype, dtype_name, resolve_device, resolve_dtype
+from engine.threads import in_own_thread
 from engine.errors import ModelNotFound, UserError
 from engine.hub import resolve
 from engine.model import MusicGen
@@ -33,7 +34,12 @@ HF_PREFIXES = ("decoder.", "enc_to_dec_proj.", "audio_enc_to_dec_proj.", "text_e
 
 def load_model(spec: str, device: str = "auto", dtype: str = "float32") -> MusicGen:
     """The MusicGen named by `spec` on `device` in `dtype` (int8/int4: weight-only, CPU; "auto", what the CLI and
-    the server default to: see `engine.devices.auto_dtype`). EnCodec stays fp32; T5 follows `text_dtype`."""
+    the server default to: see `engine.devices.auto_dtype`). EnCodec stays fp32; T5 follows `text_dtype`.
+    Loads on a thread of its own, so that the OpenMP team quantizing used ends with it (engine/threads.py)."""
+    return in_own_thread(_load_model, spec, device, dtype, name="model-load")
+
+
+def _load_model(spec: str, device: str, dtype: str) -> MusicGen:
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if dtype.lower() == "auto":

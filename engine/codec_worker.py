@@ -23,24 +23,12 @@ from concurrent.futures import Future
 import torch
 
 from engine.stream_decode import StreamingDecoder, decode_together
+from engine.threads import set_thread_budget, side_work
 
 log = logging.getLogger(__name__)
 
 DEFAULT_THREADS = 1  # the codec's intra-op threads (benchmarks/RESULTS.md, issue 11.4)
 GATHER_SECONDS = 0.003  # after a first push arrives, wait this long for the pushes of streams cut alike
-
-
-def set_thread_budget(threads: int) -> None:
-    """Give the calling thread `threads` intra-op threads, leaving every other thread's count, and the default that
-    new threads pick up, as they were."""
-    default = torch.get_num_threads()  # also makes torch take its per-thread setting now, not on a later op
-    if threads == default:
-        return
-    torch.set_num_threads(threads)  # this thread's OpenMP and MKL counts, and (a side effect) the process default
-    # Put the process default back from a throwaway thread: its own count dies with it, ours stays.
-    t = threading.Thread(target=torch.set_num_threads, args=(default,), name="thread-budget")
-    t.start()
-    t.join()
 
 
 class CodecWorker:
@@ -101,7 +89,8 @@ class CodecWorker:
         for group in groups.values():
             futures = [f for _, _, f in group]
             try:
-                audio = decode_together([d for d, _, _ in group], [c for _, c, _ in group])
+                with side_work():  # the LM's step takes a thread fewer meanwhile (engine/threads.py)
+                    audio = decode_together([d for d, _, _ in group], [c for _, c, _ in group])
             except BaseException as e:  # noqa: BLE001 - each waiting session gets the error
                 for f in futures:
                     f.set_exception(e)

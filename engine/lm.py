@@ -112,7 +112,11 @@ class KVCache(nn.Module):
         kv = kv.to(self.kv.dtype)
         if input_pos.dim() == 1:
             return self.kv.index_copy_(3, input_pos, kv)
-        return self.kv.scatter_(3, input_pos[None, :, None, :, None].expand(kv.shape), kv)
+        # Per-row positions by index_put_: it writes only the B*T columns. scatter_ along the position axis copies
+        # the whole cache (twice, when it is a view of a larger batch cache): most of a batched step's time.
+        rows = torch.arange(kv.shape[1], device=input_pos.device)[:, None]
+        self.kv[:, rows, :, input_pos] = kv.permute(1, 3, 0, 2, 4)  # indexed shape: [B, T, 2, H, d]
+        return self.kv
 
 
 class SelfAttention(nn.Module):

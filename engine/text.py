@@ -13,12 +13,16 @@ several requests with one prompt, arriving at once wait for one T5 pass instead 
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 
 import torch
 import torch.nn as nn
 from torch import Tensor
+
+# A prompt is a few words: the tokenizer's own thread pool would only add threads beside the LM's (engine/threads.py).
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 class TextConditioner(nn.Module):

@@ -26,6 +26,7 @@ from engine.lm import MusicGenLM
 from engine.pattern import DelayPattern
 from engine.sampling import SamplingSettings, guide, make_generator, resolve_seed, sample
 from engine.steps import decode_step, resolve_step_mode
+from engine.threads import LMThreads
 
 
 @dataclass
@@ -219,6 +220,7 @@ class TokenStream(StreamCursor):
         lm.setup_caches(cond.batch, max_prefix + self.longest_window_columns())
         self.step_mode = resolve_step_mode(step_mode, self.device)
         self.decode = decode_step(lm, self.step_mode)
+        self.threads = LMThreads()  # this thread steps the LM: it lends cores to side work (engine/threads.py)
         if cond.cross is not None:
             lm.set_condition(cond.cross)
 
@@ -226,9 +228,12 @@ class TokenStream(StreamCursor):
     def step(self) -> Tensor:
         """One decoder call. Returns the frames [K, n] (n = 0 or 1) that this call completed."""
         if self.done:
+            self.threads.idle()
             return self.history[:, :0]
         if self.cancel is not None and self.cancel.is_set():
+            self.threads.idle()
             raise Cancelled()
+        self.threads.step()
         inp = self.next_input()
         if inp.prefill:
             logits = prefill_logits(self.lm, inp, self.cond.batch)
@@ -239,7 +244,10 @@ class TokenStream(StreamCursor):
         guided = guide(logits, self.settings.cfg)
         self.last_logits = guided[0]
         tokens = sample(guided, self.settings, self.generator)[0].cpu()
-        return self.settle(inp, tokens)
+        frames = self.settle(inp, tokens)
+        if self.done:
+            self.threads.idle()
+        return frames
 
     def run(self, on_frames: Callable[[int], None] | None = None) -> Tensor:
         """Step to the end (requires total_frames); returns the new codes [K, total]."""

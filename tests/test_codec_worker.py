@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.codec_worker import CodecWorker, set_thread_budget
+from engine.codec_worker import CodecWorker
+from engine.threads import set_thread_budget
 from engine.sampling import SamplingSettings
 from engine.session import StreamSession
 from tests.test_stream_decode import MIN_SNR_DB, snr_db

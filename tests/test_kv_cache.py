@@ -150,3 +150,22 @@ def test_traced_step_equals_eager_step_over_a_bf16_cache():
             assert torch.equal(got, eager(eager.embed(tokens[..., t : t + 1]), pos, kv_len=t + 1)), t
     assert torch.equal(traced.layers[0].attn.kv_cache.kv, eager.layers[0].attn.kv_cache.kv)
     assert {key[2] for key in step.graphs} == {torch.bfloat16}  # traced for the bf16 cache
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_per_row_positions_write_only_their_columns(dtype):
+    """A batch of streams writes one column per row at its own position into a view of a larger batch cache
+    (`BatchCache.bind`): exactly those columns change, in this view and nowhere else."""
+    g = torch.Generator().manual_seed(1)
+    big = torch.randn(2, 8, 4, 32, 16, generator=g).to(dtype)
+    before = big.clone()
+    cache = KVCache(1, 4, 32, 16, dtype, CPU)
+    cache.kv = big[:, 2:5]  # rows 2..4 of the batch, as a bound view
+    pos = torch.tensor([[3], [31], [0]])
+    new = torch.randn(2, 3, 4, 1, 16, generator=g)
+    out = cache.update(pos, new)
+    assert out.data_ptr() == big[:, 2:5].data_ptr()
+    expect = before.clone()
+    for r, p in enumerate(pos[:, 0].tolist()):
+        expect[:, 2 + r, :, p] = new[:, r, :, 0].to(dtype)
+    assert torch.equal(big, expect)

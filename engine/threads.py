@@ -1,0 +1,151 @@
+"""One OpenMP team per process: the thread that steps the LM has the intra-op thread budget, every other thread
+that runs torch ops runs them on one thread.
+
+Why: torch's CPU build runs its intra-op threads on libgomp, where every thread that starts a parallel region with
+more than one thread gets a team (a pool of helper threads) that lives as long as that thread does. While the
+process's OpenMP threads fit the CPUs, a team's helpers spin between parallel regions and pick the next one up at
+once; past that count, libgomp makes every team's helpers sleep, and each parallel region pays a wake-up. A decoder
+step is ~1,500 small ops, so a second team anywhere in the process (a session's T5 pass on its own thread, a
+loader that stayed alive, a codec on two threads) makes every step much slower (benchmarks/RESULTS.md, "One
+OpenMP team"). Hence: the LM's thread takes the budget, other threads take one (`side_thread`), and work that
+needs the budget outside the LM's thread (loading a model) runs in a thread that ends with it (`in_own_thread`).
+
+A team also stalls when one of its threads loses its core: every parallel region waits at its barrier for the
+descheduled thread. So side work that runs while the LM steps (a codec push, a tempo lock) says so
+(`side_work`), and the LM's thread takes one thread fewer per such worker while it runs (`LMThreads`): both go on
+at the speed of the cores they have, instead of the LM crawling at the pace of the scheduler's time slices.
+
+The intra-op count is per thread with this backend (libgomp): `torch.set_num_threads` sets the calling thread's count and
+the default that threads take on their first parallel op.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+_budget_lock = threading.RLock()  # setting a thread's count moves the process default for a moment: one at a time
+
+
+def process_default() -> int:
+    """The intra-op count a thread starts with (what a new thread's first parallel op uses)."""
+    with _budget_lock:
+        return in_own_thread(torch.get_num_threads, name="thread-budget")
+
+
+def set_thread_budget(threads: int) -> None:
+    """Give the calling thread `threads` intra-op threads, leaving every other thread's count, and the default that
+    new threads pick up, as they were."""
+    torch.get_num_threads()  # torch takes its per-thread setting on a thread's first call: now, not after ours
+    with _budget_lock:
+        default = process_default()
+        torch.set_num_threads(threads)  # this thread's OpenMP and MKL counts, and (a side effect) the process default
+        if threads != default:  # put the process default back from a throwaway thread: its own count dies with it
+            in_own_thread(torch.set_num_threads, default, name="thread-budget")
+
+
+@contextmanager
+def side_thread() -> Iterator[None]:
+    """Within: the calling thread does torch work beside the LM's (a session, a prompt's encoding) on one thread,
+    so that it never leads an OpenMP team of its own. Its own count comes back afterwards."""
+    before = torch.get_num_threads()
+    set_thread_budget(1)
+    try:
+        yield
+    finally:
+        set_thread_budget(before)
+
+
+def in_own_thread(fn: Callable[..., T], *args, name: str = "own-team", **kwargs) -> T:
+    """`fn(*args, **kwargs)` on a thread that ends when it returns, so the OpenMP team its ops start ends too;
+    its result, or its exception re-raised here."""
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            out["error"] = e
+
+    t = threading.Thread(target=run, name=name)
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+class _Cores:
+    """Who uses the cores now: the side workers, and the room the LM's current step leaves them."""
+
+    def __init__(self) -> None:
+        self.cv = threading.Condition()
+        self.side = 0  # side workers running, or waiting for room
+        self.room = 0  # side workers the LM's current step runs beside (it took a thread fewer for each)
+        self.stepping = False  # an LM thread is stepping (between `lm_threads` and `lm_idle`)
+
+
+_cores = _Cores()
+ROOM_WAIT_S = 0.25  # the most a side worker waits for the LM's next step to make room (a step is ~50 ms)
+
+
+@contextmanager
+def side_work() -> Iterator[None]:
+    """Mark a stretch of one-thread torch or numpy work beside the LM's steps (see the module docstring). While the
+    LM is stepping, it starts when the LM's next step has made room for it: started mid-step, it would stall the
+    rest of that step's team for as long as it runs."""
+    c = _cores
+    with c.cv:
+        c.side += 1
+        if c.stepping:
+            c.cv.wait_for(lambda: c.room >= c.side or not c.stepping, timeout=ROOM_WAIT_S)
+    try:
+        yield
+    finally:
+        with c.cv:
+            c.side -= 1
+
+
+def lm_threads(budget: int) -> int:
+    """Called by the LM's thread before each step: the intra-op threads that step should use, its budget less one
+    per side worker running or waiting (those waiting start now)."""
+    c = _cores
+    with c.cv:
+        c.stepping, c.room = True, c.side
+        c.cv.notify_all()
+        return max(1, budget - c.side)
+
+
+def lm_idle() -> None:
+    """Called by the LM's thread when it has no step to run: side workers need not wait for room."""
+    c = _cores
+    with c.cv:
+        c.stepping = False
+        c.cv.notify_all()
+
+
+class LMThreads:
+    """The LM's thread's side of sharing the cores: `step()` before each step takes a thread fewer per side worker
+    running (and lets those waiting start); `idle()` when it stops stepping gives the thread its budget back."""
+
+    def __init__(self, budget: int | None = None):
+        self.budget = budget if budget is not None else process_default()
+        self.now: int | None = None  # unknown until the first step sets it
+
+    def step(self) -> None:
+        self._use(lm_threads(self.budget))
+
+    def idle(self) -> None:
+        lm_idle()
+        self._use(self.budget)
+
+    def _use(self, n: int) -> None:
+        if n != self.now:
+            set_thread_budget(n)
+            self.now = n

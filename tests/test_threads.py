@@ -1,0 +1,229 @@
+"""One OpenMP team per process (engine/threads.py): who may lead a team, and how the LM lends cores to side work.
+
+A thread that runs a parallel op with more than one intra-op thread gets libgomp helper threads that live as long
+as it does; they show up as OS threads of this process (/proc/self/task), which is what these tests count. The
+speed that a second team costs the LM's steps is measured in benchmarks/omp_teams.py, not here.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+import torch
+
+from engine.sampling import SamplingSettings
+from engine.threads import (ROOM_WAIT_S, LMThreads, in_own_thread, lm_idle, lm_threads, process_default,
+                            set_thread_budget, side_thread, side_work)
+
+needs_two = pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs an intra-op budget of 2 or more")
+
+
+def os_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def parallel_op() -> None:
+    """An op big enough to run on every intra-op thread of the calling thread."""
+    a = torch.randn(512, 512)
+    for _ in range(3):
+        a = torch.tanh(a @ a)
+
+
+class Parked:
+    """A thread that stays alive, runs what it is given, and reports the OS thread count after each job."""
+
+    def __init__(self) -> None:
+        self.jobs: list = []
+        self.cv = threading.Condition()
+        self.done = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self.cv:
+                while not self.jobs:
+                    self.cv.wait()
+                fn = self.jobs.pop(0)
+            if fn is None:
+                return
+            fn()
+            with self.cv:
+                self.done += 1
+                self.cv.notify_all()
+
+    def run(self, fn) -> None:
+        with self.cv:
+            target = self.done + 1
+            self.jobs.append(fn)
+            self.cv.notify_all()
+            assert self.cv.wait_for(lambda: self.done >= target, timeout=120)
+
+    def close(self) -> None:
+        with self.cv:
+            self.jobs.append(None)
+            self.cv.notify_all()
+        self.thread.join(10)
+
+
+@needs_two
+def test_a_thread_that_runs_parallel_ops_keeps_a_team_and_a_side_thread_does_not():
+    """The negative control for the counts below: a live thread's parallel op leaves helper threads behind."""
+    parked = Parked()
+    try:
+        parked.run(lambda: None)
+        base = os_threads()
+        parked.run(lambda: (lambda c: (set_thread_budget(1), parallel_op(), set_thread_budget(c)))(torch.get_num_threads()))
+        assert os_threads() <= base  # one thread: no team
+        parked.run(parallel_op)
+        assert os_threads() > base  # the budget: a team that outlives the op
+    finally:
+        parked.close()
+
+
+@needs_two
+def test_in_own_thread_ends_its_team_with_it():
+    before = os_threads()
+    assert in_own_thread(lambda: (parallel_op(), 7)[1]) == 7
+    deadline = time.monotonic() + 5
+    while os_threads() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert os_threads() <= before  # (threads an earlier test left may still be ending)
+    with pytest.raises(ValueError, match="bad"):
+        in_own_thread(lambda: (_ for _ in ()).throw(ValueError("bad")))
+
+
+@needs_two
+@pytest.mark.parametrize("one_thread", [True, False], ids=["side-thread", "negative-control"])
+def test_a_batch_engine_consumer_leads_no_team(mono_model, one_thread, monkeypatch):
+    """A stream on the batching engine: its T5 pass and session run in the consumer's thread on one thread (no
+    helpers appear for that thread), the steps on the engine's thread; the consumer's own count comes back.
+    Negative control: without `side_thread` the same consumer leaves a team behind."""
+    import contextlib
+
+    from engine import batch_engine
+    from engine.batch_engine import BatchEngine
+    from engine.interface import StreamSpec
+
+    if not one_thread:
+        monkeypatch.setattr(batch_engine, "side_thread", contextlib.nullcontext)
+
+    engine = BatchEngine(mono_model, max_rows=2)
+    parked = Parked()
+    counts = {}
+    try:
+        engine.warm_up()
+        parked.run(lambda: counts.setdefault("before", torch.get_num_threads()))
+        base = os_threads()
+        tag = f"({one_thread})"  # prompts of their own: T5 states are cached per prompt
+        parked.run(lambda: list(engine.open(StreamSpec("a team of one" + tag, SamplingSettings(seed=1), seconds=0.5))))
+        parked.run(lambda: engine.token_stream("another" + tag, SamplingSettings(seed=2), frames=10).run())
+        if not one_thread:
+            assert os_threads() > base
+            return
+        assert os_threads() <= base
+        parked.run(lambda: counts.setdefault("after", torch.get_num_threads()))
+        assert counts["after"] == counts["before"] == process_default()
+    finally:
+        parked.close()
+        engine.close()
+
+
+def test_set_thread_budget_from_many_threads_keeps_the_default():
+    default = process_default()
+    start = threading.Barrier(8)
+
+    def churn():
+        start.wait()
+        for n in (1, 3, 1):
+            set_thread_budget(n)
+            assert torch.get_num_threads() == n
+
+    threads = [threading.Thread(target=churn) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert process_default() == default and torch.get_num_threads() == default
+
+
+def test_side_thread_gives_the_count_back():
+    before = torch.get_num_threads()
+    with side_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_side_work_waits_for_the_lm_to_make_room():
+    """While the LM steps, side work starts at the LM's next step, which runs a thread fewer; idle, no wait."""
+    lm_threads(2)  # the LM is stepping
+    started = threading.Event()
+
+    def side():
+        with side_work():
+            started.set()
+            time.sleep(0.2)
+
+    t = threading.Thread(target=side)
+    t.start()
+    try:
+        assert not started.wait(0.05)  # mid-step: it waits for room
+        assert lm_threads(2) == 1  # the next step lends it a core ...
+        assert started.wait(1)  # ... and it starts
+        assert lm_threads(3) == 2
+    finally:
+        t.join()
+    assert lm_threads(2) == 2  # it is done: the whole budget again
+    lm_idle()
+    t0 = time.monotonic()
+    with side_work():  # the LM is idle: no wait
+        pass
+    assert time.monotonic() - t0 < ROOM_WAIT_S
+
+
+def test_side_work_waits_no_longer_than_its_bound_for_a_stuck_lm():
+    lm_threads(2)
+    try:
+        t0 = time.monotonic()
+        with side_work():
+            waited = time.monotonic() - t0
+        assert ROOM_WAIT_S * 0.8 <= waited < ROOM_WAIT_S + 1.0
+    finally:
+        lm_idle()
+
+
+@needs_two
+def test_lm_threads_lends_a_thread_and_takes_it_back():
+    from engine import threads
+
+    seen, inside, release = [], threading.Event(), threading.Event()
+
+    def side():
+        with side_work():
+            inside.set()
+            release.wait(5)
+
+    def lm():
+        cores = LMThreads(2)
+        cores.step()
+        seen.append(torch.get_num_threads())
+        s = threading.Thread(target=side)
+        s.start()
+        while threads._cores.side == 0:
+            time.sleep(0.001)
+        cores.step()  # lends a core: the side worker starts
+        seen.append(torch.get_num_threads())
+        seen.append(inside.wait(1))
+        release.set()
+        s.join()
+        cores.step()
+        seen.append(torch.get_num_threads())
+        cores.idle()
+
+    t = threading.Thread(target=lm)
+    t.start()
+    t.join()
+    assert seen == [2, 1, True, 2]
