@@ -9,7 +9,10 @@ figure for a row is its fastest step (best of `--steps`: on a shared host most s
 stalls, not this step's cost). Reports every round, the best and median round per row, and per cache dtype the ratio
 500 / 50 of the best rounds and the median of the rounds' own ratios (the two contexts measured seconds apart).
 
-    python benchmarks/kv_context.py [--threads 2] [--rounds 8] [--steps 20] [--kv float32,bfloat16]
+    python benchmarks/kv_context.py [--threads 2] [--rounds 8] [--steps 20] [--kv float32,bfloat16] [--per-row]
+
+`--per-row` gives every row its own position ([B, 1]), as the batching engine's steps do (a row mask and one
+cache write per row).
 
 `--kernels` instead times the candidate attention formulations alone on the step's shapes (one query, batch 2,
 16 heads, head dim 64, over 24 layers' caches of `--max-len` positions, so the keys come from memory as in a
@@ -49,6 +52,8 @@ def main() -> None:
     p.add_argument("--dtype", default="int8", help="linear weight format (int8 = the CPU default)")
     p.add_argument("--max-len", type=int, default=1504, help="cache positions allocated (1504 = a 30 s window)")
     p.add_argument("--kernels", action="store_true", help="time the attention candidates alone")
+    p.add_argument("--per-row", action="store_true",
+                   help="positions [B, 1], one per row, as the batching engine steps (default: one shared [1])")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     contexts = [int(c) for c in a.contexts.split(",")]
@@ -73,7 +78,7 @@ def main() -> None:
     def run(dt: torch.dtype, ctx: int, n: int) -> float:
         for layer, c in zip(lm.layers, caches[dt]):
             layer.attn.kv_cache = c
-        pos = torch.tensor([ctx - 1])
+        pos = torch.full((B, 1), ctx - 1) if a.per_row else torch.tensor([ctx - 1])
         h = lm.positioned(lm.embed(tokens), pos)
         best = float("inf")
         for _ in range(n):  # the fastest of n steps: a step the host's other work did not stall
@@ -94,7 +99,7 @@ def main() -> None:
         ratios = ", ".join(f"{name(dt)} {ms[(dt, contexts[-1])][-1] / ms[(dt, contexts[0])][-1]:.3f}" for dt in kv_dtypes)
         print(f"round {i + 1}: " + ", ".join(f"{name(dt)}@{ctx} {ms[(dt, ctx)][-1]:.1f}" for dt, ctx in rows)
               + f" ms; {contexts[-1]}/{contexts[0]}: {ratios}", flush=True)
-    print(f"\n{a.dtype} weights, {a.threads} threads, batch {B}, {a.rounds} rounds x {a.steps} steps, "
+    print(f"\n{a.dtype} weights, {'per-row' if a.per_row else 'shared'} positions, {a.threads} threads, batch {B}, {a.rounds} rounds x {a.steps} steps, "
           f"load average {min(loads):.1f}-{max(loads):.1f}")
     print("| KV cache | " + " | ".join(f"ms/step at {c} (best / median)" for c in contexts)
           + f" | {contexts[-1]} / {contexts[0]}: best rounds | median of the rounds' ratios | MB of cache read at {contexts[-1]} |")

@@ -71,15 +71,17 @@ def run_streams_bench(folder: Path, counts: list[int], dtype: str, steps: int, r
     from engine.checkpoint import load_model
     from engine.generate import warm_up
     from engine.interface import StreamSpec
+    from engine.threads import in_own_thread
 
     model = load_model(str(folder), device="cpu", dtype=dtype)
-    warm_up(model)
+    in_own_thread(warm_up, model)  # not on this thread: it would keep an OpenMP team beside the engine's
     engine = BatchEngine(model, max_rows=2 * max(counts + [4]))
     out(f"dtype {dtype}; KV cache per row: {kv_bytes_per_row(model.lm, engine.full_len) / 1e6:.1f} MB at a full "
              f"{model.max_seconds:.0f} s window ({kv_bytes_per_row(model.lm, 1) / 1e3:.0f} kB per position); "
              f"row cap from memory on this machine now: {rows_from_memory(model)} rows")
     try:
-        token_round(engine, max(counts), 8)  # trace the step for every batch bucket before timing
+        engine.warm_up()  # trace the step for every batch bucket before timing, as `serve` does
+        token_round(engine, max(counts), 8)
         out(f"\n| streams | steps/s (all) | real-time factor per stream | wall (s) for {steps} steps each | "
             "prefill time (s) |\n|---:|---:|---:|---:|---:|")
         for n in counts:

@@ -3,7 +3,9 @@
 A chunk is on time when it is handed out at least MARGIN_S before its song beat plays. An engine at real-time
 factor r < 1 (seconds of audio made per second of generating) falls behind by (1/r - 1) seconds for every second
 of audio, so keeping the next HORIZON_S of audio on time needs a head start of HORIZON_S x (1/r - 1): the first
-chunk goes on the first bar line at least that far ahead (and never before the bar the jam was asked for). When a
+chunk goes on the first bar line at least that far ahead (and never before the bar the jam was asked for). The first
+placement plans with FIRST_RATE_FACTOR of the first chunk's rate: that chunk is made at the shortest context of a
+window, and later steps attend to more (up to 1.3-1.5x the cost at a full window, benchmarks/kv_context.py). When a
 chunk would be late anyway (the engine slowed down), the jam re-anchors once, on the first bar line that gives the
 new rate the same head start, instead of slipping bar by bar. Beats are exact Fractions; times come from the
 transport's clock. Pure arithmetic: the `Jam` feeds it the clock, the transport and the measured rate.
@@ -20,6 +22,7 @@ from .transport import TransportState
 
 HORIZON_S = 60.0  # how much audio ahead a placement keeps on time at the measured rate
 MARGIN_S = 0.1  # a chunk is handed out at least this long before it plays (the device loads it meanwhile)
+FIRST_RATE_FACTOR = 0.8  # a jam's later rate against its first chunk's: 0.84-0.91 measured (benchmarks/RESULTS.md)
 AHEAD_MIN_S = 4.0  # a jam runs at most this far (or two chunks) ahead of the song, unless its head start needs more
 
 
@@ -34,8 +37,10 @@ def head_start(rate: float, horizon_s: float = HORIZON_S) -> float:
 class Pacer:
     """Placement of a jam's chunks on the song (see the module docstring); remembers the lead it planned."""
 
-    def __init__(self, horizon_s: float = HORIZON_S, margin_s: float = MARGIN_S, ahead_min_s: float = AHEAD_MIN_S):
+    def __init__(self, horizon_s: float = HORIZON_S, margin_s: float = MARGIN_S, ahead_min_s: float = AHEAD_MIN_S,
+                 first_rate_factor: float = FIRST_RATE_FACTOR):
         self.horizon_s, self.margin_s, self.ahead_min_s = horizon_s, margin_s, ahead_min_s
+        self.first_rate_factor = first_rate_factor
         self.planned_lead = 0.0
 
     def _on_time_bar(self, state: TransportState, now: float, rate: float) -> Fraction:
@@ -48,7 +53,7 @@ class Pacer:
         that would be late at this rate, the first bar line that is not."""
         if not state.playing:
             return earliest  # the song is not moving: nothing can be late yet
-        return max(earliest, self._on_time_bar(state, now, rate))
+        return max(earliest, self._on_time_bar(state, now, rate * self.first_rate_factor))
 
     def late(self, song_beat: Fraction, state: TransportState, now: float, rate: float) -> Fraction | None:
         """None when a chunk for `song_beat`, ready at `now`, is on time; else the later bar line to move it to."""
@@ -66,7 +71,7 @@ class Pacer:
         bars_text = f"{float(bars):g} bar{'s' if bars != 1 else ''}"
         return (f"the engine makes audio at {rate:.2f}x real time, too slow to keep up: the jam moved {bars_text} "
                 f"({float(moved):g} beats) later, to song beat {float(to_beat):g} at {format_bpm(tempo.bpm)} bpm; "
-                "a smaller model, --dtype int8 or longer chunks help")
+                "a smaller model or --dtype int4 helps")
 
 
 class RateMeter:

@@ -35,13 +35,23 @@ def test_first_chunk_goes_on_the_requested_bar_when_the_engine_keeps_up():
 
 
 def test_first_chunk_moves_later_by_the_head_start_a_slow_engine_needs():
-    pacer = Pacer()
+    pacer = Pacer(first_rate_factor=1.0)
     # Rate 0.5: 60 s of head start plus the 0.1 s margin: at t = 61.1 s the song is at beat 122.2: bar 124.
     assert pacer.first(Fraction(4), playing(), now=1.0, rate=0.5) == 124
     assert pacer.planned_lead == pytest.approx(60.1)
     # Rate 0.8: 15.1 s after t = 1: beat 32.2: bar 36. In 7/8 (3.5 beats a bar): bars at multiples of 7/2.
-    assert Pacer().first(Fraction(4), playing(), now=1.0, rate=0.8) == 36
-    assert Pacer().first(Fraction(7, 2), playing(tempo=Tempo(120, 7, 8)), now=1.0, rate=0.8) == Fraction(35)
+    assert Pacer(first_rate_factor=1.0).first(Fraction(4), playing(), now=1.0, rate=0.8) == 36
+    assert Pacer(first_rate_factor=1.0).first(Fraction(7, 2), playing(tempo=Tempo(120, 7, 8)), now=1.0, rate=0.8) == Fraction(35)
+
+
+def test_the_first_placement_plans_for_the_slower_steps_of_a_fuller_window():
+    """By default the first chunk's rate counts at FIRST_RATE_FACTOR (0.8): rate 0.5 plans as 0.4, a head start of
+    90 s + 0.1 s: t = 91.1 s, beat 182.2: bar 184. A first chunk at 1.0x real time still gets a head start."""
+    pacer = Pacer()
+    assert pacer.first(Fraction(4), playing(), now=1.0, rate=0.5) == 184
+    assert pacer.planned_lead == pytest.approx(0.1 + head_start(0.4))
+    assert Pacer().first(Fraction(4), playing(), now=1.0, rate=1.0) > 8
+    assert Pacer().first(Fraction(4), playing(), now=1.0, rate=1.25) == 4  # 1.25 x 0.8 = 1: no head start
     # Stopped transport: nothing plays, nothing can be late.
     assert Pacer().first(Fraction(4), TransportState(TEMPO, False, 0.0, 0.0, True), now=100.0, rate=0.1) == 4
 
@@ -75,7 +85,8 @@ def test_a_placement_keeps_the_next_60_s_on_time(rate):
     first, slack = simulate(Pacer(), rate, 60.0)
     assert min(slack) >= Pacer().margin_s - 1e-9, (rate, min(slack))
     start_delay = (float(first) - 2.0) * 0.5  # seconds after /jam/start (beat 2 at t = 1 s)
-    assert start_delay <= 1.0 + 2.0 / rate + head_start(rate) + 2.0 + 0.1 + 1e-9  # no more than a bar beyond need
+    need = head_start(rate * Pacer().first_rate_factor)
+    assert start_delay <= 1.0 + 2.0 / rate + need + 2.0 + 0.1 + 1e-9  # no more than a bar beyond need
 
 
 def test_negative_control_without_the_head_start_a_slow_jam_is_late():
@@ -84,7 +95,7 @@ def test_negative_control_without_the_head_start_a_slow_jam_is_late():
 
 
 def test_ahead_limit_keeps_the_planned_lead():
-    pacer = Pacer()
+    pacer = Pacer(first_rate_factor=1.0)
     assert pacer.ahead_limit(1.0) == 4.0 and pacer.ahead_limit(3.0) == 6.0
     pacer.first(Fraction(4), playing(), now=1.0, rate=0.5)
     assert pacer.ahead_limit(2.0) == pytest.approx(62.1)  # a jam placed 60 s ahead is not held back to 4 s
