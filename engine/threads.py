@@ -12,7 +12,7 @@ needs the budget outside the LM's thread (loading a model) runs in a thread that
 
 A team also stalls when one of its threads loses its core: every parallel region waits at its barrier for the
 descheduled thread. So side work that runs while the LM steps (a codec push, a tempo lock) says so
-(`side_work`), and the LM's thread takes one thread fewer per such worker while it runs (`LMThreads`): both go on
+(`side_work`, `CoreShare`), and the LM's thread takes one thread fewer per such worker while it runs (`LMThreads`): both go on
 at the speed of the cores they have, instead of the LM crawling at the pace of the scheduler's time slices.
 
 The intra-op count is per thread with this backend (libgomp): `torch.set_num_threads` sets the calling thread's count and
@@ -81,8 +81,12 @@ def in_own_thread(fn: Callable[..., T], *args, name: str = "own-team", **kwargs)
     return out["value"]
 
 
-class _Cores:
-    """Who uses the cores now: the side workers, and the room the LM's current step leaves them."""
+ROOM_WAIT_S = 0.25  # the most a side worker waits for the LM's next step to make room (a step is ~50 ms)
+
+
+class CoreShare:
+    """Who uses the cores now: the side workers, and the room the LM's current step leaves them (one per process:
+    `CORES`; tests make their own)."""
 
     def __init__(self) -> None:
         self.cv = threading.Condition()
@@ -90,59 +94,58 @@ class _Cores:
         self.room = 0  # side workers the LM's current step runs beside (it took a thread fewer for each)
         self.stepping = False  # an LM thread is stepping (between `lm_threads` and `lm_idle`)
 
+    @contextmanager
+    def side_work(self) -> Iterator[None]:
+        """Mark a stretch of one-thread torch or numpy work beside the LM's steps (see the module docstring). While
+        the LM is stepping, it starts when the LM's next step has made room for it: started mid-step, it would
+        stall the rest of that step's team for as long as it runs."""
+        with self.cv:
+            self.side += 1
+            if self.stepping:
+                self.cv.wait_for(lambda: self.room >= self.side or not self.stepping, timeout=ROOM_WAIT_S)
+        try:
+            yield
+        finally:
+            with self.cv:
+                self.side -= 1
 
-_cores = _Cores()
-ROOM_WAIT_S = 0.25  # the most a side worker waits for the LM's next step to make room (a step is ~50 ms)
+    def lm_threads(self, budget: int) -> int:
+        """Called by the LM's thread before each step: the intra-op threads that step should use, its budget less
+        one per side worker running or waiting (those waiting start now)."""
+        with self.cv:
+            self.stepping, self.room = True, self.side
+            self.cv.notify_all()
+            return max(1, budget - self.side)
 
-
-@contextmanager
-def side_work() -> Iterator[None]:
-    """Mark a stretch of one-thread torch or numpy work beside the LM's steps (see the module docstring). While the
-    LM is stepping, it starts when the LM's next step has made room for it: started mid-step, it would stall the
-    rest of that step's team for as long as it runs."""
-    c = _cores
-    with c.cv:
-        c.side += 1
-        if c.stepping:
-            c.cv.wait_for(lambda: c.room >= c.side or not c.stepping, timeout=ROOM_WAIT_S)
-    try:
-        yield
-    finally:
-        with c.cv:
-            c.side -= 1
-
-
-def lm_threads(budget: int) -> int:
-    """Called by the LM's thread before each step: the intra-op threads that step should use, its budget less one
-    per side worker running or waiting (those waiting start now)."""
-    c = _cores
-    with c.cv:
-        c.stepping, c.room = True, c.side
-        c.cv.notify_all()
-        return max(1, budget - c.side)
+    def lm_idle(self) -> None:
+        """Called by the LM's thread when it has no step to run: side workers need not wait for room."""
+        with self.cv:
+            self.stepping = False
+            self.cv.notify_all()
 
 
-def lm_idle() -> None:
-    """Called by the LM's thread when it has no step to run: side workers need not wait for room."""
-    c = _cores
-    with c.cv:
-        c.stepping = False
-        c.cv.notify_all()
+CORES = CoreShare()
+
+
+def side_work():
+    """`CORES.side_work()`: the process's side work (a codec push, a tempo lock)."""
+    return CORES.side_work()
 
 
 class LMThreads:
     """The LM's thread's side of sharing the cores: `step()` before each step takes a thread fewer per side worker
     running (and lets those waiting start); `idle()` when it stops stepping gives the thread its budget back."""
 
-    def __init__(self, budget: int | None = None):
+    def __init__(self, budget: int | None = None, share: CoreShare = CORES):
         self.budget = budget if budget is not None else process_default()
+        self.share = share
         self.now: int | None = None  # unknown until the first step sets it
 
     def step(self) -> None:
-        self._use(lm_threads(self.budget))
+        self._use(self.share.lm_threads(self.budget))
 
     def idle(self) -> None:
-        lm_idle()
+        self.share.lm_idle()
         self._use(self.budget)
 
     def _use(self, n: int) -> None:

@@ -3,6 +3,7 @@ next bar line with the rendered samples, and the microphone records a hummed ton
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 
@@ -18,6 +19,8 @@ from tests.test_server_harness import jack_server, serving  # noqa: F401  (fixtu
 # process (bridge/audio_process.py), which a saturated machine does not starve (tests/test_audio_process.py); the
 # capture here is a Python callback in the test process, and one rerun covers a miss of its own under heavy load.
 pytestmark = pytest.mark.flaky(reruns=1)
+# A request id per attempt: the bridge (and its listener's messages) outlive a test's first attempt.
+REQUESTS = itertools.count(1)
 
 SR = 32000
 BEAT = 0.25  # 240 bpm
@@ -92,8 +95,9 @@ def test_generate_plays_live_from_the_next_bar_line(bridge, jack_server):  # noq
     time.sleep(0.2)
     t0, beats0 = time.monotonic(), 5.5
     bridge.send("/transport", 1, 240.0, 4, 4, beats0)
-    bridge.send("/generate", 1, "", 2)
-    address, args = bridge.listener.result(1)
+    req = next(REQUESTS)
+    bridge.send("/generate", req, "", 2)
+    address, args = bridge.listener.result(req)
     assert address == "/done", args
     time.sleep(3.3)  # up to a bar of waiting for the bar line after /done, the 2 bars at 240 bpm, and slack
     recorded, time_of = cap.stop()
@@ -110,7 +114,7 @@ def test_generate_plays_live_from_the_next_bar_line(bridge, jack_server):  # noq
     assert abs(error) < 0.015, f"the result started {error * 1000:.1f} ms off the bar line"
     # With tempo lock (on by default) the result goes to the live output once whole and locked, just before /done
     # is sent: it must start on the first bar line after that (START_MARGIN_S 0.05), not a later one.
-    done_at = bridge.listener.timed("/done", lambda a: a[0] == 1)[0][0]
+    done_at = bridge.listener.timed("/done", lambda a: a[0] == req)[0][0]
     assert bar_beat >= 8 and onset < done_at + 0.05 + 4 * BEAT + 0.015
     bridge.send("/status")
     status = bridge.listener.wait("/status")[1]
@@ -125,15 +129,16 @@ def test_jam_plays_live_from_its_song_beat(bridge, jack_server):  # noqa: F811
     t0, beats0 = time.monotonic(), 13.0
     bridge.send("/set", "chunk_bars", 1)
     bridge.send("/transport", 1, 240.0, 4, 4, beats0)
-    bridge.send("/jam/start", 2, "")
-    chunk0 = bridge.listener.wait("/chunk", lambda a: a[:2] == [2, 0], timeout=60)[1]
-    bridge.listener.wait("/chunk", lambda a: a[:2] == [2, 1], timeout=60)
+    req = next(REQUESTS)
+    bridge.send("/jam/start", req, "")
+    chunk0 = bridge.listener.wait("/chunk", lambda a: a[:2] == [req, 0], timeout=60)[1]
+    bridge.listener.wait("/chunk", lambda a: a[:2] == [req, 1], timeout=60)
     # The first bar line after beat 13 is 16; a jam slower than real time (a saturated host) honestly starts on a
     # later one. Either way its song beat is a bar line, and the live output must play it there.
     assert chunk0[5] >= 16.0 and chunk0[5] % 4 == 0
     time.sleep(3.5)
-    bridge.send("/jam/stop", 2)
-    assert bridge.listener.result(2)[0] == "/done"
+    bridge.send("/jam/stop", req)
+    assert bridge.listener.result(req)[0] == "/done"
     recorded, time_of = cap.stop()
     first, _ = sf.read(chunk0[2], dtype="float32")
     first = first[:, 0]  # both sides hold the mono result
@@ -178,8 +183,9 @@ def test_humming_into_the_microphone_sets_the_melody(bridge, jack_server):  # no
     assert abs(np.argmax(spectrum) * rate / len(audio) - 220.0) < 2
     # the humming path read it as the note A, and told the device so
     assert bridge.listener.wait("/melody")[1] == ["/melody/record/stop", "A 100 %"]
-    bridge.send("/generate", 3, "", 1)  # random-tiny is no melody model: the stored melody cannot be used
-    address, args = bridge.listener.result(3)
+    req = next(REQUESTS)
+    bridge.send("/generate", req, "", 1)  # random-tiny is no melody model: the stored melody cannot be used
+    address, args = bridge.listener.result(req)
     assert address == "/error" and args[1] == "bad_args" and "musicgen-melody" in args[2]
     bridge.send("/melody/clear")
     bridge.send("/melody/record/stop")

@@ -15,14 +15,22 @@ import pytest
 import torch
 
 from engine.sampling import SamplingSettings
-from engine.threads import (ROOM_WAIT_S, LMThreads, in_own_thread, lm_idle, lm_threads, process_default,
-                            set_thread_budget, side_thread, side_work)
+from engine.threads import (ROOM_WAIT_S, CoreShare, LMThreads, in_own_thread, process_default, set_thread_budget,
+                            side_thread)
 
 needs_two = pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs an intra-op budget of 2 or more")
 
 
-def os_threads() -> int:
-    return len(os.listdir("/proc/self/task"))
+def os_threads() -> set[str]:
+    """The process's OS thread ids."""
+    return set(os.listdir("/proc/self/task"))
+
+
+def new_threads(before: set[str]) -> set[str]:
+    """Threads alive now, and still a moment later, that were not in `before` (threads that other tests left may
+    end meanwhile, and short-lived ones, like set_thread_budget's, are gone by then)."""
+    time.sleep(0.2)
+    return os_threads() - before
 
 
 def parallel_op() -> None:
@@ -33,7 +41,8 @@ def parallel_op() -> None:
 
 
 class Parked:
-    """A thread that stays alive, runs what it is given, and reports the OS thread count after each job."""
+    """A thread that stays alive and runs what it is given, with 2 intra-op threads (what a server's threads get by
+    default), whatever earlier tests left as the process default."""
 
     def __init__(self) -> None:
         self.jobs: list = []
@@ -43,6 +52,7 @@ class Parked:
         self.thread.start()
 
     def _run(self) -> None:
+        set_thread_budget(2)
         while True:
             with self.cv:
                 while not self.jobs:
@@ -77,9 +87,9 @@ def test_a_thread_that_runs_parallel_ops_keeps_a_team_and_a_side_thread_does_not
         parked.run(lambda: None)
         base = os_threads()
         parked.run(lambda: (lambda c: (set_thread_budget(1), parallel_op(), set_thread_budget(c)))(torch.get_num_threads()))
-        assert os_threads() <= base  # one thread: no team
+        assert not new_threads(base)  # one thread: no team
         parked.run(parallel_op)
-        assert os_threads() > base  # the budget: a team that outlives the op
+        assert new_threads(base)  # the budget: a team that outlives the op
     finally:
         parked.close()
 
@@ -88,10 +98,7 @@ def test_a_thread_that_runs_parallel_ops_keeps_a_team_and_a_side_thread_does_not
 def test_in_own_thread_ends_its_team_with_it():
     before = os_threads()
     assert in_own_thread(lambda: (parallel_op(), 7)[1]) == 7
-    deadline = time.monotonic() + 5
-    while os_threads() > before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert os_threads() <= before  # (threads an earlier test left may still be ending)
+    assert not new_threads(before)
     with pytest.raises(ValueError, match="bad"):
         in_own_thread(lambda: (_ for _ in ()).throw(ValueError("bad")))
 
@@ -122,11 +129,11 @@ def test_a_batch_engine_consumer_leads_no_team(mono_model, one_thread, monkeypat
         parked.run(lambda: list(engine.open(StreamSpec("a team of one" + tag, SamplingSettings(seed=1), seconds=0.5))))
         parked.run(lambda: engine.token_stream("another" + tag, SamplingSettings(seed=2), frames=10).run())
         if not one_thread:
-            assert os_threads() > base
+            assert new_threads(base)
             return
-        assert os_threads() <= base
+        assert not new_threads(base)
         parked.run(lambda: counts.setdefault("after", torch.get_num_threads()))
-        assert counts["after"] == counts["before"] == process_default()
+        assert counts["after"] == counts["before"] == 2
     finally:
         parked.close()
         engine.close()
@@ -159,11 +166,12 @@ def test_side_thread_gives_the_count_back():
 
 def test_side_work_waits_for_the_lm_to_make_room():
     """While the LM steps, side work starts at the LM's next step, which runs a thread fewer; idle, no wait."""
-    lm_threads(2)  # the LM is stepping
+    cores = CoreShare()  # its own: engines of other tests may still be stepping on the process's
+    cores.lm_threads(2)  # the LM is stepping
     started = threading.Event()
 
     def side():
-        with side_work():
+        with cores.side_work():
             started.set()
             time.sleep(0.2)
 
@@ -171,48 +179,45 @@ def test_side_work_waits_for_the_lm_to_make_room():
     t.start()
     try:
         assert not started.wait(0.05)  # mid-step: it waits for room
-        assert lm_threads(2) == 1  # the next step lends it a core ...
+        assert cores.lm_threads(2) == 1  # the next step lends it a core ...
         assert started.wait(1)  # ... and it starts
-        assert lm_threads(3) == 2
+        assert cores.lm_threads(3) == 2
     finally:
         t.join()
-    assert lm_threads(2) == 2  # it is done: the whole budget again
-    lm_idle()
+    assert cores.lm_threads(2) == 2  # it is done: the whole budget again
+    cores.lm_idle()
     t0 = time.monotonic()
-    with side_work():  # the LM is idle: no wait
+    with cores.side_work():  # the LM is idle: no wait
         pass
     assert time.monotonic() - t0 < ROOM_WAIT_S
 
 
 def test_side_work_waits_no_longer_than_its_bound_for_a_stuck_lm():
-    lm_threads(2)
-    try:
-        t0 = time.monotonic()
-        with side_work():
-            waited = time.monotonic() - t0
-        assert ROOM_WAIT_S * 0.8 <= waited < ROOM_WAIT_S + 1.0
-    finally:
-        lm_idle()
+    cores = CoreShare()
+    cores.lm_threads(2)
+    t0 = time.monotonic()
+    with cores.side_work():
+        waited = time.monotonic() - t0
+    assert ROOM_WAIT_S * 0.8 <= waited < ROOM_WAIT_S + 1.0
 
 
 @needs_two
 def test_lm_threads_lends_a_thread_and_takes_it_back():
-    from engine import threads
-
+    share = CoreShare()
     seen, inside, release = [], threading.Event(), threading.Event()
 
     def side():
-        with side_work():
+        with share.side_work():
             inside.set()
             release.wait(5)
 
     def lm():
-        cores = LMThreads(2)
+        cores = LMThreads(2, share)
         cores.step()
         seen.append(torch.get_num_threads())
         s = threading.Thread(target=side)
         s.start()
-        while threads._cores.side == 0:
+        while share.side == 0:
             time.sleep(0.001)
         cores.step()  # lends a core: the side worker starts
         seen.append(torch.get_num_threads())
