@@ -22,6 +22,7 @@ the default that threads take on their first parallel op.
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, TypeVar
 
@@ -82,6 +83,7 @@ def in_own_thread(fn: Callable[..., T], *args, name: str = "own-team", **kwargs)
 
 
 ROOM_WAIT_S = 0.25  # the most a side worker waits for the LM's next step to make room (a step is ~50 ms)
+STEPPING_S = 0.5  # an LM that has not begun a step for this long is not stepping (a stream dropped mid-way)
 
 
 class CoreShare:
@@ -92,7 +94,7 @@ class CoreShare:
         self.cv = threading.Condition()
         self.side = 0  # side workers running, or waiting for room
         self.room = 0  # side workers the LM's current step runs beside (it took a thread fewer for each)
-        self.stepping = False  # an LM thread is stepping (between `lm_threads` and `lm_idle`)
+        self.last_step = float("-inf")  # when an LM thread last began a step (-inf: it said it is idle)
 
     @contextmanager
     def side_work(self) -> Iterator[None]:
@@ -109,18 +111,22 @@ class CoreShare:
             with self.cv:
                 self.side -= 1
 
+    @property
+    def stepping(self) -> bool:
+        return time.monotonic() - self.last_step < STEPPING_S
+
     def lm_threads(self, budget: int) -> int:
         """Called by the LM's thread before each step: the intra-op threads that step should use, its budget less
         one per side worker running or waiting (those waiting start now)."""
         with self.cv:
-            self.stepping, self.room = True, self.side
+            self.last_step, self.room = time.monotonic(), self.side
             self.cv.notify_all()
             return max(1, budget - self.side)
 
     def lm_idle(self) -> None:
         """Called by the LM's thread when it has no step to run: side workers need not wait for room."""
         with self.cv:
-            self.stepping = False
+            self.last_step = float("-inf")
             self.cv.notify_all()
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from engine.sampling import SamplingSettings
-from engine.threads import (ROOM_WAIT_S, CoreShare, LMThreads, in_own_thread, process_default, set_thread_budget,
+from engine.threads import (ROOM_WAIT_S, STEPPING_S, CoreShare, LMThreads, in_own_thread, process_default, set_thread_budget,
                             side_thread)
 
 needs_two = pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs an intra-op budget of 2 or more")
@@ -199,6 +199,11 @@ def test_side_work_waits_no_longer_than_its_bound_for_a_stuck_lm():
     with cores.side_work():
         waited = time.monotonic() - t0
     assert ROOM_WAIT_S * 0.8 <= waited < ROOM_WAIT_S + 1.0
+    # An LM whose stream was dropped mid-way (no step for STEPPING_S, no idle call) holds nobody up.
+    cores.last_step = time.monotonic() - STEPPING_S
+    t0 = time.monotonic()
+    with cores.side_work():
+        assert time.monotonic() - t0 < ROOM_WAIT_S / 2
 
 
 @needs_two
