@@ -59,7 +59,8 @@ def main() -> None:
     timed(batch_engine.BatchEngine, "_round", rounds)
     timed(codec_worker.CodecWorker, "_run", pushes)
     timed(tempo_lock.ChunkLock, "push", locks)
-    result = run_jam_bench(str(ensure_checkpoint(a.cache_dir or DEFAULT_CACHE)), a.seconds, dtype=a.dtype, threads=a.threads)
+    model = str(ensure_checkpoint(a.cache_dir or DEFAULT_CACHE))
+    result = run_jam_bench(model, a.seconds, dtype=a.dtype, threads=a.threads)
     print(format_jam(result, "small shape, random weights"))
     ms = sorted(d * 1000 for _, d in rounds)
     print(f"\nrounds: {len(ms)}, median {statistics.median(ms):.1f} ms, p10 {ms[len(ms) // 10]:.1f}, "

@@ -165,7 +165,8 @@ class BridgeServer:
         self.melody: MelodySource | None = None
         self._notes_req: int | None = None
         self._notes: list[Note] = []
-        self._prep = ThreadPoolExecutor(1, thread_name_prefix="melody", initializer=set_thread_budget, initargs=(1,))  # engine/threads.py
+        # One intra-op thread: it must not keep an OpenMP team beside the LM's (engine/threads.py).
+        self._prep = ThreadPoolExecutor(1, thread_name_prefix="melody", initializer=set_thread_budget, initargs=(1,))
         self._send_lock = threading.Lock()
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.reply_to = ReplyAddress(config.host)

@@ -39,7 +39,7 @@ from engine.model import MusicGen
 from engine.sampling import SamplingSettings
 from engine.session import Chunk
 from engine.steps import decode_step, resolve_step_mode
-from engine.threads import LMThreads, process_default, side_thread
+from engine.threads import LMThreads, side_thread
 from engine.token_stream import ColumnInput, prefill_logits
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class BatchEngine:
 
     def __init__(self, model: MusicGen, *, max_rows: int | None = None, step_mode: str = "auto"):
         self.model, self.info = model, engine_info(model)
-        self.threads = LMThreads(process_default())  # the LM's budget, on the engine's thread (engine/threads.py)
+        self.threads = LMThreads()  # the LM's budget, on the engine's thread (engine/threads.py)
         lm = model.lm
         self.full_len = full_window_len(model)
         self.row_bytes = kv_bytes_per_row(lm, self.full_len)

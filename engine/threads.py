@@ -6,17 +6,19 @@ more than one thread gets a team (a pool of helper threads) that lives as long a
 process's OpenMP threads fit the CPUs, a team's helpers spin between parallel regions and pick the next one up at
 once; past that count, libgomp makes every team's helpers sleep, and each parallel region pays a wake-up. A decoder
 step is ~1,500 small ops, so a second team anywhere in the process (a session's T5 pass on its own thread, a
-loader that stayed alive, a codec on two threads) makes every step much slower (benchmarks/RESULTS.md, "One
-OpenMP team"). Hence: the LM's thread takes the budget, other threads take one (`side_thread`), and work that
-needs the budget outside the LM's thread (loading a model) runs in a thread that ends with it (`in_own_thread`).
+loader that stayed alive, a codec on two threads) makes every step much slower (benchmarks/RESULTS.md, "one
+OpenMP team per process"). Hence: the LM's thread takes the budget, other threads take one (`side_thread`), and
+work that needs the budget outside the LM's thread (loading a model) runs in a thread that ends with it
+(`in_own_thread`).
 
 A team also stalls when one of its threads loses its core: every parallel region waits at its barrier for the
 descheduled thread. So side work that runs while the LM steps (a codec push, a tempo lock) says so
-(`side_work`, `CoreShare`), and the LM's thread takes one thread fewer per such worker while it runs (`LMThreads`): both go on
-at the speed of the cores they have, instead of the LM crawling at the pace of the scheduler's time slices.
+(`side_work`, `CoreShare`), and the LM's thread takes one thread fewer per such worker while it runs
+(`LMThreads`): both go on at the speed of the cores they have, instead of the LM crawling at the pace of the
+scheduler's time slices.
 
-The intra-op count is per thread with this backend (libgomp): `torch.set_num_threads` sets the calling thread's count and
-the default that threads take on their first parallel op.
+The intra-op count is per thread with this backend (libgomp): `torch.set_num_threads` sets the calling thread's
+count and the default that threads take on their first parallel op.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ def process_default() -> int:
 def set_thread_budget(threads: int) -> None:
     """Give the calling thread `threads` intra-op threads, leaving every other thread's count, and the default that
     new threads pick up, as they were."""
-    torch.get_num_threads()  # torch takes its per-thread setting on a thread's first call: now, not after ours
+    if torch.get_num_threads() == threads:  # (this call also makes torch take its per-thread setting now)
+        return
     with _budget_lock:
         default = process_default()
         torch.set_num_threads(threads)  # this thread's OpenMP and MKL counts, and (a side effect) the process default

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from engine.sampling import SamplingSettings
-from engine.threads import (ROOM_WAIT_S, STEPPING_S, CoreShare, LMThreads, in_own_thread, process_default, set_thread_budget,
-                            side_thread)
+from engine.threads import (ROOM_WAIT_S, STEPPING_S, CoreShare, LMThreads, in_own_thread, process_default,
+                            set_thread_budget, side_thread)
 
 needs_two = pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs an intra-op budget of 2 or more")
 
@@ -86,7 +86,13 @@ def test_a_thread_that_runs_parallel_ops_keeps_a_team_and_a_side_thread_does_not
     try:
         parked.run(lambda: None)
         base = os_threads()
-        parked.run(lambda: (lambda c: (set_thread_budget(1), parallel_op(), set_thread_budget(c)))(torch.get_num_threads()))
+        def one_thread_op():
+            before = torch.get_num_threads()
+            set_thread_budget(1)
+            parallel_op()
+            set_thread_budget(before)
+
+        parked.run(one_thread_op)
         assert not new_threads(base)  # one thread: no team
         parked.run(parallel_op)
         assert new_threads(base)  # the budget: a team that outlives the op
