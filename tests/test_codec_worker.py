@@ -29,7 +29,9 @@ def render(model, codec, **kw):
 @pytest.mark.parametrize("kw", [dict(seconds=2.0, chunk_seconds=0.5), dict(seconds=1.3, chunk_seconds=0.2)])
 def test_worker_session_equals_inline(mono_model, kw):
     inline = render(mono_model, None, **kw)
-    worker = CodecWorker(threads=None)  # the caller's thread count: the same rounding as inline
+    # The caller's thread count, named: the same rounding as inline. (threads=None would take the process default at
+    # the worker's first op, which another thread's set_thread_budget may be changing at that moment.)
+    worker = CodecWorker(threads=torch.get_num_threads())
     try:
         off = render(mono_model, worker, **kw)
     finally:
