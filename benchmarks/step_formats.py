@@ -7,6 +7,8 @@ changes moves all of them alike. Per round it reports wall ms per step and this 
 threads it also counts OpenMP's spinning).
 
     python benchmarks/step_formats.py [--formats int8,w8a8,int4] [--threads 1] [--rounds 5] [--steps 10] [--profile]
+
+`w8a8-onednn` is w8a8's weights and rounding on oneDNN's `qlinear_pointwise` (what w8a8 ran on before fbgemm).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import warnings
 import torch
 
 from engine.lm import LMConfig, MusicGenLM
-from engine.quantize import prepare_for_cpu
+from benchmarks.step_weights import OneDNNW8A8
+from engine.quantize import W8A8Linear, prepare_for_cpu
 from engine.steps import traced_step
 
 
@@ -28,10 +31,20 @@ def make_lm(weights: str, cond: torch.Tensor, max_len: int) -> MusicGenLM:
     with torch.no_grad():
         for p in lm.parameters():
             p.normal_(0.0, 0.02)
-    prepare_for_cpu(lm, weights)
+    prepare_for_cpu(lm, "w8a8" if weights == "w8a8-onednn" else weights)
+    if weights == "w8a8-onednn":  # the same int8 weights and rounding on oneDNN's kernel (w8a8 before fbgemm)
+        swap_onednn(lm)
     lm.setup_caches(2, max_len)
     lm.set_condition(cond)
     return lm
+
+
+def swap_onednn(module: torch.nn.Module) -> None:
+    for name, child in list(module.named_children()):
+        if isinstance(child, W8A8Linear):
+            setattr(module, name, OneDNNW8A8(child.dequantized()))
+        else:
+            swap_onednn(child)
 
 
 def main() -> None:

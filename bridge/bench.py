@@ -124,8 +124,9 @@ def peak_rss_mb() -> float:
 
 def lm_bytes(lm) -> int:
     """Weights and buffers (KV cache included) of our LM; prepacked tensors counted by their elements."""
-    tensors = list(lm.parameters()) + list(lm.buffers())
-    return sum(t.numel() * t.element_size() for t in tensors)
+    from engine.quantize import module_bytes
+
+    return module_bytes(lm)
 
 
 def step_bytes(lm, batch: int, context: float) -> int:
@@ -134,11 +135,13 @@ def step_bytes(lm, batch: int, context: float) -> int:
     values. Embedding rows, norms and activations are under 0.1% and left out."""
     import torch.nn as nn
 
+    from engine.quantize import module_bytes
+
     weights = 0
     for name, m in lm.named_modules():
         if name.endswith("cross.wkv") or not (isinstance(m, nn.Linear) or "Linear" in type(m).__name__):
             continue
-        weights += sum(t.numel() * t.element_size() for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)])
+        weights += module_bytes(m, recurse=False)
     kv = cross = 0
     for layer in lm.layers:
         cache = layer.attn.kv_cache.kv  # [2, B, H, L, d]

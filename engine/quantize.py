@@ -10,7 +10,7 @@ them several times faster, and fewer bytes per weight stream faster still. Measu
 - `Int8Linear`: weight-only int8, one scale per output row (symmetric, w ~ scale[n] * q[n, :]); activations
   enter the kernel in bf16, accumulate in fp32, and leave in bf16.
 - `W8A8Linear`: int8 weights (per-row scales) and int8 activations, quantized per row as they arrive (dynamic,
-  symmetric), multiplied in integers by oneDNN's `qlinear_pointwise` (VNNI/AMX); fp32 out. The w8a8 model keeps its
+  symmetric), multiplied in integers by fbgemm's dynamic int8 linear (VNNI); fp32 out. The w8a8 model keeps its
   output heads weight-only int8 (`prepare_for_cpu`): the logits are where rounding is least diluted.
 - `Int4Linear`: weight-only int4 in groups of `INT4_GROUP` input columns (asymmetric: a scale and a zero point
   per group), torch's `_weight_int4pack_mm_for_cpu`; bf16 activations in and out, as int8. The int4 model keeps
@@ -69,8 +69,8 @@ def plan_precision(device: torch.device, dtype: torch.dtype) -> Precision:
             raise UserError("--dtype int4 needs torch's CPU int4 kernel (_weight_int4pack_mm_for_cpu), which this torch "
                             "build lacks: use --dtype int8 or auto", code="bad_args")
         if dtype == torch.qint8 and not w8a8_supported():
-            raise UserError("--dtype w8a8 needs oneDNN's int8 matmul (onednn.qlinear_pointwise), which this torch build "
-                            "lacks: use --dtype int8 or auto", code="bad_args")
+            raise UserError("--dtype w8a8 needs fbgemm's int8 linear (x86 torch builds) and a CPU with VNNI int8 dot "
+                            "products, which this machine lacks: use --dtype int8 or auto", code="bad_args")
         return Precision(torch.float32, name)
     if device.type == "cpu" and onednn_available():
         if dtype == torch.float32:
@@ -91,10 +91,11 @@ def int4_supported() -> bool:
 
 
 def w8a8_supported() -> bool:
-    """oneDNN's int8 x int8 linear exists in this torch build (x86 builds with oneDNN)."""
-    onednn = getattr(torch.ops, "onednn", None)
-    return (torch.backends.mkldnn.is_available() and hasattr(onednn, "qlinear_pointwise")
-            and hasattr(onednn, "qlinear_prepack"))
+    """fbgemm's dynamic int8 linear exists (x86 builds) and the CPU has VNNI dot products: without them fbgemm
+    multiplies uint8 by int8 in 16-bit pairs that saturate on full-range activations."""
+    ops = torch.ops.quantized
+    return ("fbgemm" in torch.backends.quantized.supported_engines and hasattr(ops, "linear_prepack")
+            and hasattr(ops, "linear_with_input_q_dq_qweight_dq_output_fp32") and torch.cpu._is_vnni_supported())
 
 
 def bf16_supported() -> bool:
@@ -172,49 +173,68 @@ class Int8Linear(nn.Module):
 
 
 class W8A8Linear(nn.Module):
-    """int8 weights and int8 activations: the step's matmuls in integer dot products (VNNI/AMX), which stream int8
+    """int8 weights and int8 activations: the step's matmuls in integer dot products (VNNI), which stream int8
     weights faster than `_weight_int8pack_mm`'s convert-then-multiply (benchmarks/RESULTS.md). Each activation row
-    gets its own scale (its largest magnitude / 127), so the guidance batch's rows do not share one."""
+    gets its own scale (its largest magnitude / 127), so the rows of a batch (guidance's pair, other streams) never
+    share one and a row's result does not depend on its companions.
 
-    def __init__(self, weight: Tensor, batch_hint: int = 2):
+    The kernel is fbgemm's int8 linear that takes fp32 rows with a given scale and zero point, rounds them to uint8
+    and returns fp32 (`quantized::linear_with_input_q_dq_qweight_dq_output_fp32`): far less fixed cost per call
+    than oneDNN's `qlinear_pointwise` with the rounding in separate ops (a step makes 144 calls). Rows divided by
+    their own largest magnitude lie in [-1, 1], so one scale, 1/127 with zero point 128, rounds each exactly as
+    `round(127 * x / max|x|)`.
+    """
+
+    def __init__(self, weight: Tensor):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         q, scale = quantize_rows(weight)
-        self.register_buffer("weight", torch.ops.onednn.qlinear_prepack(q, [batch_hint, self.in_features]), persistent=False)
-        # The activation's 1/127 rides in the weight scales, so a row's own scale is one multiply on the output.
-        self.register_buffer("scale", scale / 127.0, persistent=False)
-        self.register_buffer("zero", torch.zeros(self.out_features, dtype=torch.int32), persistent=False)
+        with warnings.catch_warnings():  # torch deprecates building quantized tensors; the packed op is what runs
+            warnings.simplefilter("ignore", UserWarning)
+            zeros = torch.zeros(self.out_features, dtype=torch.long)
+            self.packed = _prepack(torch._make_per_channel_quantized_tensor(q, scale.double(), zeros, 0))
 
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
         x = x.reshape(-1, shape[-1]).float()
-        # clamp: an all-zero row (guidance's unconditional row after cross-attention) quantizes to zeros, not NaN
-        top = torch.linalg.vector_norm(x, float("inf"), dim=-1, keepdim=True).clamp_(min=1e-30)
-        # Unsigned with zero point 128 (128 + round(v) == round(128 + v): 128 is even): oneDNN runs signed int8
-        # inputs of narrow matrices (K or N of a few dozen) ~10x slower, and u8 costs the same on the wide ones.
-        q = torch.round(torch.addcmul(_U8_ZERO_POINT, x, 127.0 / top)).to(torch.uint8)
-        if torch.jit.is_tracing():  # as PackedLinear: the tracer cannot type the op's empty scalar list
-            y = _scripted(_int8_matmul)(q, self.weight, self.scale, self.zero)
+        # clamp: an all-zero row (guidance's unconditional row after cross-attention) gives zeros, not NaN
+        top = x.abs().amax(-1, keepdim=True).clamp_(min=1e-30)
+        if torch.jit.is_tracing():  # the tracer cannot type the packed weight; a scripted call can
+            y = _scripted(_int8_matmul)(x / top, self.packed)
         else:
-            y = _int8_matmul(q, self.weight, self.scale, self.zero)
+            y = _int8_matmul(x / top, self.packed)
         return (y * top).view(*shape[:-1], self.out_features)
 
+    def packed_bytes(self) -> int:
+        """Bytes held outside tensor buffers, all read by every call: the int8 weights and, per output row, fbgemm's
+        scale, zero point and column offset (4 bytes each)."""
+        return self.out_features * self.in_features + self.out_features * 12
+
     def dequantized(self) -> Tensor:
-        """The weight the kernel multiplies by, [N, K] fp32 (unpacked by multiplying the identity)."""
-        eye = torch.eye(self.in_features, dtype=torch.uint8) + 128  # 129 on the diagonal: (129 - 128) = 1
-        return (_int8_matmul(eye, self.weight, self.scale, self.zero) * 127.0).t()
+        """The weight the kernel multiplies by, [N, K] fp32 (from the packed weight)."""
+        return torch.ops.quantized.linear_unpack(self.packed)[0].dequantize().float()
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, int8 weights and activations (per row), oneDNN"
+        return f"in={self.in_features}, out={self.out_features}, int8 weights and activations (per row), fbgemm"
 
 
-_U8_ZERO_POINT = torch.tensor(128.0)
+def _prepack(weight: Tensor):
+    """fbgemm's packed form of a per-row int8 weight (packed under the x86/fbgemm quantized engine)."""
+    engine = torch.backends.quantized.engine
+    if engine not in W8A8_ENGINES:
+        torch.backends.quantized.engine = "fbgemm"
+    try:
+        return torch.ops.quantized.linear_prepack(weight, None)
+    finally:
+        torch.backends.quantized.engine = engine
 
 
-def _int8_matmul(q: Tensor, w: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
-    """(q - 128) @ int8 weights^T * scale, fp32: q uint8 [M, K] with zero point 128."""
-    no_scalars: List[Optional[Union[int, float, complex]]] = []
-    return torch.ops.onednn.qlinear_pointwise(q, 1.0, 128, w, scale, zero, None, 1.0, 0, torch.float32, "none", no_scalars, "")
+W8A8_ENGINES = ("x86", "fbgemm")
+
+
+def _int8_matmul(rows: Tensor, packed: torch.classes.quantized.LinearPackedParamsBase) -> Tensor:
+    """rows [M, K] in [-1, 1], rounded to uint8 as round(127 x) + 128, times the int8 weights; fp32 [M, N]."""
+    return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(rows, 1.0 / 127.0, 128, packed)
 
 
 def quantize_groups(weight: Tensor, group: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -260,6 +280,14 @@ class Int4Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, int4 weight-only, groups of {self.group}"
+
+
+def module_bytes(module: nn.Module, recurse: bool = True) -> int:
+    """Bytes of a module's parameters and buffers, plus what its layers hold packed outside tensors (`W8A8Linear`)."""
+    tensors = [*module.parameters(recurse=recurse), *module.buffers(recurse=recurse)]
+    layers = module.modules() if recurse else [module]
+    packed = sum(m.packed_bytes() for m in layers if hasattr(m, "packed_bytes"))
+    return sum(t.numel() * t.element_size() for t in tensors) + packed
 
 
 def _int4_or_int8(weight: Tensor) -> nn.Module:

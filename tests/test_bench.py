@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from bridge.bench import format_table, read_bandwidth_gbs, run_row, step_bytes
 from engine.assemble import bf16_kv_cache_fast
 from engine.checkpoint import load_model
+from engine.quantize import w8a8_supported
 
 
 def test_bench_rows_on_a_tiny_checkpoint(tiny_mono):
@@ -23,17 +25,20 @@ def test_bench_rows_on_a_tiny_checkpoint(tiny_mono):
     assert "| 50% |" in table and "read bandwidth" in table
 
 
-def test_step_bytes_counts_the_weights_a_step_reads_and_the_filled_cache(tiny_mono):
-    lm = load_model(str(tiny_mono[0]), device="cpu", dtype="int8").lm
+@pytest.mark.parametrize("dtype", ["int8", pytest.param("w8a8", marks=pytest.mark.skipif(
+    not w8a8_supported(), reason="no fbgemm int8 linear or no VNNI"))])
+def test_step_bytes_counts_the_weights_a_step_reads_and_the_filled_cache(tiny_mono, dtype):
+    lm = load_model(str(tiny_mono[0]), device="cpu", dtype=dtype).lm
     lm.setup_caches(2, 40)
     lm.set_condition(torch.zeros(2, 5, lm.cfg.dim))
     cfg = lm.cfg
-    # int8: per layer wqkv, wo, cross wq, cross wo, fc1, fc2 (cross wkv runs once per generation), one byte per
-    # weight and a bf16 scale per output row; the heads; K and V at 10 positions (bf16 where the int8 model gets a
-    # bf16 cache, fp32 elsewhere); the cross keys and values (fp32).
+    # Per layer wqkv, wo, cross wq, cross wo, fc1, fc2 (cross wkv runs once per generation), one byte per weight;
+    # per output row int8 has a bf16 scale, w8a8 fbgemm's scale, zero point and column offset (12 bytes). The heads (weight-only int8 in both); K and V at 10 positions (bf16
+    # where the model gets a bf16 cache, fp32 elsewhere); the cross keys and values (fp32).
     D, F, L = cfg.dim, cfg.ffn_dim, cfg.n_layers
     rows = 3 * D + D + D + D + F + D
-    weights = L * (D * (3 * D + D + D + D + F) + F * D + 2 * rows) + cfg.n_codebooks * cfg.card * (D + 2)
+    per_layer = D * (3 * D + D + D + D + F) + F * D + (2 if dtype == "int8" else 12) * rows
+    weights = L * per_layer + cfg.n_codebooks * cfg.card * (D + 2)
     kv = L * 2 * 2 * 10 * D * (2 if bf16_kv_cache_fast() else 4)
     cross = L * 2 * 2 * 5 * D * 4
     assert step_bytes(lm, batch=2, context=10) == weights + kv + cross

@@ -32,7 +32,7 @@ BOUNDS = {  # mean cosine >=, mean KL <= (nats), top-1 agreement >=
     "int4": (0.95, 0.25, 0.45),
 }
 needs_int4 = pytest.mark.skipif(not int4_supported(), reason="this torch build has no CPU int4 kernel")
-needs_w8a8 = pytest.mark.skipif(not w8a8_supported(), reason="this torch build has no oneDNN int8 matmul")
+needs_w8a8 = pytest.mark.skipif(not w8a8_supported(), reason="no fbgemm int8 linear or no VNNI on this CPU")
 CPU = torch.device("cpu")
 
 
@@ -205,6 +205,28 @@ def test_w8a8_linear_equals_an_integer_reference_matmul():
     err_w8a8 = (lin(spiky) - exact).abs().max()
     err_int8 = (Int8Linear(w)(spiky).float() - exact).abs().max()
     assert err_w8a8 > 3 * err_int8
+
+
+@needs_w8a8
+def test_w8a8_row_does_not_depend_on_its_companions():
+    """Each row is rounded on its own scale, so a batch's rows (guidance's pair, other streams) never change each
+    other's results, and a NaN row (an idle batch slot's leftovers) raises nothing and stays in its own row."""
+    g = torch.Generator().manual_seed(4)
+    lin = W8A8Linear(torch.randn(64, 96, generator=g) * 0.05)
+    row = torch.randn(1, 96, generator=g)
+    row[0, 3] = -4.0  # its largest magnitude is negative
+    loud = torch.randn(3, 96, generator=g) * 50.0
+    alone = lin(row)
+    for companions in (loud, torch.zeros(2, 96), loud.abs(), torch.full((1, 96), float("nan"))):
+        out = lin(torch.cat([row, companions]))
+        assert torch.equal(out[:1], alone)
+    assert bool(out[1].isnan().all())
+    # Negative control: fbgemm's dynamic linear on the same normalized rows picks one range for the whole tensor,
+    # so a companion whose range differs changes the row's rounding.
+    top = row.abs().amax(-1, keepdim=True)
+    companion = loud[:1].abs() / loud[:1].abs().amax()  # in [0, 1]: a different range from the row's [-1, 0.x]
+    dynamic = torch.ops.quantized.linear_dynamic
+    assert not torch.equal(dynamic(row / top, lin.packed, False), dynamic(torch.cat([row / top, companion]), lin.packed, False)[:1])
 
 
 @needs_w8a8

@@ -107,7 +107,7 @@ def test_precision_plans():
 
 def test_w8a8_without_the_kernel_is_a_clear_error(monkeypatch):
     monkeypatch.setattr("engine.quantize.w8a8_supported", lambda: False)
-    with pytest.raises(UserError, match="w8a8 needs oneDNN's int8 matmul"):
+    with pytest.raises(UserError, match="w8a8 needs fbgemm's int8 linear"):
         plan_precision(CPU, torch.qint8)
     monkeypatch.setattr("engine.devices.CPU_AUTO", "w8a8")
     assert auto_dtype(CPU)[0] == torch.int8  # auto falls back to weight-only int8
@@ -138,7 +138,7 @@ def test_auto_dtype_per_device(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8",
-                                   pytest.param("w8a8", marks=pytest.mark.skipif(not w8a8_supported(), reason="no oneDNN int8 matmul")),
+                                   pytest.param("w8a8", marks=pytest.mark.skipif(not w8a8_supported(), reason="no fbgemm int8 linear or no VNNI")),
                                    pytest.param("int4", marks=pytest.mark.skipif(not int4_supported(), reason="no int4 kernel")),
                                    "auto"])
 def test_every_dtype_loads_and_generates(tiny_mono, dtype):
@@ -274,7 +274,7 @@ def _prepared_lm(weights, melody=False):
                                             pytest.param("bfloat16", False, marks=needs_onednn),
                                             pytest.param("float32", False, marks=needs_onednn), ("int8", False),
                                             pytest.param("int4", False, marks=pytest.mark.skipif(not int4_supported(), reason="no int4 kernel")),
-                                            pytest.param("w8a8", False, marks=pytest.mark.skipif(not w8a8_supported(), reason="no oneDNN int8 matmul"))])
+                                            pytest.param("w8a8", False, marks=pytest.mark.skipif(not w8a8_supported(), reason="no fbgemm int8 linear or no VNNI"))])
 def test_traced_step_equals_eager_step(weights, melody):
     """The traced step computes exactly the eager step's logits, at every cache length, for two generations of
     other lengths and prompts (one trace serves them all), with the caches it writes equal too."""
