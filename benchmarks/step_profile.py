@@ -18,7 +18,7 @@ from engine.steps import decode_step
 from engine.threads import in_own_thread
 
 
-def profile(lm, context: int, steps: int, rows: int = 12) -> None:
+def profile(lm, context: int, steps: int, rows: int = 20) -> None:
     lm.setup_caches(2, 1504)
     lm.set_condition(torch.randn(2, 12, lm.cfg.dim))
     decode = decode_step(lm, "traced")

@@ -10,7 +10,7 @@ them several times faster, and fewer bytes per weight stream faster still. Measu
 - `Int8Linear`: weight-only int8, one scale per output row (symmetric, w ~ scale[n] * q[n, :]); activations
   enter the kernel in bf16, accumulate in fp32, and leave in bf16.
 - `W8A8Linear`: int8 weights (per-row scales) and int8 activations, quantized per row as they arrive (dynamic,
-  symmetric), multiplied in integers by fbgemm's dynamic int8 linear (VNNI); fp32 out. The w8a8 model keeps its
+  symmetric), multiplied in integers by fbgemm's int8 linear (VNNI); fp32 out. The w8a8 model keeps its
   output heads weight-only int8 (`prepare_for_cpu`): the logits are where rounding is least diluted.
 - `Int4Linear`: weight-only int4 in groups of `INT4_GROUP` input columns (asymmetric: a scale and a zero point
   per group), torch's `_weight_int4pack_mm_for_cpu`; bf16 activations in and out, as int8. The int4 model keeps
@@ -91,8 +91,8 @@ def int4_supported() -> bool:
 
 
 def w8a8_supported() -> bool:
-    """fbgemm's dynamic int8 linear exists (x86 builds) and the CPU has VNNI dot products: without them fbgemm
-    multiplies uint8 by int8 in 16-bit pairs that saturate on full-range activations."""
+    """fbgemm's int8 linear with a given input scale exists (x86 builds) and the CPU has VNNI dot products: without
+    them fbgemm multiplies uint8 by int8 in 16-bit pairs that saturate on full-range activations."""
     ops = torch.ops.quantized
     return ("fbgemm" in torch.backends.quantized.supported_engines and hasattr(ops, "linear_prepack")
             and hasattr(ops, "linear_with_input_q_dq_qweight_dq_output_fp32") and torch.cpu._is_vnni_supported())
