@@ -98,7 +98,8 @@ def ort_pass(shapes: list[tuple[int, int]], bits: int, block: int, threads: int)
     widths = sorted({k for _, k in shapes})
     graph = helper.make_graph(nodes, "step_weights", [helper.make_tensor_value_info(f"A{k}", TensorProto.FLOAT, [2, k])
                                                       for k in widths], outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 10  # what onnxruntime 1.31 reads
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
@@ -150,7 +151,8 @@ def measure(names: list[str], threads: int, rounds: int, passes: int) -> None:
         order = list(rows) if r % 2 == 0 else list(reversed(rows))
         for name in order:
             seconds[name].append(best_of(rows[name][0], passes))
-        print(f"round {r + 1}: " + ", ".join(f"{n} {rows[n][1] / seconds[n][-1] / 1e9:.1f} GB/s" for n in rows), flush=True)
+        rates = ", ".join(f"{n} {rows[n][1] / seconds[n][-1] / 1e9:.1f} GB/s" for n in rows)
+        print(f"round {r + 1}: {rates}", flush=True)
     limit = rows["bandwidth"][1] / statistics.median(seconds["bandwidth"]) if "bandwidth" in rows else None
     print(f"\n| row | ms per pass, every round | median ms | MB read | GB/s | of bandwidth |  ({threads} threads)")
     print("|---|---|---:|---:|---:|---:|")

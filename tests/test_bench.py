@@ -33,8 +33,9 @@ def test_step_bytes_counts_the_weights_a_step_reads_and_the_filled_cache(tiny_mo
     lm.set_condition(torch.zeros(2, 5, lm.cfg.dim))
     cfg = lm.cfg
     # Per layer wqkv, wo, cross wq, cross wo, fc1, fc2 (cross wkv runs once per generation), one byte per weight;
-    # per output row int8 has a bf16 scale, w8a8 fbgemm's scale, zero point and column offset (12 bytes). The heads (weight-only int8 in both); K and V at 10 positions (bf16
-    # where the model gets a bf16 cache, fp32 elsewhere); the cross keys and values (fp32).
+    # per output row int8 has a bf16 scale, w8a8 fbgemm's scale, zero point and column offset (12 bytes). The
+    # heads (weight-only int8 in both); K and V at 10 positions (bf16 where the model gets a bf16 cache, fp32
+    # elsewhere); the cross keys and values (fp32).
     D, F, L = cfg.dim, cfg.ffn_dim, cfg.n_layers
     rows = 3 * D + D + D + D + F + D
     per_layer = D * (3 * D + D + D + D + F) + F * D + (2 if dtype == "int8" else 12) * rows
