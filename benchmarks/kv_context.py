@@ -99,8 +99,8 @@ def main() -> None:
         ratios = ", ".join(f"{name(dt)} {ms[(dt, contexts[-1])][-1] / ms[(dt, contexts[0])][-1]:.3f}" for dt in kv_dtypes)
         print(f"round {i + 1}: " + ", ".join(f"{name(dt)}@{ctx} {ms[(dt, ctx)][-1]:.1f}" for dt, ctx in rows)
               + f" ms; {contexts[-1]}/{contexts[0]}: {ratios}", flush=True)
-    print(f"\n{a.dtype} weights, {'per-row' if a.per_row else 'shared'} positions, {a.threads} threads, batch {B}, {a.rounds} rounds x {a.steps} steps, "
-          f"load average {min(loads):.1f}-{max(loads):.1f}")
+    print(f"\n{a.dtype} weights, {'per-row' if a.per_row else 'shared'} positions, {a.threads} threads, batch {B}, "
+          f"{a.rounds} rounds x {a.steps} steps, load average {min(loads):.1f}-{max(loads):.1f}")
     print("| KV cache | " + " | ".join(f"ms/step at {c} (best / median)" for c in contexts)
           + f" | {contexts[-1]} / {contexts[0]}: best rounds | median of the rounds' ratios | MB of cache read at {contexts[-1]} |")
     print("|---|" + "---:|" * (len(contexts) + 3))

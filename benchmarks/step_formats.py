@@ -19,9 +19,9 @@ import warnings
 
 import torch
 
-from engine.lm import LMConfig, MusicGenLM
 from benchmarks.step_weights import OneDNNW8A8
-from engine.quantize import W8A8Linear, prepare_for_cpu
+from engine.lm import LMConfig, MusicGenLM
+from engine.quantize import Int8Linear, _swap_linears, prepare_for_cpu
 from engine.steps import traced_step
 
 
@@ -31,20 +31,14 @@ def make_lm(weights: str, cond: torch.Tensor, max_len: int) -> MusicGenLM:
     with torch.no_grad():
         for p in lm.parameters():
             p.normal_(0.0, 0.02)
-    prepare_for_cpu(lm, "w8a8" if weights == "w8a8-onednn" else weights)
-    if weights == "w8a8-onednn":  # the same int8 weights and rounding on oneDNN's kernel (w8a8 before fbgemm)
-        swap_onednn(lm)
+    if weights == "w8a8-onednn":  # w8a8's weights, rounding and heads on oneDNN's kernel (before fbgemm)
+        lm.heads = Int8Linear(lm.heads.weight)
+        _swap_linears(lm, OneDNNW8A8)
+    else:
+        prepare_for_cpu(lm, weights)
     lm.setup_caches(2, max_len)
     lm.set_condition(cond)
     return lm
-
-
-def swap_onednn(module: torch.nn.Module) -> None:
-    for name, child in list(module.named_children()):
-        if isinstance(child, W8A8Linear):
-            setattr(module, name, OneDNNW8A8(child.dequantized()))
-        else:
-            swap_onednn(child)
 
 
 def main() -> None:

@@ -20,11 +20,11 @@ import torch
 
 from engine.assemble import assemble, narrow_while_reading, submodel, text_dtype
 from engine.devices import auto_dtype, dtype_name, resolve_device, resolve_dtype
-from engine.threads import in_own_thread
 from engine.errors import ModelNotFound, UserError
 from engine.hub import resolve
 from engine.model import MusicGen
 from engine.tensors import read_hf_tensors
+from engine.threads import in_own_thread
 
 log = logging.getLogger(__name__)
 
