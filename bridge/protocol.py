@@ -140,7 +140,8 @@ MESSAGES: tuple[Message, ...] = (
     Message("/transport", "in",
             (Arg("playing", "i", "1 while Live's transport runs", 0, 1), BPM, NUM, DEN,
              Arg("song_beats", "f", "song position in beats (quarter notes)", 0, None)),
-            "Transport state: sent on play/stop and at most once per bar while playing."),
+            "Transport state: sent on play/stop and at most once per bar while playing; song_beats is the position "
+            "as of sending (the bridge anchors it at the datagram's arrival, stamped by the kernel)."),
     Message("/set", "in",
             (Arg("name", "s", "a setting name from the settings table", max_len=64),
              Arg("value", "any", "the setting's value, of the type the settings table gives")),

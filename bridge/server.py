@@ -45,6 +45,7 @@ from .audio_out import WavNamer, find_device, write_wav
 from .audio_process import LiveOutputProcess
 from .presets import load_preset, presets_dir
 from .protocol import ProtocolError
+from .receive_time import DatagramReceiver
 from .transport import Transport
 
 if TYPE_CHECKING:  # these pull in torch; they are imported when first needed
@@ -55,6 +56,8 @@ if TYPE_CHECKING:  # these pull in torch; they are imported when first needed
 
 log = logging.getLogger(__name__)
 
+# Messages that place the song in time: handled as of their datagram's arrival (bridge/receive_time.py).
+_AT_ARRIVAL = frozenset({"/transport", "/tempo"})
 MAX_DATAGRAM = 65535  # socketserver's default (8 KiB) would cut long packets into parse errors
 RECEIVE_BUFFER = 4 << 20
 
@@ -116,6 +119,12 @@ class _UDPServer(socketserver.UDPServer):
     def __init__(self, address: tuple[str, int], bridge: "BridgeServer"):
         self.bridge = bridge
         super().__init__(address, _DatagramHandler)
+        self.receiver = DatagramReceiver(self.socket)
+
+    def get_request(self) -> tuple[tuple[bytes, socket.socket, float], tuple]:
+        # The datagram's age rides with it: /transport's song position is as of its arrival, not of its handling.
+        data, client, age = self.receiver.receive(self.max_packet_size)
+        return (data, self.socket, age), client
 
     def server_bind(self) -> None:
         # A bigger receive buffer rides out bursts (a long note list, a reconnecting device) without drops.
@@ -131,7 +140,8 @@ class _UDPServer(socketserver.UDPServer):
 
 class _DatagramHandler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
-        self.server.bridge.handle_datagram(self.request[0], self.client_address)
+        data, _sock, age = self.request
+        self.server.bridge.handle_datagram(data, self.client_address, age)
 
 
 def _wait_future(future: Future, cancel: threading.Event):
@@ -218,7 +228,8 @@ class BridgeServer:
         if self.live is not None:
             self.live.close()
         self._prep.shutdown(wait=False, cancel_futures=True)
-        self._udp.shutdown()
+        if self._threads:  # shutdown() waits for serve_forever, which never ran if start() did not
+            self._udp.shutdown()
         self._udp.server_close()
         self._sock.close()
 
@@ -365,9 +376,10 @@ class BridgeServer:
         log.info("/error %d %s: %s", req, code, message)
         self.send("/error", req, code, message)
 
-    def handle_datagram(self, data: bytes, client: tuple[str, int]) -> None:
-        """One UDP datagram: an OSC message or bundle. Never raises; everything wrong is answered with /error
-        (at the current reply address: only a valid message may move it)."""
+    def handle_datagram(self, data: bytes, client: tuple[str, int], age: float = 0.0) -> None:
+        """One UDP datagram that arrived `age` seconds ago: an OSC message or bundle. Never raises; everything
+        wrong is answered with /error (at the current reply address: only a valid message may move it)."""
+        received = self.transport.clock() - age
         try:
             packet = OscPacket(data)
             messages = [m.message for m in packet.messages]  # bundle time tags are ignored: run now, in order
@@ -375,9 +387,10 @@ class BridgeServer:
             self.error(-1, "bad_args", f"could not read a {len(data)}-byte datagram as OSC: {_short(exc)}")
             return
         for message in messages:
-            self.dispatch(message.address, message.params, client[0])
+            self.dispatch(message.address, message.params, client[0], received)
 
-    def dispatch(self, address: str, args: list, sender: str | None = None) -> None:
+    def dispatch(self, address: str, args: list, sender: str | None = None, received: float | None = None) -> None:
+        """Validate and handle one message; `received` is its arrival on the transport's clock (None: now)."""
         req = -1  # the request id to blame, when the message has one that fits
         entry = next((m for m in protocol.MESSAGES if m.address == address and m.direction == "in"), None)
         if entry and entry.args and entry.args[0].name == "req" and args and isinstance(args[0], int) \
@@ -387,7 +400,10 @@ class BridgeServer:
             values = protocol.validate(address, args)
             if sender is not None:
                 self.reply_to.follow(sender)
-            self.handlers[address](*values)
+            if address in _AT_ARRIVAL:
+                self.handlers[address](*values, at=received)
+            else:
+                self.handlers[address](*values)
         except ProtocolError as exc:
             self.error(req, exc.code, exc.message)
         except UserError as exc:
@@ -406,15 +422,17 @@ class BridgeServer:
         if self._load_state == "error":
             self.send("/error", -1, "no_model", self._load_error)
 
-    def on_tempo(self, bpm: float, num: int | None = None, den: int | None = None) -> None:
+    def on_tempo(self, bpm: float, num: int | None = None, den: int | None = None, *,
+                 at: float | None = None) -> None:
         try:
-            self.transport.set_tempo(bpm, num, den)
+            self.transport.set_tempo(bpm, num, den, at=at)
         except UserError as exc:
             raise ProtocolError("bad_args", f"/tempo: {exc}") from None
 
-    def on_transport(self, playing: int, bpm: float, num: int, den: int, song_beats: float) -> None:
+    def on_transport(self, playing: int, bpm: float, num: int, den: int, song_beats: float, *,
+                     at: float | None = None) -> None:
         try:
-            self.transport.set_transport(bool(playing), bpm, num, den, song_beats)
+            self.transport.set_transport(bool(playing), bpm, num, den, song_beats, at=at)
         except UserError as exc:
             raise ProtocolError("bad_args", f"/transport: {exc}") from None
 

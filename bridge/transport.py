@@ -77,12 +77,19 @@ class Transport:
     def clock(self) -> Callable[[], float]:
         return self._clock
 
-    def set_tempo(self, bpm: float, numerator: int | None = None, denominator: int | None = None) -> Tempo:
-        """`/tempo`: a new tempo (and meter). The position is re-anchored now, so the beats counted so far at
-        the old tempo stay where they were. Raises UserError for a meter Live cannot have (e.g. x/3)."""
+    def _when(self, at: float | None) -> float:
+        # A message cannot have arrived in the future: a stamp ahead of the clock is clamped to now.
+        now = self._clock()
+        return now if at is None else min(at, now)
+
+    def set_tempo(self, bpm: float, numerator: int | None = None, denominator: int | None = None, *,
+                  at: float | None = None) -> Tempo:
+        """`/tempo`: a new tempo (and meter) from time `at` on (its message's arrival; None: now). The position
+        is re-anchored there, so the beats counted so far at the old tempo stay where they were. Raises
+        UserError for a meter Live cannot have (e.g. x/3)."""
         with self._lock:
             old = self._state
-            now = self._clock()
+            now = self._when(at)
             tempo = Tempo(bpm_from_osc(bpm), old.tempo.numerator if numerator is None else numerator,
                           old.tempo.denominator if denominator is None else denominator)
             self._state = TransportState(tempo, old.playing, old.beats_at(now), now, old.known)
@@ -90,11 +97,12 @@ class Transport:
         return tempo
 
     def set_transport(self, playing: bool, bpm: float, numerator: int, denominator: int,
-                      song_beats: float) -> TransportState:
-        """`/transport`: everything at once, with the song position as of now."""
+                      song_beats: float, *, at: float | None = None) -> TransportState:
+        """`/transport`: everything at once, with the song at `song_beats` at time `at` (its message's arrival
+        on this transport's clock; None: now)."""
         tempo = Tempo(bpm_from_osc(bpm), numerator, denominator)
         with self._lock:
-            self._state = TransportState(tempo, bool(playing), float(song_beats), self._clock(), True)
+            self._state = TransportState(tempo, bool(playing), float(song_beats), self._when(at), True)
             state = self._state
         log.debug("transport %s at beat %.3f, %s bpm %d/%d", "playing" if playing else "stopped", song_beats,
                   tempo.bpm, numerator, denominator)

@@ -76,7 +76,7 @@ exports.TABLE = {
    "address": "/transport",
    "direction": "in",
    "signature": "i:playing f:bpm i:num i:den f:song_beats",
-   "doc": "Transport state: sent on play/stop and at most once per bar while playing.",
+   "doc": "Transport state: sent on play/stop and at most once per bar while playing; song_beats is the position as of sending (the bridge anchors it at the datagram's arrival, stamped by the kernel).",
    "args": [
     {
      "name": "playing",

@@ -69,3 +69,14 @@ def test_meters_live_cannot_have_are_refused():
     with pytest.raises(UserError, match="out of range"):
         tr.set_transport(True, 1000.0, 4, 4, 0.0)
     assert tr.snapshot().tempo.bpm == 120  # unchanged
+
+
+def test_transport_and_tempo_are_anchored_at_their_arrival():
+    clock = Clock(100.0)
+    tr = Transport(clock)
+    tr.set_transport(True, 120.0, 4, 4, 8.0, at=99.9)  # arrived 0.1 s before it was handled
+    assert tr.snapshot().at == 99.9 and tr.snapshot().beats_at(100.0) == pytest.approx(8.2)
+    tr.set_tempo(60.0, at=99.95)  # from 99.95 on, a beat per second
+    assert tr.snapshot().beats_at(100.0) == pytest.approx(8.1 + 0.05)
+    tr.set_transport(True, 120.0, 4, 4, 0.0, at=100.5)  # a stamp ahead of the clock counts as now
+    assert tr.snapshot().at == 100.0
