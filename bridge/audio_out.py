@@ -42,7 +42,10 @@ log = logging.getLogger(__name__)
 
 KINDS = ("gen", "cont", "jam", "mic")
 _NAME = re.compile(r"^\d{8}-\d{6}-(\d{6,})-r\d+-[a-z]+(?:-c\d+)?\.wav$")
-START_MARGIN_S = 0.05  # a take never starts sooner than this after its first audio is ready
+# A take never starts sooner than this after its first audio is ready: the audio still has to cross to the output
+# process and into its ring (0.5 MB for 2 bars), which took more than 50 ms on a saturated 2-core host, and a take
+# whose audio lands after its start loses its first samples (it keeps its grid).
+START_MARGIN_S = 0.15
 RING_SECONDS = 90.0
 ANCHOR_SECONDS = 1.0  # SampleClock re-anchors at least this often (clock drift; blocks lost without a flag)
 SWITCH_INTERVAL_S = 0.001  # the GIL hand-over bound while a live output runs (see the module docstring)

@@ -332,13 +332,14 @@ class JobRunner:
     # --- live output ---
 
     def _start_at(self, first_beat: Fraction | None = None) -> Callable[[float], float]:
-        """When a take should start: on `first_beat` of the song if that is still ahead, else on the next bar
-        line after the audio is ready, else (transport stopped) right away."""
+        """When a take should start: on `first_beat` of the song (a jam's, already announced to the device with
+        the pacer's own margin) if that has not passed, else on the next bar line at least START_MARGIN_S after
+        the audio is ready, else (transport stopped) right away."""
         def when(ready: float) -> float:
             state = self.transport.snapshot()
-            earliest = ready + START_MARGIN_S
-            if state.playing and first_beat is not None and state.time_of_beat(first_beat) >= earliest:
+            if state.playing and first_beat is not None and state.time_of_beat(first_beat) >= ready:
                 return state.time_of_beat(first_beat)
+            earliest = ready + START_MARGIN_S
             return state.next_bar_time(earliest) or earliest
         return when
 

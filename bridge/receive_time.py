@@ -1,10 +1,13 @@
-"""How long ago a UDP datagram reached this machine, from the kernel's receive timestamp.
+"""When a UDP datagram reached this machine, on the monotonic clock, from the kernel's receive timestamp.
 
 `/transport` and `/tempo` say where the song is as of their sending. The bridge's OSC thread may pick such a
 datagram up milliseconds later (a busy host, the GIL, a message queued before it); anchoring the song's grid at
 the handler's clock would move every bar line later by that wait. The kernel stamps each datagram as it arrives
 (`SO_TIMESTAMPNS` on Linux, `SO_TIMESTAMP` on macOS); this reads that stamp. Where there is none (Windows, or a
-kernel that refuses the option) the age is 0: the datagram counts as arriving when it is read.
+kernel that refuses the option) the datagram counts as arriving when it is read.
+
+The stamp is on the wall clock; it is converted at once, from a wall and a monotonic reading taken back to back.
+Converting later (with an age carried to the handler) would add every GIL hand-over in between to the arrival.
 """
 
 from __future__ import annotations
@@ -38,9 +41,20 @@ def _platform_stamp() -> tuple[int, int, str, float] | None:
 PLATFORM = "platform"  # DatagramReceiver's default: the stamp this platform's kernel gives
 
 
+def _monotonic_of(wall: float) -> float:
+    """The wall-clock time `wall` on the monotonic clock (now, if it is not a plausible past arrival)."""
+    for _ in range(5):  # a pair of readings that no thread switch split
+        before, now_wall, after = time.monotonic(), time.time(), time.monotonic()
+        if after - before < 1e-3:
+            break
+    now = (before + after) / 2
+    age = now_wall - wall
+    return now - age if 0.0 <= age <= MAX_AGE_S else now
+
+
 class DatagramReceiver:
-    """Reads datagrams from a bound UDP socket together with their age (seconds since the kernel received them).
-    `stamp` is PLATFORM, one of the layouts above, or None (no kernel stamps: every age is 0)."""
+    """Reads datagrams from a bound UDP socket together with their arrival time (`time.monotonic`'s clock).
+    `stamp` is PLATFORM, one of the layouts above, or None (no kernel stamps: a datagram arrives when read)."""
 
     def __init__(self, sock: socket.socket, stamp: tuple[int, int, str, float] | str | None = PLATFORM):
         self.sock = sock
@@ -63,16 +77,14 @@ class DatagramReceiver:
         return self._stamp is not None
 
     def receive(self, size: int) -> tuple[bytes, tuple, float]:
-        """(data, sender, age): the next datagram of at most `size` bytes, and how long ago it arrived."""
+        """(data, sender, arrived): the next datagram of at most `size` bytes, and when it arrived (monotonic)."""
         if self._stamp is None:
             data, sender = self.sock.recvfrom(size)
-            return data, sender, 0.0
+            return data, sender, time.monotonic()
         data, ancillary, _flags, sender = self.sock.recvmsg(size, self._space)
-        now = time.time()
         _option, kind, layout, unit = self._stamp
         for level, cmsg_type, payload in ancillary:
             if level == socket.SOL_SOCKET and cmsg_type == kind and len(payload) >= struct.calcsize(layout):
                 seconds, fraction = struct.unpack_from(layout, payload)
-                age = now - (seconds + fraction * unit)
-                return data, sender, age if 0.0 <= age <= MAX_AGE_S else 0.0
-        return data, sender, 0.0
+                return data, sender, _monotonic_of(seconds + fraction * unit)
+        return data, sender, time.monotonic()

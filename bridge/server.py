@@ -122,9 +122,9 @@ class _UDPServer(socketserver.UDPServer):
         self.receiver = DatagramReceiver(self.socket)
 
     def get_request(self) -> tuple[tuple[bytes, socket.socket, float], tuple]:
-        # The datagram's age rides with it: /transport's song position is as of its arrival, not of its handling.
-        data, client, age = self.receiver.receive(self.max_packet_size)
-        return (data, self.socket, age), client
+        # The arrival time rides with the datagram: /transport's song position is as of then, not of its handling.
+        data, client, arrived = self.receiver.receive(self.max_packet_size)
+        return (data, self.socket, arrived), client
 
     def server_bind(self) -> None:
         # A bigger receive buffer rides out bursts (a long note list, a reconnecting device) without drops.
@@ -140,8 +140,8 @@ class _UDPServer(socketserver.UDPServer):
 
 class _DatagramHandler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
-        data, _sock, age = self.request
-        self.server.bridge.handle_datagram(data, self.client_address, age)
+        data, _sock, arrived = self.request
+        self.server.bridge.handle_datagram(data, self.client_address, arrived)
 
 
 def _wait_future(future: Future, cancel: threading.Event):
@@ -376,10 +376,10 @@ class BridgeServer:
         log.info("/error %d %s: %s", req, code, message)
         self.send("/error", req, code, message)
 
-    def handle_datagram(self, data: bytes, client: tuple[str, int], age: float = 0.0) -> None:
-        """One UDP datagram that arrived `age` seconds ago: an OSC message or bundle. Never raises; everything
-        wrong is answered with /error (at the current reply address: only a valid message may move it)."""
-        received = self.transport.clock() - age
+    def handle_datagram(self, data: bytes, client: tuple[str, int], received: float | None = None) -> None:
+        """One UDP datagram, which arrived at monotonic time `received` (None: now): an OSC message or bundle.
+        Never raises; everything wrong is answered with /error (at the current reply address: only a valid
+        message may move it)."""
         try:
             packet = OscPacket(data)
             messages = [m.message for m in packet.messages]  # bundle time tags are ignored: run now, in order

@@ -113,3 +113,28 @@ def test_rate_meter_counts_steps_over_generating_time():
     assert meter.steps_per_s == pytest.approx(500 / 8.0)
     meter.add(0, 1.0)  # nothing made: ignored
     assert meter.recent == pytest.approx(0.5)
+
+
+def test_the_live_take_keeps_the_beat_the_pacer_announced(tmp_path):
+    """The pacer hands a chunk out MARGIN_S before its beat; the live output's own start margin (longer: a whole
+    result crossing to the output process) must not move an announced beat to the next bar line, or the device
+    and the live output would play it a bar apart."""
+    from bridge.audio_out import START_MARGIN_S, WavNamer
+    from bridge.jam_pacing import MARGIN_S
+    from bridge.jobs import JobRunner
+    from bridge.transport import Transport
+
+    now = [100.0]
+    transport = Transport(lambda: now[0])
+    transport.set_transport(True, 120.0, 4, 4, 0.0)  # bar lines at t = 100, 102, 104
+    runner = JobRunner(lambda *a: None, WavNamer(str(tmp_path)), transport=transport)
+    try:
+        jam = runner._start_at(Fraction(4))
+        assert jam(102.0 - MARGIN_S) == 102.0  # inside START_MARGIN_S, still on the announced beat
+        assert jam(102.01) == 104.0  # the beat has passed: the next bar line with room
+        result = runner._start_at()  # a /generate result: no beat announced, the full margin
+        assert result(102.0 - START_MARGIN_S - 0.01) == 102.0
+        assert result(102.0 - START_MARGIN_S + 0.01) == 104.0
+    finally:
+        runner.shutdown()
+    assert MARGIN_S < START_MARGIN_S  # what makes the first assertion the case that matters

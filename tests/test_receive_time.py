@@ -1,4 +1,4 @@
-"""Datagrams carry the kernel's receive time, and the bridge anchors /transport there, not at its handling."""
+"""Datagrams carry the kernel's arrival time, and the bridge anchors /transport there, not at its handling."""
 
 from __future__ import annotations
 
@@ -28,9 +28,10 @@ def _wait_until_stamping(receiver: DatagramReceiver, tx: socket.socket) -> None:
     """Linux turns arrival stamps on for the whole machine from a work queue, shortly after the first socket asks
     (a datagram before then is stamped when read). Probe until one comes back stamped at its arrival."""
     for _ in range(100):
+        sent = time.monotonic()
         tx.sendto(b"probe", receiver.sock.getsockname())
         time.sleep(0.02)
-        if receiver.receive(64)[2] >= 0.02:
+        if receiver.receive(64)[2] < sent + 0.01:
             return
     raise AssertionError("the kernel never stamped a datagram at its arrival")
 
@@ -45,7 +46,7 @@ def _stamping_on():
 
 
 @pytest.mark.parametrize("stamp", ["platform", "timeval"])
-def test_age_is_the_time_since_the_kernel_received_it(stamp):
+def test_arrival_is_when_the_kernel_received_it(stamp):
     if stamp == "timeval" and not sys.platform.startswith("linux"):
         pytest.skip("the microsecond layout is tested where Linux offers both")
     rx, tx = _pair()
@@ -53,21 +54,24 @@ def test_age_is_the_time_since_the_kernel_received_it(stamp):
         receiver = DatagramReceiver(rx, **({} if stamp == "platform" else {"stamp": _LINUX_US}))
         assert receiver.stamped
         _wait_until_stamping(receiver, tx)
+        before = time.monotonic()
         tx.sendto(b"hello", rx.getsockname())
+        after = time.monotonic()
         time.sleep(WAIT)
-        data, sender, age = receiver.receive(1024)
+        data, sender, arrived = receiver.receive(1024)
         assert data == b"hello" and sender[1] == tx.getsockname()[1]
-    # At least the wait (the stamp is taken within sendto); the upper bound only rules out a wrong unit.
-    assert WAIT <= age < WAIT + 2.0
+    # Loopback stamps the datagram within sendto; 2 ms for the conversion from the wall clock.
+    assert before - 0.002 <= arrived <= after + 0.002, (before, arrived, after)
 
 
-def test_without_stamps_the_age_is_zero():  # the fallback (Windows), and the negative control of the test above
+def test_without_stamps_a_datagram_arrives_when_read():  # the fallback (Windows); the negative control above
     rx, tx = _pair()
     with rx, tx:
         receiver = DatagramReceiver(rx, stamp=None)
+        sent = time.monotonic()
         tx.sendto(b"x", rx.getsockname())
         time.sleep(WAIT)
-        assert not receiver.stamped and receiver.receive(1024)[2] == 0.0
+        assert not receiver.stamped and receiver.receive(1024)[2] >= sent + WAIT
 
 
 def _transport_message(song_beats: float) -> bytes:
