@@ -390,7 +390,8 @@ class BridgeServer:
             self.dispatch(message.address, message.params, client[0], received)
 
     def dispatch(self, address: str, args: list, sender: str | None = None, received: float | None = None) -> None:
-        """Validate and handle one message; `received` is its arrival on the transport's clock (None: now)."""
+        """Validate and handle one message; `received` is its arrival (monotonic, the transport's clock; None:
+        now)."""
         req = -1  # the request id to blame, when the message has one that fits
         entry = next((m for m in protocol.MESSAGES if m.address == address and m.direction == "in"), None)
         if entry and entry.args and entry.args[0].name == "req" and args and isinstance(args[0], int) \
