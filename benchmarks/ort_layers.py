@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.kv_context import build
+from benchmarks.step_weights import matmul_nbits, ort_session
 from engine.lm import LMConfig
 from engine.steps import traced_step
 
@@ -37,18 +38,15 @@ MAX_LEN = 1504  # a 30 s window's cache
 
 def layer_session(cfg: LMConfig, batch: int, threads: int, spin: bool, rng: np.random.Generator):
     """One onnxruntime session from a layer's attention output to the next layer's qkv (see the module doc)."""
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     D, H, hd = cfg.dim, cfg.n_heads, cfg.head_dim
     nodes, inits = [], []
 
     def linear(x: str, name: str, n: int, k: int) -> str:
-        blob = rng.integers(0, 256, (n, k // BLOCK, BLOCK), dtype=np.uint8)
-        scale = (rng.random(n * (k // BLOCK), dtype=np.float32) + 0.5) * 1e-4
-        inits.extend([numpy_helper.from_array(blob, name + "_w"), numpy_helper.from_array(scale, name + "_s")])
-        nodes.append(helper.make_node("MatMulNBits", [x, name + "_w", name + "_s"], [name], domain="com.microsoft",
-                                      K=k, N=n, bits=8, block_size=BLOCK, accuracy_level=4))
+        (node, *weights), _ = matmul_nbits(x, name, n, k, 8, BLOCK, rng)
+        nodes.append(node)
+        inits.extend(weights)
         return name
 
     def norm(x: str, name: str) -> str:
@@ -79,13 +77,7 @@ def layer_session(cfg: LMConfig, batch: int, threads: int, spin: bool, rng: np.r
     inputs = [helper.make_tensor_value_info(n, f, s) for n, s in
               (("y", [batch, D]), ("x", [batch, D]), ("cross_kt", [batch, H, hd, COND]), ("cross_v", [batch, H, COND, hd]))]
     outputs = [helper.make_tensor_value_info("x_out", f, [batch, D]), helper.make_tensor_value_info("qkv", f, [batch, 3 * D])]
-    model = helper.make_model(helper.make_graph(nodes, "layer", inputs, outputs, inits),
-                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
-    model.ir_version = 10  # what onnxruntime 1.31 reads
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return ort_session(helper.make_graph(nodes, "layer", inputs, outputs, inits), threads, spin)
 
 
 class HybridStep:

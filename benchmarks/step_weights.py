@@ -80,30 +80,49 @@ def _onednn_matmul(q: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zero: 
                                               no_scalars, "")
 
 
+def matmul_nbits(x: str, y: str, n: int, k: int, bits: int, block: int, rng: np.random.Generator) -> tuple[list, int]:
+    """onnxruntime's `MatMulNBits` node y = x W^T for random [n, k] weights in `bits`-bit blocks of `block`
+    (`accuracy_level=4`: activations rounded to int8 per block inside the op); returns ([node, weights, scales],
+    weight bytes)."""
+    from onnx import helper, numpy_helper
+
+    blob = rng.integers(0, 256, (n, k // block, block * bits // 8), dtype=np.uint8)
+    scale = (rng.random(n * (k // block), dtype=np.float32) + 0.5) * 1e-3
+    node = helper.make_node("MatMulNBits", [x, y + "_w", y + "_s"], [y], domain="com.microsoft", K=k, N=n, bits=bits,
+                            block_size=block, accuracy_level=4)
+    return [node, numpy_helper.from_array(blob, y + "_w"), numpy_helper.from_array(scale, y + "_s")], blob.nbytes + scale.nbytes
+
+
+def ort_session(graph, threads: int, spin: bool = True):
+    """An onnxruntime CPU session over `graph` (opsets 17 and com.microsoft 1) on `threads` threads; `spin`: its
+    threads spin between calls (onnxruntime's default)."""
+    import onnxruntime as ort
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 10  # what onnxruntime 1.31 reads
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
 def ort_pass(shapes: list[tuple[int, int]], bits: int, block: int, threads: int) -> tuple[Callable[[], None], int]:
     """One onnxruntime session holding a MatMulNBits node per matrix; returns (one pass, weight bytes)."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     rng = np.random.default_rng(0)
     nodes, inits, outputs, nbytes = [], [], [], 0
     for i, (n, k) in enumerate(shapes):
-        blob = rng.integers(0, 256, (n, k // block, block * bits // 8), dtype=np.uint8)
-        scale = (rng.random(n * (k // block), dtype=np.float32) + 0.5) * 1e-3
-        inits += [numpy_helper.from_array(blob, f"B{i}"), numpy_helper.from_array(scale, f"S{i}")]
-        nodes.append(helper.make_node("MatMulNBits", [f"A{k}", f"B{i}", f"S{i}"], [f"Y{i}"], domain="com.microsoft",
-                                      K=k, N=n, bits=bits, block_size=block, accuracy_level=4))
+        (node, *weights), size = matmul_nbits(f"A{k}", f"Y{i}", n, k, bits, block, rng)
+        nodes.append(node)
+        inits += weights
         outputs.append(helper.make_tensor_value_info(f"Y{i}", TensorProto.FLOAT, [2, n]))
-        nbytes += blob.nbytes + scale.nbytes
+        nbytes += size
     widths = sorted({k for _, k in shapes})
     graph = helper.make_graph(nodes, "step_weights", [helper.make_tensor_value_info(f"A{k}", TensorProto.FLOAT, [2, k])
                                                       for k in widths], outputs, inits)
-    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    model = helper.make_model(graph, opset_imports=opsets)
-    model.ir_version = 10  # what onnxruntime 1.31 reads
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    session = ort_session(graph, threads)
     feed = {f"A{k}": rng.standard_normal((2, k), dtype=np.float32) for k in widths}
     return (lambda: session.run(None, feed)), nbytes
 

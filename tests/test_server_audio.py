@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import socket
 import time
 
 import numpy as np
@@ -13,9 +12,7 @@ import pytest
 import soundfile as sf
 
 from bridge.audio_out import START_MARGIN_S
-from bridge.receive_time import DatagramReceiver
 from tests.test_audio_out import _find
-from tests.test_receive_time import _wait_until_stamping
 from tests.test_server_harness import jack_server, serving  # noqa: F401  (fixture)
 
 # These run against a real JACK server (dummy driver) with realtime scheduling, as audio systems run their clients
@@ -93,47 +90,22 @@ def _bar_error(t: float, t0: float, beats0: float, beats_per_bar: float = 4) -> 
     return (beat - bar_beat) * BEAT, bar_beat
 
 
-class ArrivalWindow:
-    """When a datagram to the bridge arrived, bracketed by the kernel's arrival stamps of a probe sent just before
-    and one just after it to a socket of the test's own (loopback datagrams from one thread are delivered in
-    order). The bridge anchors the song at its datagram's arrival; on a saturated host that comes milliseconds
-    after `send` returns (the loopback's delivery waits for ksoftirqd), a delay before the bridge sees anything."""
-
-    def __init__(self):
-        self.rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.rx.bind(("127.0.0.1", 0))
-        self.tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.receiver = DatagramReceiver(self.rx)
-        _wait_until_stamping(self.receiver, self.tx)
-
-    def around(self, send) -> tuple[float, float]:
-        """Call `send()`; returns the monotonic times (first, last) between which its datagram arrived."""
-        self.tx.sendto(b"before", self.rx.getsockname())
-        send()
-        self.tx.sendto(b"after", self.rx.getsockname())
-        return self.receiver.receive(64)[2], self.receiver.receive(64)[2]
-
-    def close(self) -> None:
-        self.rx.close()
-        self.tx.close()
-
-
 def _send_transport(bridge, beats0: float) -> tuple[float, float]:
-    """Send /transport with the song at beats0; returns the window in which it reached the bridge."""
-    window = ArrivalWindow()
-    try:
-        return window.around(lambda: bridge.send("/transport", 1, 240.0, 4, 4, beats0))
-    finally:
-        window.close()
+    """Send /transport with the song at beats0; returns the monotonic times just before and after sending. The
+    bridge anchors the song at the datagram's arrival, which loopback stamps within the send
+    (tests/test_receive_time.py); on a saturated host the send itself can take milliseconds."""
+    before = time.monotonic()
+    bridge.send("/transport", 1, 240.0, 4, 4, beats0)
+    return before, time.monotonic()
 
 
-def _assert_on_the_bar(onset: float, arrived: tuple[float, float], beats0: float, what: str) -> tuple[float, float]:
-    """The onset is within 15 ms of a bar line of the song anchored at some moment of its /transport's arrival
-    window; returns (the error against the window's start, that bar's song beat)."""
-    error, bar_beat = _bar_error(onset, arrived[0], beats0)
-    span = arrived[1] - arrived[0]  # anchored later within the window: the bar lines come up to `span` later
-    assert -0.015 < error < 0.015 + span, f"{what} started {error * 1000:.1f} ms off the bar line (/transport " \
-        f"arrived within a {span * 1000:.1f} ms window)"
+def _assert_on_the_bar(onset: float, sent: tuple[float, float], beats0: float, what: str) -> tuple[float, float]:
+    """The onset is within 15 ms of a bar line of the song anchored at some moment of its /transport's send;
+    returns (the error against the send's start, that bar's song beat)."""
+    error, bar_beat = _bar_error(onset, sent[0], beats0)
+    span = sent[1] - sent[0]  # anchored later within the send: the bar lines come up to `span` later
+    assert -0.015 < error < 0.015 + span, f"{what} started {error * 1000:.1f} ms off the bar line (the send of " \
+        f"/transport took {span * 1000:.1f} ms)"
     return error, bar_beat
 
 
@@ -142,7 +114,7 @@ def test_generate_plays_live_from_the_next_bar_line(bridge, jack_server):  # noq
     cap = Capture(jack_server)
     time.sleep(0.2)
     beats0 = 5.5
-    arrived = _send_transport(bridge, beats0)
+    sent = _send_transport(bridge, beats0)
     req = next(REQUESTS)
     bridge.send("/generate", req, "", 2)
     address, args = bridge.listener.result(req)
@@ -158,7 +130,7 @@ def test_generate_plays_live_from_the_next_bar_line(bridge, jack_server):  # noq
     assert np.abs(np.clip(recorded[at:at + len(result)], -1, 1) - result).max() < 2 / 32768
     assert np.abs(recorded[at + len(result):]).max() == 0
     onset = time_of(at) + latency
-    error, bar_beat = _assert_on_the_bar(onset, arrived, beats0, "the result")
+    error, bar_beat = _assert_on_the_bar(onset, sent, beats0, "the result")
     # With tempo lock (on by default) the result goes to the live output once whole and locked, just before /done
     # is sent: it must start on the first bar line after that (START_MARGIN_S after), not a later one.
     done_at = bridge.listener.timed("/done", lambda a: a[0] == req)[0][0]
@@ -166,8 +138,8 @@ def test_generate_plays_live_from_the_next_bar_line(bridge, jack_server):  # noq
     bridge.send("/status")
     status = bridge.listener.wait("/status")[1]
     assert status[6] >= 0  # underruns are reported when there is a live output
-    print(f"live output on the bar line: {error * 1000:+.1f} ms (beat {bar_beat:g}; arrival window "
-          f"{(arrived[1] - arrived[0]) * 1000:.1f} ms)")
+    print(f"live output on the bar line: {error * 1000:+.1f} ms (beat {bar_beat:g}; send "
+          f"{(sent[1] - sent[0]) * 1000:.1f} ms)")
 
 
 def test_jam_plays_live_from_its_song_beat(bridge, jack_server):  # noqa: F811
@@ -176,7 +148,7 @@ def test_jam_plays_live_from_its_song_beat(bridge, jack_server):  # noqa: F811
     time.sleep(0.2)
     beats0 = 13.0
     bridge.send("/set", "chunk_bars", 1)
-    arrived = _send_transport(bridge, beats0)
+    sent = _send_transport(bridge, beats0)
     req = next(REQUESTS)
     bridge.send("/jam/start", req, "")
     chunk0 = bridge.listener.wait("/chunk", lambda a: a[:2] == [req, 0], timeout=60)[1]
@@ -192,10 +164,10 @@ def test_jam_plays_live_from_its_song_beat(bridge, jack_server):  # noqa: F811
     first = first[:, 0]  # both sides hold the mono result
     at = _find(first, recorded)
     assert np.abs(np.clip(recorded[at:at + len(first)], -1, 1) - first).max() < 2 / 32768
-    error, bar_beat = _assert_on_the_bar(time_of(at) + latency, arrived, beats0, "the jam")
+    error, bar_beat = _assert_on_the_bar(time_of(at) + latency, sent, beats0, "the jam")
     assert bar_beat == chunk0[5]
-    print(f"jam live start: beat {bar_beat:g}, {error * 1000:+.1f} ms (arrival window "
-          f"{(arrived[1] - arrived[0]) * 1000:.1f} ms)")
+    print(f"jam live start: beat {bar_beat:g}, {error * 1000:+.1f} ms (send "
+          f"{(sent[1] - sent[0]) * 1000:.1f} ms)")
 
 
 def test_humming_into_the_microphone_sets_the_melody(bridge, jack_server):  # noqa: F811
