@@ -1,14 +1,16 @@
 """The decode step alone, per weight format, A against B in one process: musicgen-small's decoder shape (random
-weights), guidance batch 2, the traced step the token stream runs, at a context of ~110 positions.
+weights), guidance batch 2, the traced step the token stream runs, at a context of `--context` positions (100).
 
 Rounds interleave the formats (each round runs `--steps` steps of every format in turn), so a host whose load
 changes moves all of them alike. Per round it reports wall ms per step and this process's CPU ms per step: with
 1 thread the CPU time is what the step costs even when other work takes the core part of the time (with 2
 threads it also counts OpenMP's spinning).
 
-    python benchmarks/step_formats.py [--formats int8,w8a8,int4] [--threads 1] [--rounds 5] [--steps 10] [--profile]
+    python benchmarks/step_formats.py [--formats int8,w8a8,int4] [--threads 1] [--rounds 5] [--steps 10]
+        [--context 100] [--profile]
 
-`w8a8-onednn` is w8a8's weights and rounding on oneDNN's `qlinear_pointwise` (what w8a8 ran on before fbgemm).
+`w8a8` runs on the kernel `--dtype w8a8` picks here (the native one where it builds); `w8a8-fbgemm` is the same
+weights and rounding on fbgemm's int8 linear; `w8a8-onednn` on oneDNN's `qlinear_pointwise` (before fbgemm).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import warnings
 import torch
 
 from benchmarks.step_weights import OneDNNW8A8
+from engine.assemble import bf16_kv_cache_fast
 from engine.lm import LMConfig, MusicGenLM
-from engine.quantize import Int8Linear, _swap_linears, prepare_for_cpu
+from engine.quantize import FbgemmW8A8Linear, Int8Linear, _swap_linears, prepare_for_cpu
 from engine.steps import traced_step
 
 
@@ -31,11 +34,13 @@ def make_lm(weights: str, cond: torch.Tensor, max_len: int) -> MusicGenLM:
     with torch.no_grad():
         for p in lm.parameters():
             p.normal_(0.0, 0.02)
-    if weights == "w8a8-onednn":  # w8a8's weights, rounding and heads on oneDNN's kernel (before fbgemm)
+    kernels = {"w8a8-onednn": OneDNNW8A8, "w8a8-fbgemm": FbgemmW8A8Linear}
+    if weights in kernels:  # w8a8's weights, rounding and heads on another kernel
         lm.heads = Int8Linear(lm.heads.weight)
-        _swap_linears(lm, OneDNNW8A8)
+        _swap_linears(lm, kernels[weights])
     else:
         prepare_for_cpu(lm, weights)
+    lm.kv_dtype = torch.bfloat16 if bf16_kv_cache_fast() else None  # what assemble picks for narrow weights
     lm.setup_caches(2, max_len)
     lm.set_condition(cond)
     return lm
@@ -47,6 +52,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=10, help="steps per format per round")
+    p.add_argument("--context", type=int, default=100, help="positions already in the cache")
     p.add_argument("--profile", action="store_true", help="then torch.profiler's op table per format")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -54,7 +60,8 @@ def main() -> None:
     formats = a.formats.split(",")
     cond = torch.randn(2, 12, 1024, generator=torch.Generator().manual_seed(1))
     tokens = torch.randint(0, 2048, (2, 4, 1), generator=torch.Generator().manual_seed(2))
-    lms = {f: make_lm(f, cond, 100 + a.steps + 64) for f in formats}
+    ctx = a.context
+    lms = {f: make_lm(f, cond, ctx + a.steps + 64) for f in formats}
     steps = {f: traced_step(lm) for f, lm in lms.items()}
 
     def step(f: str, pos: int) -> None:
@@ -65,25 +72,27 @@ def main() -> None:
     with torch.inference_mode():
         for f in formats:  # trace and warm up
             for i in range(3):
-                step(f, 96 + i)
+                step(f, ctx - 4 + i)
         for _ in range(a.rounds):
             for f in formats:
                 c0, t0 = time.process_time(), time.perf_counter()
                 for i in range(a.steps):
-                    step(f, 100 + i)
+                    step(f, ctx + i)
                 rows[f].append(((time.perf_counter() - t0) / a.steps * 1e3, (time.process_time() - c0) / a.steps * 1e3))
-    print(f"| format | wall ms/step, every round | CPU ms/step, every round | median CPU ms |  ({a.threads} threads)")
-    print("|---|---|---|---:|")
+    print(f"| format | wall ms/step, every round | CPU ms/step, every round | median wall ms | median CPU ms |  "
+          f"({a.threads} threads, context {ctx})")
+    print("|---|---|---|---:|---:|")
     for f, r in rows.items():
-        cpu = sorted(c for _, c in r)
-        print(f"| {f} | {', '.join(f'{w:.1f}' for w, _ in r)} | {', '.join(f'{c:.1f}' for _, c in r)} | {cpu[len(cpu) // 2]:.1f} |")
+        wall, cpu = sorted(w for w, _ in r), sorted(c for _, c in r)
+        print(f"| {f} | {', '.join(f'{w:.1f}' for w, _ in r)} | {', '.join(f'{c:.1f}' for _, c in r)} | "
+              f"{wall[len(wall) // 2]:.1f} | {cpu[len(cpu) // 2]:.1f} |")
     if a.profile:
         from torch.profiler import ProfilerActivity, profile
 
         for f in formats:
             with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
                 for i in range(a.steps):
-                    step(f, 100 + i)
+                    step(f, ctx + i)
             print(f"\n{f}, {a.steps} steps\n" + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 

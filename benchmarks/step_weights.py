@@ -4,8 +4,10 @@ Each kernel multiplies the guidance batch ([2, K] activations) by all 144 matric
 (24 layers x fused qkv, attention out, cross-attention q and out, fc1, fc2: the real shapes, random weights) once
 per pass, so no matrix is reused within a pass and every weight comes from memory, as in a step. The kernels:
 
-- `ours-w8a8`: `engine.quantize.W8A8Linear` as the step calls it (the per-row scaling in front, fbgemm's
-  dynamic int8 linear, the output scale): what `--dtype auto` runs on CPU.
+- `ours-w8a8`: the w8a8 linear `--dtype auto` builds on this CPU (`engine.quantize.w8a8_linear`: the native
+  kernel where it builds, rows rounded inside the op).
+- `fbgemm-w8a8`: `engine.quantize.FbgemmW8A8Linear` (the per-row scaling in front, fbgemm's int8 linear, the
+  output scale): w8a8's fallback, and what it ran on before the native kernel.
 - `onednn-w8a8`: the same rounding with oneDNN's `qlinear_pointwise` as the kernel (what w8a8 ran on before
   fbgemm): each row rounded to uint8 on its own scale in front, the row's scale multiplied in after.
 - `ours-int4`: `engine.quantize.Int4Linear`, group 128 (`--dtype int4`).
@@ -32,10 +34,10 @@ import numpy as np
 import torch
 
 from engine.lm import LMConfig
-from engine.quantize import Int4Linear, W8A8Linear, _scripted, module_bytes, quantize_rows
+from engine.quantize import FbgemmW8A8Linear, Int4Linear, _scripted, module_bytes, quantize_rows, w8a8_linear
 from engine.threads import in_own_thread
 
-ROWS = ("bandwidth", "ours-w8a8", "onednn-w8a8", "ours-int4", "ort-8bit", "ort-4bit")
+ROWS = ("bandwidth", "ours-w8a8", "fbgemm-w8a8", "onednn-w8a8", "ours-int4", "ort-8bit", "ort-4bit")
 
 
 def step_shapes(cfg: LMConfig = LMConfig()) -> list[tuple[int, int]]:
@@ -136,9 +138,10 @@ def build_rows(names: list[str], threads: int) -> dict[str, tuple[Callable[[], N
         if name == "bandwidth":
             buf = torch.randn(512 * 2**20 // 4)
             rows[name] = (lambda buf=buf: buf.sum()), buf.numel() * 4
-        elif name in ("ours-w8a8", "onednn-w8a8", "ours-int4"):
+        elif name in ("ours-w8a8", "fbgemm-w8a8", "onednn-w8a8", "ours-int4"):
             g = torch.Generator().manual_seed(0)
-            make = {"ours-w8a8": W8A8Linear, "onednn-w8a8": OneDNNW8A8, "ours-int4": lambda w: Int4Linear(w, 128)}[name]
+            make = {"ours-w8a8": w8a8_linear, "fbgemm-w8a8": FbgemmW8A8Linear, "onednn-w8a8": OneDNNW8A8,
+                    "ours-int4": lambda w: Int4Linear(w, 128)}[name]
             layers = [make(torch.randn(n, k, generator=g) * 0.02) for n, k in shapes]
             nbytes = sum(module_bytes(layer) for layer in layers)
             rows[name] = torch_pass(layers, inputs), nbytes

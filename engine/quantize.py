@@ -10,7 +10,7 @@ them several times faster, and fewer bytes per weight stream faster still. Measu
 - `Int8Linear`: weight-only int8, one scale per output row (symmetric, w ~ scale[n] * q[n, :]); activations
   enter the kernel in bf16, accumulate in fp32, and leave in bf16.
 - `W8A8Linear`: int8 weights (per-row scales) and int8 activations, quantized per row as they arrive (dynamic,
-  symmetric), multiplied in integers by fbgemm's int8 linear (VNNI); fp32 out. The w8a8 model keeps its
+  symmetric), multiplied in integers (VNNI) by the project's kernel or fbgemm's int8 linear; fp32 out. The w8a8 model keeps its
   output heads weight-only int8 (`prepare_for_cpu`): the logits are where rounding is least diluted.
 - `Int4Linear`: weight-only int4 in groups of `INT4_GROUP` input columns (asymmetric: a scale and a zero point
   per group), torch's `_weight_int4pack_mm_for_cpu`; bf16 activations in and out, as int8. The int4 model keeps
@@ -91,11 +91,19 @@ def int4_supported() -> bool:
 
 
 def w8a8_supported() -> bool:
-    """fbgemm's int8 linear with a given input scale exists (x86 builds) and the CPU has VNNI dot products: without
-    them fbgemm multiplies uint8 by int8 in 16-bit pairs that saturate on full-range activations."""
+    """The CPU has VNNI int8 dot products (without them fbgemm multiplies uint8 by int8 in 16-bit pairs that
+    saturate on full-range activations) and a w8a8 kernel runs: fbgemm's int8 linear with a given input scale (x86
+    builds) or the native one."""
+    if not torch.cpu._is_vnni_supported():
+        return False
     ops = torch.ops.quantized
-    return ("fbgemm" in torch.backends.quantized.supported_engines and hasattr(ops, "linear_prepack")
-            and hasattr(ops, "linear_with_input_q_dq_qweight_dq_output_fp32") and torch.cpu._is_vnni_supported())
+    fbgemm = ("fbgemm" in torch.backends.quantized.supported_engines and hasattr(ops, "linear_prepack")
+              and hasattr(ops, "linear_with_input_q_dq_qweight_dq_output_fp32"))
+    if fbgemm:
+        return True
+    from engine import native
+
+    return native.load()
 
 
 def bf16_supported() -> bool:
@@ -176,14 +184,72 @@ class W8A8Linear(nn.Module):
     """int8 weights and int8 activations: the step's matmuls in integer dot products (VNNI), which stream int8
     weights faster than `_weight_int8pack_mm`'s convert-then-multiply (benchmarks/RESULTS.md). Each activation row
     gets its own scale (its largest magnitude / 127), so the rows of a batch (guidance's pair, other streams) never
-    share one and a row's result does not depend on its companions.
+    share one and a row's result does not depend on its companions. Both kernels compute
+    `round(127 x / max|x|) . q * max|x| / 127 * scale` in exact integer sums; `w8a8_linear(weight)` picks one.
 
-    The kernel is fbgemm's int8 linear that takes fp32 rows with a given scale and zero point, rounds them to uint8
-    and returns fp32 (`quantized::linear_with_input_q_dq_qweight_dq_output_fp32`): far less fixed cost per call
-    than oneDNN's `qlinear_pointwise` with the rounding in separate ops (a step makes 144 calls). Rows divided by
-    their own largest magnitude lie in [-1, 1], so one scale, 1/127 with zero point 128, rounds each exactly as
-    `round(127 * x / max|x|)`.
+    - `NativeW8A8Linear`: the project's kernel (engine/native/w8a8_linear.cpp, AVX-512 VNNI), which streams a
+      step's weights nearly twice as fast as fbgemm's on a few rows.
+    - `FbgemmW8A8Linear`: fbgemm's int8 linear, where the native kernel cannot be built or run.
     """
+
+    out_features: int
+    in_features: int
+
+    def dequantized(self) -> Tensor:
+        """The weight the kernel multiplies by, [N, K] fp32."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, int8 weights and activations (per row), {self.kernel}"
+
+
+def w8a8_linear(weight: Tensor) -> W8A8Linear:
+    """The fastest w8a8 kernel this machine runs: the native one when it builds and the CPU has AVX-512 VNNI."""
+    from engine import native
+
+    return NativeW8A8Linear(weight) if native.load() else FbgemmW8A8Linear(weight)
+
+
+class NativeW8A8Linear(W8A8Linear):
+    """w8a8 on `torch.ops.musicgen_bridge.w8a8_linear`: the weight packed in 64-column blocks, the rows rounded
+    inside the op (so the traced step has one op per matmul), the threads torch's own."""
+
+    kernel = "native"
+
+    def __init__(self, weight: Tensor):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        q, scale = quantize_rows(weight)
+        packed = torch.ops.musicgen_bridge.w8a8_pack(q)
+        padded = packed.shape[0] * packed.shape[2]  # N rounded up to whole blocks; the padding's weights are 0
+        colsum = torch.zeros(padded, dtype=torch.int32)
+        colsum[: self.out_features] = q.sum(1, dtype=torch.int32)
+        wscale = torch.zeros(padded)
+        wscale[: self.out_features] = scale
+        self.register_buffer("packed", packed, persistent=False)
+        self.register_buffer("colsum", colsum, persistent=False)
+        self.register_buffer("wscale", wscale, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        y = torch.ops.musicgen_bridge.w8a8_linear(x.reshape(-1, shape[-1]).float(), self.packed, self.colsum, self.wscale,
+                                                  self.out_features)
+        return y.view(*shape[:-1], self.out_features)
+
+    def dequantized(self) -> Tensor:
+        blocks, steps, width, four = self.packed.shape
+        q = self.packed.permute(0, 2, 1, 3).reshape(blocks * width, steps * four)
+        return q[: self.out_features, : self.in_features].float() * self.wscale[: self.out_features, None]
+
+
+class FbgemmW8A8Linear(W8A8Linear):
+    """w8a8 on fbgemm's int8 linear that takes fp32 rows with a given scale and zero point, rounds them to uint8 and
+    returns fp32 (`quantized::linear_with_input_q_dq_qweight_dq_output_fp32`): far less fixed cost per call than
+    oneDNN's `qlinear_pointwise` with the rounding in separate ops (a step makes 144 calls). Rows divided by their
+    own largest magnitude lie in [-1, 1], so one scale, 1/127 with zero point 128, rounds each exactly as
+    `round(127 * x / max|x|)`."""
+
+    kernel = "fbgemm"
 
     def __init__(self, weight: Tensor):
         super().__init__()
@@ -211,11 +277,7 @@ class W8A8Linear(nn.Module):
         return self.out_features * self.in_features + self.out_features * 12
 
     def dequantized(self) -> Tensor:
-        """The weight the kernel multiplies by, [N, K] fp32 (from the packed weight)."""
         return torch.ops.quantized.linear_unpack(self.packed)[0].dequantize().float()
-
-    def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, int8 weights and activations (per row), fbgemm"
 
 
 def _prepack(weight: Tensor):
@@ -319,7 +381,7 @@ def prepare_for_cpu(lm: nn.Module, weights: str) -> nn.Module:
         heads = getattr(lm, "heads", None)
         if isinstance(heads, nn.Linear):
             lm.heads = Int8Linear(heads.weight)
-        n = _swap_linears(lm, _int4_or_int8 if weights == "int4" else W8A8Linear)
+        n = _swap_linears(lm, _int4_or_int8 if weights == "int4" else w8a8_linear)
     elif weights == "int8":
         n = _swap_linears(lm, Int8Linear)
     elif not onednn_available():

@@ -25,5 +25,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # A pinned torch takes the local CPU wheel where one is provided; unpinned would pull the CUDA build (gigabytes).
   python -c "import torch" 2>/dev/null || pipi "torch==${TORCH_VERSION:-2.13.0}"
   pipi -e ".[test]"
+  # The native int8 kernel builds once per machine (~15 s); where it cannot, w8a8 runs on fbgemm and this says why.
+  python -m engine.native >&2 || true
   touch "$stamp"
 fi

@@ -33,12 +33,23 @@ def test_step_bytes_counts_the_weights_a_step_reads_and_the_filled_cache(tiny_mo
     lm.set_condition(torch.zeros(2, 5, lm.cfg.dim))
     cfg = lm.cfg
     # Per layer wqkv, wo, cross wq, cross wo, fc1, fc2 (cross wkv runs once per generation), one byte per weight;
-    # per output row int8 has a bf16 scale, w8a8 fbgemm's scale, zero point and column offset (12 bytes). The
-    # heads (weight-only int8 in both); K and V at 10 positions (bf16 where the model gets a bf16 cache, fp32
-    # elsewhere); the cross keys and values (fp32).
+    # per output row int8 has a bf16 scale, w8a8 on fbgemm its scale, zero point and column offset (12 bytes),
+    # w8a8 on the native kernel a scale and a column sum (8 bytes) over rows and columns padded to its blocks
+    # (64 rows, 4 columns). The heads (weight-only int8 in both); K and V at 10 positions (bf16 where the model
+    # gets a bf16 cache, fp32 elsewhere); the cross keys and values (fp32).
     D, F, L = cfg.dim, cfg.ffn_dim, cfg.n_layers
-    rows = 3 * D + D + D + D + F + D
-    per_layer = D * (3 * D + D + D + D + F) + F * D + (2 if dtype == "int8" else 12) * rows
+    kernel = {getattr(m, "kernel", None) for m in lm.modules()} - {None}
+
+    def matrix(n: int, k: int) -> int:
+        if dtype == "int8":
+            return n * k + 2 * n
+        if kernel == {"fbgemm"}:
+            return n * k + 12 * n
+        assert kernel == {"native"}, kernel
+        n = -(-n // 64) * 64
+        return n * (-(-k // 4) * 4) + 8 * n
+
+    per_layer = sum(matrix(n, k) for n, k in [(3 * D, D), (D, D), (D, D), (D, D), (F, D), (D, F)])
     weights = L * per_layer + cfg.n_codebooks * cfg.card * (D + 2)
     kv = L * 2 * 2 * 10 * D * (2 if bf16_kv_cache_fast() else 4)
     cross = L * 2 * 2 * 5 * D * 4

@@ -21,8 +21,10 @@ import torch
 
 from engine.assemble import build_lm, lm_config, lm_state_from_hf
 from engine.devices import resolve_dtype
-from engine.quantize import (INT4_GROUP, Int4Linear, Int8Linear, PackedLinear, W8A8Linear, bf16_supported, int4_supported,
-                             logit_agreement, quantize_groups, quantize_rows, w8a8_supported)
+from engine import native
+from engine.quantize import (INT4_GROUP, FbgemmW8A8Linear, Int4Linear, Int8Linear, NativeW8A8Linear, PackedLinear, W8A8Linear,
+                             bf16_supported, int4_supported, logit_agreement, quantize_groups, quantize_rows, w8a8_linear,
+                             w8a8_supported)
 from engine.tiny import tiny_config, tiny_reference_model
 
 BOUNDS = {  # mean cosine >=, mean KL <= (nats), top-1 agreement >=
@@ -33,6 +35,9 @@ BOUNDS = {  # mean cosine >=, mean KL <= (nats), top-1 agreement >=
 }
 needs_int4 = pytest.mark.skipif(not int4_supported(), reason="this torch build has no CPU int4 kernel")
 needs_w8a8 = pytest.mark.skipif(not w8a8_supported(), reason="no fbgemm int8 linear or no VNNI on this CPU")
+needs_native = pytest.mark.skipif(not torch.cpu._is_vnni_supported(), reason="the native kernel needs AVX-512 VNNI")
+W8A8_KERNELS = [pytest.param(NativeW8A8Linear, marks=needs_native, id="native"),
+                pytest.param(FbgemmW8A8Linear, marks=needs_w8a8, id="fbgemm")]
 CPU = torch.device("cpu")
 
 
@@ -180,39 +185,43 @@ def test_int4_model_holds_int4_weights_and_int8_heads(tiny):
     assert int4.dtype == torch.int4 and int4.act_dtype == torch.float32
 
 
-@needs_w8a8
-def test_w8a8_linear_equals_an_integer_reference_matmul():
-    w = torch.randn(96, 128) * torch.linspace(0.1, 2, 96)[:, None]
-    x = torch.randn(2, 3, 128) * torch.tensor([1.0, 30.0])[:, None, None]  # rows of very different ranges
+@pytest.mark.parametrize("kernel", W8A8_KERNELS)
+def test_w8a8_linear_equals_an_integer_reference_matmul(kernel):
+    # 130 outputs and 126 inputs: neither a whole number of the native kernel's 64-column blocks nor of its 4-column
+    # dot products, so the packing's padding is crossed.
+    w = torch.randn(130, 126) * torch.linspace(0.1, 2, 130)[:, None]
+    x = torch.randn(2, 19, 126) * torch.tensor([1.0, 30.0])[:, None, None]  # rows of very different ranges
     x[1, 2] = 0  # an all-zero row (guidance's unconditional row after cross-attention): zeros out, not NaN
-    lin = W8A8Linear(w)
+    lin = kernel(w)
     # The reference: each row rounded to int8 on its own scale, the int8 weights, multiplied out in fp32 by hand.
     q, scale = quantize_rows(w)
     top = x.abs().amax(-1, keepdim=True).clamp(min=1e-30)
     qx = torch.round(x * 127 / top)
     expected = torch.nn.functional.linear(qx, q.float()) * (top / 127) * scale
     got = lin(x)
-    assert got.shape == (2, 3, 96) and got.dtype == torch.float32 and bool(torch.isfinite(got).all())
+    assert got.shape == (2, 19, 130) and got.dtype == torch.float32 and bool(torch.isfinite(got).all())
     assert bool((got[1, 2] == 0).all())
     tol = 1e-4 * expected.abs().amax(-1, keepdim=True)  # relative to each row: the rows differ 30x in range
     assert bool(((got - expected).abs() <= tol).all())
     assert torch.allclose(lin.dequantized(), q.float() * scale[:, None], rtol=1e-5, atol=1e-7)
     # Negative control: the activations really are rounded. A row whose one large entry sets its scale loses its
     # small entries, which weight-only int8 (bf16 activations) keeps.
-    spiky = torch.randn(1, 128) * 0.01
+    spiky = torch.randn(1, 126) * 0.01
     spiky[0, 0] = 10.0
     exact = torch.nn.functional.linear(spiky, q.float() * scale[:, None])
     err_w8a8 = (lin(spiky) - exact).abs().max()
-    err_int8 = (Int8Linear(w)(spiky).float() - exact).abs().max()
+    # (weight-only int8 computed by hand: torch's int8 kernel crashes on these uneven shapes)
+    err_int8 = (torch.nn.functional.linear(spiky.bfloat16().float(), q.float() * scale[:, None]) - exact).abs().max()
     assert err_w8a8 > 3 * err_int8
 
 
-@needs_w8a8
-def test_w8a8_row_does_not_depend_on_its_companions():
+@pytest.mark.parametrize("kernel", W8A8_KERNELS)
+def test_w8a8_row_does_not_depend_on_its_companions(kernel):
     """Each row is rounded on its own scale, so a batch's rows (guidance's pair, other streams) never change each
     other's results, and a NaN row (an idle batch slot's leftovers) raises nothing and stays in its own row."""
     g = torch.Generator().manual_seed(4)
-    lin = W8A8Linear(torch.randn(64, 96, generator=g) * 0.05)
+    weight = torch.randn(64, 96, generator=g) * 0.05
+    lin = kernel(weight)
     row = torch.randn(1, 96, generator=g)
     row[0, 3] = -4.0  # its largest magnitude is negative
     loud = torch.randn(3, 96, generator=g) * 50.0
@@ -225,9 +234,34 @@ def test_w8a8_row_does_not_depend_on_its_companions():
     # so a companion whose range differs changes the row's rounding.
     top = row.abs().amax(-1, keepdim=True)
     companion = loud[:1].abs() / loud[:1].abs().amax()  # in [0, 1]: a different range from the row's [-1, 0.x]
-    dynamic = torch.ops.quantized.linear_dynamic
-    together = dynamic(torch.cat([row / top, companion]), lin.packed, False)[:1]
-    assert not torch.equal(dynamic(row / top, lin.packed, False), together)
+    dynamic, packed = torch.ops.quantized.linear_dynamic, FbgemmW8A8Linear(weight).packed
+    together = dynamic(torch.cat([row / top, companion]), packed, False)[:1]
+    assert not torch.equal(dynamic(row / top, packed, False), together)
+
+
+@needs_native
+def test_native_kernel_builds_and_is_what_w8a8_runs_on(tiny):
+    """On a CPU with AVX-512 VNNI the kernel must build and load (a broken build fails here, not silently slower)."""
+    assert native.load(), native.why_not()
+    lm = _lm(tiny, resolve_dtype("w8a8"))
+    assert {m.kernel for m in lm.modules() if isinstance(m, W8A8Linear)} == {"native"}
+
+
+def test_w8a8_falls_back_to_fbgemm_where_the_native_kernel_is_unavailable(monkeypatch):
+    monkeypatch.setattr(native, "load", lambda: False)
+    assert isinstance(w8a8_linear(torch.randn(64, 32)), FbgemmW8A8Linear)
+
+
+def test_a_native_build_that_fails_says_why(monkeypatch, tmp_path):
+    broken = tmp_path / "broken.cpp"
+    broken.write_text("this is not C++\n")
+    monkeypatch.setattr(native, "SOURCES", (broken,))
+    monkeypatch.setattr(native, "CACHE", tmp_path / "cache")
+    if not torch.cpu._is_vnni_supported():  # it gives up before building: the reason says so
+        assert native._load() == (False, "this CPU lacks AVX-512 VNNI")
+        return
+    ok, why = native._load()
+    assert not ok and why.startswith(f"building {native.build_dir()} failed")
 
 
 @needs_w8a8

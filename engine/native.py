@@ -1,0 +1,94 @@
+"""The project's C++ kernels (`engine/native/*.cpp`), built on first use with torch's extension builder and loaded
+as torch ops (`torch.ops.musicgen_bridge.*`), so the traced decode step calls them like any aten op.
+
+The build needs a C++ compiler and ninja (a Python dependency); it lands in the user's cache, keyed by the source,
+torch and Python, and takes ~15 s once per machine (`python -m engine.native` does it ahead, as scripts/setup.sh
+does). Where it cannot be built or the CPU lacks what a kernel needs, `load()` says why once in the log and returns
+False, and the callers keep torch's own kernels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCES = (Path(__file__).with_name("native") / "w8a8_linear.cpp",)
+CACHE = Path(os.environ.get("MUSICGEN_BRIDGE_CACHE", Path.home() / ".cache" / "musicgen-bridge")) / "native"
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def build_dir() -> Path:
+    """Where this source, torch and Python build to: a change to any of them builds afresh beside the old."""
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES)).hexdigest()[:12]
+    tag = f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}-{digest}".replace("+", "_")
+    return CACHE / tag
+
+
+def load() -> bool:
+    """Build (once per machine) and load the kernels; True when `torch.ops.musicgen_bridge` is usable here."""
+    with _lock:
+        if "ok" not in _state:
+            _state["ok"], _state["why"] = _load()
+            if _state["ok"]:
+                log.info("native kernels loaded (%s)", build_dir())
+            else:
+                log.warning("native kernels not used, torch's kernels instead: %s", _state["why"])
+        return bool(_state["ok"])
+
+
+def why_not() -> str:
+    """Why `load()` returned False ('' when it did not, or has not run)."""
+    return str(_state.get("why", ""))
+
+
+def _load() -> tuple[bool, str]:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False, f"the kernels are for x86-64 CPUs, this is {platform.machine()}"
+    if not sys.platform.startswith("linux"):
+        return False, f"the kernels are built on Linux only, this is {sys.platform}"
+    if not torch.cpu._is_vnni_supported():
+        return False, "this CPU lacks AVX-512 VNNI"
+    _find_ninja()
+    from torch.utils import cpp_extension
+
+    folder = build_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        # -fopenmp: at::parallel_for runs on OpenMP; the library it links (libgomp.so.1) resolves to the copy torch
+        # already loaded, so the kernels share torch's one team of threads.
+        cpp_extension.load(name="musicgen_bridge_native", sources=[str(p) for p in SOURCES], build_directory=str(folder),
+                           extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], is_python_module=False,
+                           verbose=False)
+    except Exception as e:  # a missing compiler or ninja, a failed build: the caller falls back, the log says why
+        return False, f"building {folder} failed ({type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else e})"
+    if not torch.ops.musicgen_bridge.w8a8_supported():
+        return False, "this CPU lacks AVX-512 VNNI"
+    return True, ""
+
+
+def _find_ninja() -> None:
+    """torch's builder runs `ninja` from PATH; the ninja wheel's binary is beside this venv's Python even when the
+    venv is not activated."""
+    if shutil.which("ninja"):
+        return
+    beside = Path(sys.executable).parent
+    if (beside / "ninja").exists():
+        os.environ["PATH"] = f"{beside}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    ok = load()
+    print(f"native kernels: {'built and loaded from ' + str(build_dir()) if ok else 'not used: ' + why_not()}")

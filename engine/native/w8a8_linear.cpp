@@ -1,0 +1,163 @@
+// int8 weights x int8 activations for the decode step's matmuls: a few rows ([M, K], M = 2 per guided stream)
+// against [N, K] weights, where the cost is streaming the weights from memory once per step.
+//
+// Why by hand: fbgemm's and oneDNN's int8 kernels are built for GEMM and reach about half the read bandwidth on a
+// few rows (benchmarks/RESULTS.md). This one reads the weights in one pass, in the order they lie in memory, with
+// VNNI dot products (uint8 x int8, four products per int32 lane), split across torch's own OpenMP threads.
+//
+// Layout: the weight is packed as [N/64][K/4][64][4] bytes (zero padded), so one k-step of a block is 256 contiguous
+// bytes: four zmm loads, 64 output columns x 4 input columns. Activations are rounded per row, round(127 x / max|x|),
+// and stored as uint8 with offset 128; sum((q + 128) w) - 128 sum(w) recovers the signed product exactly.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace {
+
+constexpr int64_t kBlock = 64;  // output columns per block
+constexpr int64_t kPrefetch = 2048;  // bytes ahead of the loads: a few k-steps, past the hardware prefetcher's start
+
+bool vnni512() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vnni");
+}
+
+// Each row as uint8 round(127 x / max|x|) + 128 into q ([M, Kp], padding 128), and its scale max|x| / 127.
+// A row with a NaN or infinity gets scale NaN, so its outputs are NaN and the other rows are untouched.
+void quantize_rows(const float* x, int64_t M, int64_t K, int64_t Kp, uint8_t* q, float* scale) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* row = x + m * K;
+    uint8_t* out = q + m * Kp;
+    float top = 0.f;
+    bool finite = true;
+    for (int64_t k = 0; k < K; ++k) {
+      const float a = std::fabs(row[k]);
+      finite &= a <= 3.4028235e38f;  // false for NaN too
+      top = a > top ? a : top;
+    }
+    std::memset(out, 128, Kp);
+    if (!finite) {
+      scale[m] = NAN;
+      continue;
+    }
+    top = std::max(top, 1e-30f);  // an all-zero row gives zeros, not NaN
+    const float inv = 127.f / top;
+    for (int64_t k = 0; k < K; ++k) out[k] = static_cast<uint8_t>(static_cast<int>(std::nearbyint(row[k] * inv)) + 128);
+    scale[m] = top / 127.f;
+  }
+}
+
+// R rows (R <= 4) against one block: acc[r][j] holds columns 16j..16j+15 of row r.
+template <int R>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void block_dot(const int8_t* w, const uint8_t* q, int64_t Kp,
+                                                                       float* y, int64_t N, int64_t n0,
+                                                                       const int32_t* colsum, const float* wscale,
+                                                                       const float* rscale) {
+  __m512i acc[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_setzero_si512();
+  const int64_t steps = Kp / 4;
+  for (int64_t k = 0; k < steps; ++k) {
+    const char* p = reinterpret_cast<const char*>(w + k * 256);
+    for (int j = 0; j < 4; ++j) _mm_prefetch(p + kPrefetch + 64 * j, _MM_HINT_T0);
+    __m512i wv[4];
+    for (int j = 0; j < 4; ++j) wv[j] = _mm512_loadu_si512(p + 64 * j);
+    for (int r = 0; r < R; ++r) {
+      int32_t four;
+      std::memcpy(&four, q + r * Kp + 4 * k, 4);
+      const __m512i xv = _mm512_set1_epi32(four);
+      for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], xv, wv[j]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < 4; ++j) {
+      const int64_t n = n0 + 16 * j;
+      if (n >= N) break;
+      const __m512i signed_sum = _mm512_sub_epi32(acc[r][j], _mm512_slli_epi32(_mm512_loadu_si512(colsum + n), 7));
+      const __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(signed_sum), _mm512_loadu_ps(wscale + n)),
+                                     _mm512_set1_ps(rscale[r]));
+      const int64_t left = N - n;
+      const __mmask16 mask = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
+      _mm512_mask_storeu_ps(y + r * N + n, mask, v);
+    }
+}
+
+void block_rows(int64_t R, const int8_t* w, const uint8_t* q, int64_t Kp, float* y, int64_t N, int64_t n0,
+                const int32_t* colsum, const float* wscale, const float* rscale) {
+  switch (R) {
+    case 1: return block_dot<1>(w, q, Kp, y, N, n0, colsum, wscale, rscale);
+    case 2: return block_dot<2>(w, q, Kp, y, N, n0, colsum, wscale, rscale);
+    case 3: return block_dot<3>(w, q, Kp, y, N, n0, colsum, wscale, rscale);
+    default: return block_dot<4>(w, q, Kp, y, N, n0, colsum, wscale, rscale);
+  }
+}
+
+}  // namespace
+
+bool w8a8_supported() { return vnni512(); }
+
+// int8 [N, K] -> the packed [ceil(N/64), ceil(K/4), 64, 4] layout, zero padded.
+at::Tensor w8a8_pack(const at::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kChar, "w8a8_pack takes an int8 [N, K] weight");
+  const at::Tensor w = weight.contiguous();
+  const int64_t N = w.size(0), K = w.size(1), blocks = (N + kBlock - 1) / kBlock, steps = (K + 3) / 4;
+  at::Tensor out = at::zeros({blocks, steps, kBlock, 4}, at::kChar);
+  const int8_t* src = w.data_ptr<int8_t>();
+  int8_t* dst = out.data_ptr<int8_t>();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k)
+      dst[((n / kBlock) * steps + k / 4) * kBlock * 4 + (n % kBlock) * 4 + k % 4] = src[n * K + k];
+  return out;
+}
+
+// x [M, K] fp32 times the packed weight's transpose: [M, N] fp32, y = (round(127 x / max|x|) . w) * max|x| / 127 * wscale.
+at::Tensor w8a8_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& colsum, const at::Tensor& wscale,
+                       int64_t N) {
+  TORCH_CHECK(vnni512(), "w8a8_linear needs a CPU with AVX-512 VNNI");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "w8a8_linear takes fp32 [M, K] rows");
+  TORCH_CHECK(packed.dim() == 4 && packed.scalar_type() == at::kChar && packed.size(2) == kBlock && packed.size(3) == 4,
+              "w8a8_linear takes a weight packed by w8a8_pack");
+  const int64_t blocks = packed.size(0), Kp = packed.size(1) * 4, M = x.size(0), K = x.size(1);
+  TORCH_CHECK((K + 3) / 4 * 4 == Kp, "w8a8_linear: rows of ", K, " values against a weight packed for ", Kp);
+  TORCH_CHECK(N > (blocks - 1) * kBlock && N <= blocks * kBlock, "w8a8_linear: ", N, " outputs from ", blocks, " blocks");
+  TORCH_CHECK(colsum.scalar_type() == at::kInt && colsum.numel() == blocks * kBlock && wscale.scalar_type() == at::kFloat &&
+              wscale.numel() == blocks * kBlock, "w8a8_linear: colsum (int32) and wscale (fp32) of ", blocks * kBlock);
+  const at::Tensor rows = x.contiguous(), sums = colsum.contiguous(), scales = wscale.contiguous();
+  at::Tensor q = at::empty({M, Kp}, at::kByte);
+  at::Tensor rscale = at::empty({M}, at::kFloat);
+  quantize_rows(rows.data_ptr<float>(), M, K, Kp, q.data_ptr<uint8_t>(), rscale.data_ptr<float>());
+  at::Tensor y = at::empty({M, N}, at::kFloat);
+  const int8_t* w = packed.data_ptr<int8_t>();
+  const uint8_t* qp = q.data_ptr<uint8_t>();
+  const int32_t* cs = sums.data_ptr<int32_t>();
+  const float* ws = scales.data_ptr<float>();
+  const float* rs = rscale.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  // Blocks split across the threads; each block's weights are read once for up to 4 rows, again per 4 more rows
+  // (then from cache: a block is 64 x K bytes).
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t m = 0; m < M; m += 4)
+        block_rows(std::min<int64_t>(4, M - m), w + b * Kp * kBlock, qp + m * Kp, Kp, yp + m * N, N, b * kBlock, cs, ws,
+                   rs + m);
+  });
+  return y;
+}
+
+TORCH_LIBRARY(musicgen_bridge, m) {
+  m.def("w8a8_supported() -> bool", &w8a8_supported);
+  m.def("w8a8_pack(Tensor weight) -> Tensor");
+  m.def("w8a8_linear(Tensor x, Tensor packed, Tensor colsum, Tensor wscale, int n) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(musicgen_bridge, CPU, m) {
+  m.impl("w8a8_pack", &w8a8_pack);
+  m.impl("w8a8_linear", &w8a8_linear);
+}
