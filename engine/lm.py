@@ -70,6 +70,9 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     accumulates in fp32, where a bf16 bmm copies the strided cache view before multiplying. The result comes
     back in the queries' dtype."""
     if k.dtype != q.dtype:
+        if _native_decode(q, k, mask):  # one query against the bf16 cache: the project's kernel reads it faster
+            mask = None if mask is None else mask.float()
+            return torch.ops.musicgen_bridge.decode_attention(q, k, v, mask, 1.0 / math.sqrt(q.shape[-1]))
         if mask is not None and mask.is_floating_point():
             mask = mask.to(k.dtype)  # 0 and -inf are exact in bf16
         return F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask).to(q.dtype)
@@ -87,6 +90,19 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
 
 
 _NO_BIAS = torch.zeros(1, 1, 1)  # baddbmm's added term, ignored with beta=0
+
+
+def _native_decode(q: Tensor, k: Tensor, mask: Tensor | None) -> bool:
+    """`decode_attention` (engine/native) takes this call: one fp32 query per row on CPU, a bf16 cache, heads of a
+    multiple of 32 up to 256, an additive mask or none, and a CPU with AVX512_BF16. The same numbers as SDPA's
+    bf16 path (query rounded to bf16, fp32 sums), read at the memory's rate."""
+    if not (q.shape[-2] == 1 and q.device.type == "cpu" and q.dtype == torch.float32 and k.dtype == torch.bfloat16
+            and q.shape[-1] % 32 == 0 and q.shape[-1] <= 256 and k.stride(-1) == 1
+            and (mask is None or mask.is_floating_point())):
+        return False
+    from engine import native
+
+    return native.supports("decode_attention")
 
 
 class KVCache(nn.Module):

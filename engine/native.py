@@ -22,7 +22,10 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = (Path(__file__).with_name("native") / "w8a8_linear.cpp",)
+SOURCES = tuple(Path(__file__).with_name("native") / name for name in ("w8a8_linear.cpp", "decode_attention.cpp"))
+# Each kernel's CPU check. torch's own checks, not ops of the library: `supports` may be asked while the decode step
+# is being traced, and the tracer refuses an op that returns a bool.
+KERNELS = {"w8a8_linear": torch.cpu._is_vnni_supported, "decode_attention": torch.cpu._is_avx512_bf16_supported}
 CACHE = Path(os.environ.get("MUSICGEN_BRIDGE_CACHE", Path.home() / ".cache" / "musicgen-bridge")) / "native"
 
 _lock = threading.Lock()
@@ -48,6 +51,14 @@ def load() -> bool:
         return bool(_state["ok"])
 
 
+def supports(kernel: str) -> bool:
+    """`kernel` (one of `KERNELS`) runs here: the library is loaded and the CPU has the instructions it needs
+    (AVX-512 VNNI for w8a8_linear, AVX512_BF16 for decode_attention)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}: one of {', '.join(KERNELS)}")
+    return load() and bool(KERNELS[kernel]())
+
+
 def why_not() -> str:
     """Why `load()` returned False ('' when it did not, or has not run)."""
     return str(_state.get("why", ""))
@@ -58,7 +69,7 @@ def _load() -> tuple[bool, str]:
         return False, f"the kernels are for x86-64 CPUs, this is {platform.machine()}"
     if not sys.platform.startswith("linux"):
         return False, f"the kernels are built on Linux only, this is {sys.platform}"
-    if not torch.cpu._is_vnni_supported():
+    if not torch.cpu._is_vnni_supported():  # every CPU with AVX512_BF16 has it: nothing here would run
         return False, "this CPU lacks AVX-512 VNNI"
     _find_ninja()
     from torch.utils import cpp_extension
@@ -73,8 +84,6 @@ def _load() -> tuple[bool, str]:
                            verbose=False)
     except Exception as e:  # a missing compiler or ninja, a failed build: the caller falls back, the log says why
         return False, f"building {folder} failed ({type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else e})"
-    if not torch.ops.musicgen_bridge.w8a8_supported():
-        return False, "this CPU lacks AVX-512 VNNI"
     return True, ""
 
 

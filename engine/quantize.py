@@ -103,7 +103,7 @@ def w8a8_supported() -> bool:
         return True
     from engine import native
 
-    return native.load()
+    return native.supports("w8a8_linear")
 
 
 def bf16_supported() -> bool:
@@ -207,7 +207,7 @@ def w8a8_linear(weight: Tensor) -> W8A8Linear:
     """The fastest w8a8 kernel this machine runs: the native one when it builds and the CPU has AVX-512 VNNI."""
     from engine import native
 
-    return NativeW8A8Linear(weight) if native.load() else FbgemmW8A8Linear(weight)
+    return NativeW8A8Linear(weight) if native.supports("w8a8_linear") else FbgemmW8A8Linear(weight)
 
 
 class NativeW8A8Linear(W8A8Linear):

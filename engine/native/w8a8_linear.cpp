@@ -101,7 +101,6 @@ void block_rows(int64_t R, const int8_t* w, const uint8_t* q, int64_t Kp, float*
 
 }  // namespace
 
-bool w8a8_supported() { return vnni512(); }
 
 // int8 [N, K] -> the packed [ceil(N/64), ceil(K/4), 64, 4] layout, zero padded.
 at::Tensor w8a8_pack(const at::Tensor& weight) {
@@ -152,7 +151,6 @@ at::Tensor w8a8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
 }
 
 TORCH_LIBRARY(musicgen_bridge, m) {
-  m.def("w8a8_supported() -> bool", &w8a8_supported);
   m.def("w8a8_pack(Tensor weight) -> Tensor");
   m.def("w8a8_linear(Tensor x, Tensor packed, Tensor colsum, Tensor wscale, int n) -> Tensor");
 }

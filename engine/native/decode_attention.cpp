@@ -1,0 +1,161 @@
+// One query per row against the bf16 KV cache: softmax(q k^T * scale + mask) v, the decode step's self-attention.
+//
+// Why by hand: at a long context this reads the whole cache (keys and values of every head), and PyTorch's SDPA
+// kernel, built for blocks of queries, reads it well below the memory's rate for a single query
+// (benchmarks/RESULTS.md). Here each (row, head) reads its keys once, in memory order, with bf16 dot products
+// (AVX512_BF16), then its values once; the heads are split across torch's OpenMP threads.
+//
+// Numbers as SDPA's bf16 path: the query rounded to bf16, products and sums in fp32, the scale applied to the
+// fp32 score. A key whose score is -inf (masked) gets exactly zero weight.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kMaxHeadDim = 256;
+
+bool bf16_dot() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512bf16");
+}
+
+// exp(x) for x <= 0 (a score less the row's largest), Cephes' expf polynomial; exactly 0 below -87 and for NaN.
+__attribute__((target("avx512f"))) inline __m512 exp_nonpositive(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-87.f);
+  const __mmask16 keep = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);
+  x = _mm512_max_ps(x, lo);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // ln 2 in two parts
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  return _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(p, n));
+}
+
+struct Head {
+  const float* q;         // [d]
+  const uint16_t* k;      // [L, d] bf16, rows `step` apart
+  const uint16_t* v;
+  int64_t step;
+  const float* mask;      // [L] additive, `mask_step` apart, or null
+  int64_t mask_step;
+  float* out;             // [d]
+};
+
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void attend_head(const Head& h, int64_t L, int64_t d,
+                                                                           float scale, float* scores) {
+  // The query as bf16 pairs, 32 values per register.
+  __m512bh q[kMaxHeadDim / 32];
+  const int64_t chunks = d / 32;
+  for (int64_t c = 0; c < chunks; ++c)
+    q[c] = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(h.q + 32 * c + 16), _mm512_loadu_ps(h.q + 32 * c));
+  float top = -INFINITY;
+  bool nan = false;
+  for (int64_t l = 0; l < L; ++l) {
+    const uint16_t* key = h.k + l * h.step;
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t c = 0; c < chunks; ++c)
+      acc = _mm512_dpbf16_ps(acc, q[c], (__m512bh)_mm512_loadu_si512(key + 32 * c));
+    float s = _mm512_reduce_add_ps(acc) * scale;
+    if (h.mask) s += h.mask[l * h.mask_step];
+    scores[l] = s;
+    nan |= s != s;
+    top = s > top ? s : top;
+  }
+  const int64_t parts = d / 16;
+  if (nan || top == -INFINITY) {  // a NaN row (an idle batch slot's leftovers), or nothing to attend to
+    for (int64_t c = 0; c < parts; ++c) _mm512_storeu_ps(h.out + 16 * c, _mm512_set1_ps(NAN));
+    return;
+  }
+  __m512 total = _mm512_setzero_ps();
+  const __m512 shift = _mm512_set1_ps(top);
+  int64_t l = 0;
+  for (; l + 16 <= L; l += 16) {
+    const __m512 w = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(scores + l), shift));
+    _mm512_storeu_ps(scores + l, w);
+    total = _mm512_add_ps(total, w);
+  }
+  if (l < L) {
+    const __mmask16 tail = static_cast<__mmask16>((1u << (L - l)) - 1);
+    const __m512 w = exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, scores + l), shift));
+    _mm512_mask_storeu_ps(scores + l, tail, w);
+    total = _mm512_add_ps(total, _mm512_maskz_mov_ps(tail, w));
+  }
+  const float norm = 1.f / _mm512_reduce_add_ps(total);
+  __m512 out[kMaxHeadDim / 16];
+  for (int64_t c = 0; c < parts; ++c) out[c] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < L; ++j) {
+    const float w = scores[j];
+    if (w == 0.f) continue;  // masked keys: exactly nothing
+    const __m512 wv = _mm512_set1_ps(w);
+    const uint16_t* value = h.v + j * h.step;
+    for (int64_t c = 0; c < parts; ++c) {
+      const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(value + 16 * c)));
+      out[c] = _mm512_fmadd_ps(wv, _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16)), out[c]);
+    }
+  }
+  const __m512 nv = _mm512_set1_ps(norm);
+  for (int64_t c = 0; c < parts; ++c) _mm512_storeu_ps(h.out + 16 * c, _mm512_mul_ps(out[c], nv));
+}
+
+}  // namespace
+
+
+// q [B, H, 1, d] fp32; k, v [B, H, L, d] bf16 (views of the cache: any strides but a contiguous last dim); mask
+// additive fp32 broadcastable to [B, H, 1, L], or none. Returns [B, H, 1, d] fp32.
+at::Tensor decode_attention(const at::Tensor& q_, const at::Tensor& k, const at::Tensor& v,
+                            const c10::optional<at::Tensor>& mask_, double scale) {
+  TORCH_CHECK(bf16_dot(), "decode_attention needs a CPU with AVX512_BF16");
+  TORCH_CHECK(q_.dim() == 4 && q_.size(2) == 1 && q_.scalar_type() == at::kFloat, "decode_attention: q is fp32 [B, H, 1, d]");
+  TORCH_CHECK(k.dim() == 4 && k.scalar_type() == at::kBFloat16 && v.scalar_type() == at::kBFloat16 && k.sizes() == v.sizes() &&
+              k.strides() == v.strides(), "decode_attention: k and v are bf16 [B, H, L, d] views with the same strides");
+  const int64_t B = q_.size(0), H = q_.size(1), d = q_.size(3), L = k.size(2);
+  TORCH_CHECK(k.size(0) == B && k.size(1) == H && k.size(3) == d && k.stride(3) == 1, "decode_attention: k does not fit q");
+  TORCH_CHECK(d % 32 == 0 && d <= kMaxHeadDim, "decode_attention: head size ", d, " (a multiple of 32, at most ", kMaxHeadDim, ")");
+  TORCH_CHECK(L > 0, "decode_attention: no keys");
+  const at::Tensor q = q_.contiguous();
+  at::Tensor mask;
+  if (mask_.has_value()) {
+    TORCH_CHECK(mask_->scalar_type() == at::kFloat, "decode_attention: the mask is additive fp32");
+    mask = mask_->expand({B, H, 1, L});
+  }
+  at::Tensor out = at::empty({B, H, 1, d}, at::kFloat);
+  const auto* kp = reinterpret_cast<const uint16_t*>(k.data_ptr<at::BFloat16>());
+  const auto* vp = reinterpret_cast<const uint16_t*>(v.data_ptr<at::BFloat16>());
+  const float* qp = q.data_ptr<float>();
+  const float* mp = mask.defined() ? mask.data_ptr<float>() : nullptr;
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> scores(L + 16);
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / H, h = i % H;
+      const int64_t kv = b * k.stride(0) + h * k.stride(1);
+      Head head{qp + i * d, kp + kv, vp + kv, k.stride(2),
+                mp ? mp + b * mask.stride(0) + h * mask.stride(1) : nullptr, mp ? mask.stride(3) : 0, op + i * d};
+      attend_head(head, L, d, static_cast<float>(scale), scores.data());
+    }
+  });
+  return out;
+}
+
+TORCH_LIBRARY_FRAGMENT(musicgen_bridge, m) {
+  m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(musicgen_bridge, CPU, m) {
+  m.impl("decode_attention", &decode_attention);
+}
