@@ -9,13 +9,17 @@ threads it also counts OpenMP's spinning).
     python benchmarks/step_formats.py [--formats int8,w8a8,int4] [--threads 1] [--rounds 5] [--steps 10]
         [--context 100] [--profile]
 
-`w8a8` runs on the kernel `--dtype w8a8` picks here (the native one where it builds); `w8a8-fbgemm` is the same
-weights and rounding on fbgemm's int8 linear; `w8a8-onednn` on oneDNN's `qlinear_pointwise` (before fbgemm).
+`w8a8` runs on the kernels `--dtype w8a8` picks here (the native ones where they build: the int8 linear with the
+norms and GELU moved into it, the decode attention). The variants, each one change from `w8a8`:
+`w8a8-4k` keeps the weights and the KV cache on 4 KB pages; `w8a8-unfused` keeps the norms and GELU as separate ops; `w8a8-sdpa` runs the attention on PyTorch's SDPA;
+`w8a8-fbgemm` runs the same weights and rounding on fbgemm's int8 linear (the norms and GELU separate);
+`w8a8-onednn` on oneDNN's `qlinear_pointwise` (before fbgemm).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 import warnings
 
@@ -24,8 +28,20 @@ import torch
 from benchmarks.step_weights import OneDNNW8A8
 from engine.assemble import bf16_kv_cache_fast
 from engine.lm import LMConfig, MusicGenLM
+import engine.lm
+from engine import hugepages, quantize
 from engine.quantize import FbgemmW8A8Linear, Int8Linear, _swap_linears, prepare_for_cpu
 from engine.steps import traced_step
+
+
+@contextlib.contextmanager
+def _patched(module, name: str, value):
+    saved = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, saved)
 
 
 def make_lm(weights: str, cond: torch.Tensor, max_len: int) -> MusicGenLM:
@@ -38,10 +54,17 @@ def make_lm(weights: str, cond: torch.Tensor, max_len: int) -> MusicGenLM:
     if weights in kernels:  # w8a8's weights, rounding and heads on another kernel
         lm.heads = Int8Linear(lm.heads.weight)
         _swap_linears(lm, kernels[weights])
+    elif weights == "w8a8-4k":
+        with _patched(hugepages, "_madvise", None):
+            prepare_for_cpu(lm, "w8a8")
+    elif weights == "w8a8-unfused":
+        with _patched(quantize, "fuse_into_native_linears", lambda lm: 0):
+            prepare_for_cpu(lm, "w8a8")
     else:
-        prepare_for_cpu(lm, weights)
+        prepare_for_cpu(lm, weights.removesuffix("-sdpa"))
     lm.kv_dtype = torch.bfloat16 if bf16_kv_cache_fast() else None  # what assemble picks for narrow weights
-    lm.setup_caches(2, max_len)
+    with _patched(hugepages, "_madvise", None) if weights == "w8a8-4k" else contextlib.nullcontext():
+        lm.setup_caches(2, max_len)
     lm.set_condition(cond)
     return lm
 
@@ -70,9 +93,10 @@ def main() -> None:
 
     rows: dict[str, list[tuple[float, float]]] = {f: [] for f in formats}
     with torch.inference_mode():
-        for f in formats:  # trace and warm up
-            for i in range(3):
-                step(f, ctx - 4 + i)
+        for f in formats:  # trace (a -sdpa format without the native attention) and warm up
+            with _patched(engine.lm, "_native_decode", lambda q, k, mask: False) if f.endswith("-sdpa") else contextlib.nullcontext():
+                for i in range(3):
+                    step(f, ctx - 4 + i)
         for _ in range(a.rounds):
             for f in formats:
                 c0, t0 = time.process_time(), time.perf_counter()

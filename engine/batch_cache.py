@@ -15,6 +15,8 @@ import contextlib
 from typing import Iterator
 
 import torch
+
+from engine.hugepages import huge_zeros
 from torch import Tensor
 
 from engine.lm import MusicGenLM
@@ -52,7 +54,10 @@ class BatchCache:
         lm, cfg = self.lm, self.lm.cfg
         R, L, S = max(rows, self.rows), max(length, self.length), max(cross_len, self.cross_len)
         dev, dt = lm.device, lm.act_dtype
-        kvs = [torch.zeros(2, R, cfg.n_heads, L, cfg.head_dim, dtype=lm.cache_dtype, device=dev) for _ in range(cfg.n_layers)]
+        shape = (2, R, cfg.n_heads, L, cfg.head_dim)
+        # On CPU on 2 MB pages: a step reads the whole filled cache (engine/hugepages.py)
+        kvs = [huge_zeros(shape, lm.cache_dtype) if dev.type == "cpu" else torch.zeros(shape, dtype=lm.cache_dtype, device=dev)
+               for _ in range(cfg.n_layers)]
         for new, old in zip(kvs, self.kvs):
             new[:, :used, :, : self.length] = old[:, :used]
         self.kvs = kvs

@@ -30,6 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from engine.hugepages import huge_zeros
+
 log = logging.getLogger(__name__)
 
 
@@ -112,7 +114,9 @@ class KVCache(nn.Module):
     def __init__(self, batch: int, n_heads: int, max_len: int, head_dim: int, dtype: torch.dtype, device):
         super().__init__()
         shape = (2, batch, n_heads, max_len, head_dim)
-        self.register_buffer("kv", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        # On CPU on 2 MB pages: a step reads the whole filled cache (engine/hugepages.py)
+        kv = huge_zeros(shape, dtype) if torch.device(device).type == "cpu" else torch.zeros(shape, dtype=dtype, device=device)
+        self.register_buffer("kv", kv, persistent=False)
 
     @property
     def k(self) -> Tensor:
@@ -204,6 +208,7 @@ class Block(nn.Module):
             self.cross = None
         self.norm2 = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.fc1 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.act = nn.GELU()  # a module, so a kernel can take it over (engine/quantize.fuse_into_native_linears)
         self.fc2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
 
     def forward(self, x: Tensor, input_pos: Tensor, mask: Tensor | None, kv_len: int | None) -> Tensor:
@@ -211,7 +216,7 @@ class Block(nn.Module):
         x = x + self.attn(self.norm1(x), input_pos, mask, kv_len)
         if self.cross is not None:
             x = x + self.cross(self.norm_cross(x))
-        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+        return x + self.fc2(self.act(self.fc1(self.norm2(x))))
 
 
 class MusicGenLM(nn.Module):

@@ -32,9 +32,12 @@ _lock = threading.Lock()
 _state: dict[str, object] = {}
 
 
+HEADERS = (Path(__file__).with_name("native") / "vec_math.h",)
+
+
 def build_dir() -> Path:
     """Where this source, torch and Python build to: a change to any of them builds afresh beside the old."""
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES)).hexdigest()[:12]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES + HEADERS)).hexdigest()[:12]
     tag = f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}-{digest}".replace("+", "_")
     return CACHE / tag
 

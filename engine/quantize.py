@@ -212,13 +212,25 @@ def w8a8_linear(weight: Tensor) -> W8A8Linear:
 
 class NativeW8A8Linear(W8A8Linear):
     """w8a8 on `torch.ops.musicgen_bridge.w8a8_linear`: the weight packed in 64-column blocks, the rows rounded
-    inside the op (so the traced step has one op per matmul), the threads torch's own."""
+    inside the op (so the traced step has one op per matmul), the threads torch's own.
+
+    The op can also apply the LayerNorm in front of the linear and the GELU between fc1 and fc2 to the rows as it
+    rounds them (`absorb_norm`, `absorb_gelu`; `fuse_into_native_linears` does it for the LM): no op and no pass
+    over memory of their own."""
 
     kernel = "native"
 
     def __init__(self, weight: Tensor):
         super().__init__()
+        from engine import native
+
+        if not native.supports("w8a8_linear"):
+            raise RuntimeError(f"the native w8a8 kernel does not run here: {native.why_not() or 'this CPU lacks AVX-512 VNNI'}")
         self.out_features, self.in_features = weight.shape
+        self.register_buffer("norm_weight", None, persistent=False)  # set by absorb_norm
+        self.register_buffer("norm_bias", None, persistent=False)
+        self.eps = 1e-5
+        self.gelu = False
         q, scale = quantize_rows(weight)
         packed = torch.ops.musicgen_bridge.w8a8_pack(q)
         padded = packed.shape[0] * packed.shape[2]  # N rounded up to whole blocks; the padding's weights are 0
@@ -230,11 +242,27 @@ class NativeW8A8Linear(W8A8Linear):
         self.register_buffer("colsum", colsum, persistent=False)
         self.register_buffer("wscale", wscale, persistent=False)
 
+    def absorb_norm(self, norm: nn.LayerNorm) -> None:
+        """Apply `norm` to the rows inside the op (the caller drops the norm from the model)."""
+        if norm.normalized_shape != (self.in_features,) or norm.weight is None or norm.bias is None:
+            raise ValueError(f"only a LayerNorm over the {self.in_features} inputs, with weight and bias, can be absorbed")
+        self.norm_weight = norm.weight.detach().float().clone()
+        self.norm_bias = norm.bias.detach().float().clone()
+        self.eps = float(norm.eps)
+
+    def absorb_gelu(self) -> None:
+        """Apply GELU (erf form) to the rows inside the op (the caller drops the GELU from the model)."""
+        self.gelu = True
+
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
         y = torch.ops.musicgen_bridge.w8a8_linear(x.reshape(-1, shape[-1]).float(), self.packed, self.colsum, self.wscale,
-                                                  self.out_features)
+                                                  self.out_features, self.norm_weight, self.norm_bias, self.eps, self.gelu)
         return y.view(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        fused = (["layer norm"] if self.norm_weight is not None else []) + (["GELU"] if self.gelu else [])
+        return super().extra_repr() + (f", {' and '.join(fused)} in front" if fused else "")
 
     def dequantized(self) -> Tensor:
         blocks, steps, width, four = self.packed.shape
@@ -278,6 +306,50 @@ class FbgemmW8A8Linear(W8A8Linear):
 
     def dequantized(self) -> Tensor:
         return torch.ops.quantized.linear_unpack(self.packed)[0].dequantize().float()
+
+
+def fuse_into_native_linears(lm: nn.Module) -> int:
+    """Move each block's LayerNorms and its GELU into the native w8a8 linears that read their output (norm1 into
+    attn.wqkv, norm_cross into cross.wq, norm2 into fc1, act into fc2), replacing them with `nn.Identity`: each norm
+    or GELU output feeds exactly that one linear in `engine.lm.Block`. Returns how many were moved."""
+    pairs = (("norm1", "attn.wqkv"), ("norm_cross", "cross.wq"), ("norm2", "fc1"))
+    moved = 0
+    for block in getattr(lm, "layers", []):
+        for norm_name, linear_name in pairs:
+            norm = getattr(block, norm_name, None)
+            if norm is None:  # a model without cross-attention has no norm_cross
+                continue
+            linear = block.get_submodule(linear_name)
+            if isinstance(norm, nn.LayerNorm) and isinstance(linear, NativeW8A8Linear):
+                linear.absorb_norm(norm)
+                setattr(block, norm_name, nn.Identity())
+                moved += 1
+        if isinstance(getattr(block, "act", None), nn.GELU) and block.act.approximate == "none" and isinstance(block.fc2, NativeW8A8Linear):
+            block.fc2.absorb_gelu()
+            block.act = nn.Identity()
+            moved += 1
+    return moved
+
+
+def gather_native_weights(lm: nn.Module) -> int:
+    """Move the native w8a8 linears' packed weights into one buffer on 2 MB pages, in the order a step reads them
+    (engine/hugepages.py says why); each layer keeps a view. One matrix at a time, so memory grows by one matrix.
+    Returns the buffer's bytes (0 when there is nothing to gather)."""
+    from engine.hugepages import huge_empty
+
+    layers = [m for m in lm.modules() if isinstance(m, NativeW8A8Linear)]
+    total = sum(m.packed.numel() for m in layers)
+    if not total:
+        return 0
+    arena = huge_empty((total,), torch.int8)
+    at = 0
+    for m in layers:
+        n = m.packed.numel()
+        view = arena[at : at + n].view(m.packed.shape)
+        view.copy_(m.packed)
+        m.packed = view
+        at += n
+    return total
 
 
 def _prepack(weight: Tensor):
@@ -382,6 +454,9 @@ def prepare_for_cpu(lm: nn.Module, weights: str) -> nn.Module:
         if isinstance(heads, nn.Linear):
             lm.heads = Int8Linear(heads.weight)
         n = _swap_linears(lm, _int4_or_int8 if weights == "int4" else w8a8_linear)
+        if weights == "w8a8":
+            log.debug("moved %d norms and GELUs into the native linears", fuse_into_native_linears(lm))
+            gather_native_weights(lm)
     elif weights == "int8":
         n = _swap_linears(lm, Int8Linear)
     elif not onednn_available():

@@ -35,7 +35,7 @@ def test_step_bytes_counts_the_weights_a_step_reads_and_the_filled_cache(tiny_mo
     # Per layer wqkv, wo, cross wq, cross wo, fc1, fc2 (cross wkv runs once per generation), one byte per weight;
     # per output row int8 has a bf16 scale, w8a8 on fbgemm its scale, zero point and column offset (12 bytes),
     # w8a8 on the native kernel a scale and a column sum (8 bytes) over rows and columns padded to its blocks
-    # (64 rows, 4 columns). The heads (weight-only int8 in both); K and V at 10 positions (bf16 where the model
+    # (64 rows, 4 columns), plus the norms moved into them. The heads (weight-only int8 in both); K and V at 10 positions (bf16 where the model
     # gets a bf16 cache, fp32 elsewhere); the cross keys and values (fp32).
     D, F, L = cfg.dim, cfg.ffn_dim, cfg.n_layers
     kernel = {getattr(m, "kernel", None) for m in lm.modules()} - {None}
@@ -50,6 +50,8 @@ def test_step_bytes_counts_the_weights_a_step_reads_and_the_filled_cache(tiny_mo
         return n * (-(-k // 4) * 4) + 8 * n
 
     per_layer = sum(matrix(n, k) for n, k in [(3 * D, D), (D, D), (D, D), (D, D), (F, D), (D, F)])
+    if kernel == {"native"}:  # the three LayerNorms moved into wqkv, cross wq and fc1: weight and bias, fp32
+        per_layer += 3 * 2 * D * 4
     weights = L * per_layer + cfg.n_codebooks * cfg.card * (D + 2)
     kv = L * 2 * 2 * 10 * D * (2 if bf16_kv_cache_fast() else 4)
     cross = L * 2 * 2 * 5 * D * 4

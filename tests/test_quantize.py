@@ -271,3 +271,47 @@ def test_w8a8_model_holds_int8_linears_and_weight_only_heads(tiny):
     assert len([m for m in lm.modules() if isinstance(m, W8A8Linear)]) == 7 * tiny[0].n_layers
     assert lm.dtype == torch.qint8 and lm.act_dtype == torch.float32
     assert not [m for m in lm.modules() if isinstance(m, torch.nn.Linear)]
+
+
+@needs_native
+def test_native_w8a8_applies_a_layer_norm_and_gelu_as_the_separate_ops_would():
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(96, 200, generator=g) * 0.05
+    x = torch.randn(5, 200, generator=g) * 3 + 1
+    norm = torch.nn.LayerNorm(200)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5, generator=g)
+        norm.bias.uniform_(-0.2, 0.2, generator=g)
+    plain, normed, gelued = NativeW8A8Linear(w), NativeW8A8Linear(w), NativeW8A8Linear(w)
+    normed.absorb_norm(norm)
+    gelued.absorb_gelu()
+    with torch.no_grad():
+        for fused, separate in ((normed(x), plain(norm(x))), (gelued(x), plain(torch.nn.functional.gelu(x)))):
+            # The prepared rows differ from torch's by float rounding, which can move an entry across a rounding
+            # boundary now and then: one int8 step of one entry, ~1e-3 of a row's range at most.
+            assert (fused - separate).abs().max() <= 2e-3 * separate.abs().max()
+        # Negative control: the norm (or GELU) left out misses by far.
+        assert (normed(x) - plain(x)).abs().max() > 0.1 * plain(norm(x)).abs().max()
+        assert (gelued(x) - plain(x)).abs().max() > 0.1 * plain(x).abs().max()
+    # GELU of the kernel's own, against torch's erf GELU, through an identity weight wide enough to read it back.
+    eye = NativeW8A8Linear(torch.eye(64))
+    eye.absorb_gelu()
+    z = torch.linspace(-6, 6, 64)[None]
+    assert torch.allclose(eye(z), torch.nn.functional.gelu(z), atol=2 * 6 / 127)
+    with pytest.raises(ValueError, match="LayerNorm over the 200 inputs"):
+        plain.absorb_norm(torch.nn.LayerNorm(100))
+
+
+@needs_native
+def test_w8a8_model_moves_its_norms_and_gelu_into_the_native_linears(tiny, monkeypatch):
+    lm = _lm(tiny, resolve_dtype("w8a8"))
+    for block in lm.layers:
+        assert all(isinstance(getattr(block, name), torch.nn.Identity) for name in ("norm1", "norm_cross", "norm2", "act"))
+        assert block.attn.wqkv.norm_weight is not None and block.cross.wq.norm_weight is not None
+        assert block.fc1.norm_weight is not None and block.fc2.gelu
+    # The fused model follows the unfused one (the same int8 weights, the norms and GELU as separate ops).
+    monkeypatch.setattr("engine.quantize.fuse_into_native_linears", lambda lm: 0)
+    unfused = _lm(tiny, resolve_dtype("w8a8"))
+    assert isinstance(unfused.layers[0].norm1, torch.nn.LayerNorm) and not unfused.layers[0].fc2.gelu
+    agree = logit_agreement(unfused, lm, tiny[2][:, :, :20], tiny[3])
+    assert agree["cosine"] > 0.9999 and agree["top1"] > 0.97

@@ -17,6 +17,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "vec_math.h"
+
 namespace {
 
 constexpr int64_t kMaxHeadDim = 256;
@@ -25,25 +27,6 @@ bool bf16_dot() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512bf16");
-}
-
-// exp(x) for x <= 0 (a score less the row's largest), Cephes' expf polynomial; exactly 0 below -87 and for NaN.
-__attribute__((target("avx512f"))) inline __m512 exp_nonpositive(__m512 x) {
-  const __m512 lo = _mm512_set1_ps(-87.f);
-  const __mmask16 keep = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);
-  x = _mm512_max_ps(x, lo);
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // ln 2 in two parts
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
-  return _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(p, n));
 }
 
 struct Head {
@@ -85,13 +68,13 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void attend_head(const He
   const __m512 shift = _mm512_set1_ps(top);
   int64_t l = 0;
   for (; l + 16 <= L; l += 16) {
-    const __m512 w = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(scores + l), shift));
+    const __m512 w = musicgen_bridge::exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(scores + l), shift));
     _mm512_storeu_ps(scores + l, w);
     total = _mm512_add_ps(total, w);
   }
   if (l < L) {
     const __mmask16 tail = static_cast<__mmask16>((1u << (L - l)) - 1);
-    const __m512 w = exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, scores + l), shift));
+    const __m512 w = musicgen_bridge::exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, scores + l), shift));
     _mm512_mask_storeu_ps(scores + l, tail, w);
     total = _mm512_add_ps(total, _mm512_maskz_mov_ps(tail, w));
   }
