@@ -10,8 +10,10 @@ them several times faster, and fewer bytes per weight stream faster still. Measu
 - `Int8Linear`: weight-only int8, one scale per output row (symmetric, w ~ scale[n] * q[n, :]); activations
   enter the kernel in bf16, accumulate in fp32, and leave in bf16.
 - `W8A8Linear`: int8 weights (per-row scales) and int8 activations, quantized per row as they arrive (dynamic,
-  symmetric), multiplied in integers (VNNI) by the project's kernel or fbgemm's int8 linear; fp32 out. The w8a8 model keeps its
-  output heads weight-only int8 (`prepare_for_cpu`): the logits are where rounding is least diluted.
+  symmetric), multiplied in integers (VNNI) by the project's kernel (`NativeW8A8Linear`, which also takes over the
+  LayerNorms and the GELU in front of its linears, its weights in one buffer on 2 MB pages) or by fbgemm's int8
+  linear; fp32 out. The w8a8 model keeps its output heads weight-only int8 (`prepare_for_cpu`): the logits are where
+  rounding is least diluted.
 - `Int4Linear`: weight-only int4 in groups of `INT4_GROUP` input columns (asymmetric: a scale and a zero point
   per group), torch's `_weight_int4pack_mm_for_cpu`; bf16 activations in and out, as int8. The int4 model keeps
   its output heads in int8 (`prepare_for_cpu`): the logits are where rounding is least diluted.
@@ -443,7 +445,8 @@ def _swap_linears(module: nn.Module, make) -> int:
 def prepare_for_cpu(lm: nn.Module, weights: str) -> nn.Module:
     """Swap the LM's linears for prepacked ones in `weights` format ("float32", "bfloat16", "int8", "w8a8" or
     "int4"), in place. w8a8 and int4 keep the output heads (and int4 any matrix the kernel's shape rules refuse)
-    in weight-only int8.
+    in weight-only int8. On the native w8a8 kernel the norms and GELU move into the linears and the packed weights
+    into one buffer (`fuse_into_native_linears`, `gather_native_weights`).
 
     The activations keep the LM's dtype (`lm.dtype`). Without oneDNN the fp32/bf16 linears stay plain `nn.Linear`s.
     """

@@ -35,8 +35,8 @@ def test_step_bytes_counts_the_weights_a_step_reads_and_the_filled_cache(tiny_mo
     # Per layer wqkv, wo, cross wq, cross wo, fc1, fc2 (cross wkv runs once per generation), one byte per weight;
     # per output row int8 has a bf16 scale, w8a8 on fbgemm its scale, zero point and column offset (12 bytes),
     # w8a8 on the native kernel a scale and a column sum (8 bytes) over rows and columns padded to its blocks
-    # (64 rows, 4 columns), plus the norms moved into them. The heads (weight-only int8 in both); K and V at 10 positions (bf16 where the model
-    # gets a bf16 cache, fp32 elsewhere); the cross keys and values (fp32).
+    # (64 rows, 4 columns), plus the norms moved into them. The heads (weight-only int8 in both); K and V at 10
+    # positions (bf16 where the model gets a bf16 cache, fp32 elsewhere); the cross keys and values (fp32).
     D, F, L = cfg.dim, cfg.ffn_dim, cfg.n_layers
     kernel = {getattr(m, "kernel", None) for m in lm.modules()} - {None}
 

@@ -13,6 +13,7 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -22,6 +23,7 @@
 namespace {
 
 constexpr int64_t kMaxHeadDim = 256;
+constexpr int64_t kMinBytes = 64 * 1024;  // cache bytes per thread at least (see the parallel_for)
 
 bool bf16_dot() {
   __builtin_cpu_init();
@@ -122,7 +124,10 @@ at::Tensor decode_attention(const at::Tensor& q_, const at::Tensor& k, const at:
   const float* qp = q.data_ptr<float>();
   const float* mp = mask.defined() ? mask.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
-  at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
+  // A thread takes at least kMinBytes of keys and values: a short cache runs on the calling thread (as in the
+  // linear kernel, a second thread would cost more than it saves).
+  const int64_t grain = std::max<int64_t>(1, kMinBytes / (2 * L * d * 2));
+  at::parallel_for(0, B * H, grain, [&](int64_t i0, int64_t i1) {
     std::vector<float> scores(L + 16);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / H, h = i % H;

@@ -25,6 +25,7 @@ namespace {
 
 constexpr int64_t kBlock = 64;  // output columns per block
 constexpr int64_t kPrefetch = 2048;  // bytes ahead of the loads: a few k-steps, past the hardware prefetcher's start
+constexpr int64_t kMinBytes = 64 * 1024;  // weights per thread at least (see the parallel_for)
 
 bool vnni512() {
   __builtin_cpu_init();
@@ -205,8 +206,11 @@ at::Tensor w8a8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
   const float* rs = rscale.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   // Blocks split across the threads; each block's weights are read once for up to 4 rows, again per 4 more rows
-  // (then from cache: a block is 64 x K bytes).
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+  // (then from cache: a block is 64 x K bytes). A thread takes at least kMinBytes of weights: smaller matrices run
+  // on the calling thread, where waking a second one would cost more than it saves (and, on a busy host, wait for
+  // a thread that lost its core).
+  const int64_t grain = std::max<int64_t>(1, kMinBytes / (Kp * kBlock));
+  at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b)
       for (int64_t m = 0; m < M; m += 4)
         block_rows(std::min<int64_t>(4, M - m), w + b * Kp * kBlock, qp + m * Kp, Kp, yp + m * N, N, b * kBlock, cs, ws,
