@@ -15,10 +15,9 @@ import contextlib
 from typing import Iterator
 
 import torch
-
-from engine.hugepages import huge_zeros
 from torch import Tensor
 
+from engine.hugepages import huge_zeros
 from engine.lm import MusicGenLM
 
 
@@ -56,8 +55,7 @@ class BatchCache:
         dev, dt = lm.device, lm.act_dtype
         shape = (2, R, cfg.n_heads, L, cfg.head_dim)
         # On CPU on 2 MB pages: a step reads the whole filled cache (engine/hugepages.py)
-        kvs = [huge_zeros(shape, lm.cache_dtype) if dev.type == "cpu" else torch.zeros(shape, dtype=lm.cache_dtype, device=dev)
-               for _ in range(cfg.n_layers)]
+        kvs = [huge_zeros(shape, lm.cache_dtype, dev) for _ in range(cfg.n_layers)]
         for new, old in zip(kvs, self.kvs):
             new[:, :used, :, : self.length] = old[:, :used]
         self.kvs = kvs

@@ -48,6 +48,9 @@ def huge_empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch
     return raw[start : start + nbytes].view(dtype).view(shape)
 
 
-def huge_zeros(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tensor:
-    """`huge_empty`, zeroed (the zeroing is the first touch, so it lands on 2 MB pages)."""
+def huge_zeros(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
+    """`huge_empty`, zeroed (the zeroing is the first touch, so it lands on 2 MB pages); on another device, plain
+    `torch.zeros` there."""
+    if torch.device(device).type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
     return huge_empty(shape, dtype).zero_()

@@ -97,7 +97,7 @@ _NO_BIAS = torch.zeros(1, 1, 1)  # baddbmm's added term, ignored with beta=0
 def _native_decode(q: Tensor, k: Tensor, mask: Tensor | None) -> bool:
     """`decode_attention` (engine/native) takes this call: one fp32 query per row on CPU, a bf16 cache, heads of a
     multiple of 32 up to 256, an additive mask or none, and a CPU with AVX512_BF16. The same numbers as SDPA's
-    bf16 path (query rounded to bf16, fp32 sums), read at the memory's rate."""
+    bf16 path (query rounded to bf16, fp32 sums), without SDPA's casts around it."""
     if not (q.shape[-2] == 1 and q.device.type == "cpu" and q.dtype == torch.float32 and k.dtype == torch.bfloat16
             and q.shape[-1] % 32 == 0 and q.shape[-1] <= 256 and k.stride(-1) == 1
             and (mask is None or mask.is_floating_point())):
@@ -115,8 +115,7 @@ class KVCache(nn.Module):
         super().__init__()
         shape = (2, batch, n_heads, max_len, head_dim)
         # On CPU on 2 MB pages: a step reads the whole filled cache (engine/hugepages.py)
-        kv = huge_zeros(shape, dtype) if torch.device(device).type == "cpu" else torch.zeros(shape, dtype=dtype, device=device)
-        self.register_buffer("kv", kv, persistent=False)
+        self.register_buffer("kv", huge_zeros(shape, dtype, device), persistent=False)
 
     @property
     def k(self) -> Tensor:
