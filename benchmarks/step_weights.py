@@ -10,11 +10,16 @@ per pass, so no matrix is reused within a pass and every weight comes from memor
   output scale): w8a8's fallback, and what it ran on before the native kernel.
 - `onednn-w8a8`: the same rounding with oneDNN's `qlinear_pointwise` as the kernel (what w8a8 ran on before
   fbgemm): each row rounded to uint8 on its own scale in front, the row's scale multiplied in after.
-- `ours-int4`: `engine.quantize.Int4Linear`, group 128 (`--dtype int4`).
+- `ours-int4`: the int4 linear `--dtype int4` builds on this CPU (`engine.quantize.int4_linear`: the native kernel,
+  int4 weights in groups of 32 times int8 rows, where it builds).
+- `torch-int4`: `engine.quantize.Int4Linear`, group 32: torch's weight-only int4 kernel, int4's fallback.
 - `ort-8bit` / `ort-4bit`: onnxruntime's `MatMulNBits` (block 128, `accuracy_level=4`: activations rounded to int8
   per block inside the op), all 144 nodes in one session, so one call streams the whole step's weights and pays
   the Python-to-onnxruntime crossing once. Only with `pip install onnxruntime onnx`.
 - `bandwidth`: a sum over 512 MB of fp32 (what `bench` reports as the machine's read bandwidth).
+- `bandwidth-2mb`: the same sum over a buffer on 2 MB pages (engine/hugepages.py), as the native rows' weights are.
+
+The native rows' weights lie in one buffer on 2 MB pages, as in the LM (`gather_native_weights`).
 
 The rows run interleaved in every round, so a change in the host's load hits all of them alike; a round's figure
 is the best of `--passes`. Every round is printed, then the median round per row with its weight bytes, GB/s, and
@@ -34,10 +39,13 @@ import numpy as np
 import torch
 
 from engine.lm import LMConfig
-from engine.quantize import FbgemmW8A8Linear, Int4Linear, _scripted, module_bytes, quantize_rows, w8a8_linear
+from engine.hugepages import huge_empty
+from engine.quantize import (FbgemmW8A8Linear, Int4Linear, _scripted, gather_native_weights, int4_linear, module_bytes,
+                             quantize_rows, w8a8_linear)
 from engine.threads import in_own_thread
 
-ROWS = ("bandwidth", "ours-w8a8", "fbgemm-w8a8", "onednn-w8a8", "ours-int4", "ort-8bit", "ort-4bit")
+ROWS = ("bandwidth", "bandwidth-2mb", "ours-w8a8", "fbgemm-w8a8", "onednn-w8a8", "ours-int4", "torch-int4", "ort-8bit",
+        "ort-4bit")
 
 
 def step_shapes(cfg: LMConfig = LMConfig()) -> list[tuple[int, int]]:
@@ -138,11 +146,15 @@ def build_rows(names: list[str], threads: int) -> dict[str, tuple[Callable[[], N
         if name == "bandwidth":
             buf = torch.randn(512 * 2**20 // 4)
             rows[name] = (lambda buf=buf: buf.sum()), buf.numel() * 4
-        elif name in ("ours-w8a8", "fbgemm-w8a8", "onednn-w8a8", "ours-int4"):
+        elif name == "bandwidth-2mb":
+            buf = huge_empty((512 * 2**20 // 4,), torch.float32).normal_()
+            rows[name] = (lambda buf=buf: buf.sum()), buf.numel() * 4
+        elif name in ("ours-w8a8", "fbgemm-w8a8", "onednn-w8a8", "ours-int4", "torch-int4"):
             g = torch.Generator().manual_seed(0)
             make = {"ours-w8a8": w8a8_linear, "fbgemm-w8a8": FbgemmW8A8Linear, "onednn-w8a8": OneDNNW8A8,
-                    "ours-int4": lambda w: Int4Linear(w, 128)}[name]
+                    "ours-int4": int4_linear, "torch-int4": lambda w: Int4Linear(w, 32)}[name]
             layers = [make(torch.randn(n, k, generator=g) * 0.02) for n, k in shapes]
+            gather_native_weights(torch.nn.ModuleList(layers))
             nbytes = sum(module_bytes(layer) for layer in layers)
             rows[name] = torch_pass(layers, inputs), nbytes
         elif name in ("ort-8bit", "ort-4bit"):

@@ -22,17 +22,18 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).with_name("native") / name for name in ("w8a8_linear.cpp", "decode_attention.cpp"))
+SOURCES = tuple(Path(__file__).with_name("native") / name for name in ("w8a8_linear.cpp", "int4_linear.cpp", "decode_attention.cpp"))
 # Each kernel's CPU check. torch's own checks, not ops of the library: `supports` may be asked while the decode step
 # is being traced, and the tracer refuses an op that returns a bool.
-KERNELS = {"w8a8_linear": torch.cpu._is_vnni_supported, "decode_attention": torch.cpu._is_avx512_bf16_supported}
+KERNELS = {"w8a8_linear": torch.cpu._is_vnni_supported, "int4_linear": torch.cpu._is_vnni_supported,
+           "decode_attention": torch.cpu._is_avx512_bf16_supported}
 CACHE = Path(os.environ.get("MUSICGEN_BRIDGE_CACHE", Path.home() / ".cache" / "musicgen-bridge")) / "native"
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
 
 
-HEADERS = (Path(__file__).with_name("native") / "vec_math.h",)
+HEADERS = tuple(Path(__file__).with_name("native") / name for name in ("vec_math.h", "quantize_row.h"))
 
 
 def build_dir() -> Path:
@@ -56,7 +57,7 @@ def load() -> bool:
 
 def supports(kernel: str) -> bool:
     """`kernel` (one of `KERNELS`) runs here: the library is loaded and the CPU has the instructions it needs
-    (AVX-512 VNNI for w8a8_linear, AVX512_BF16 for decode_attention)."""
+    (AVX-512 VNNI for the linears, AVX512_BF16 for decode_attention)."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}: one of {', '.join(KERNELS)}")
     return load() and bool(KERNELS[kernel]())

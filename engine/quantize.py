@@ -14,9 +14,11 @@ them several times faster, and fewer bytes per weight stream faster still. Measu
   LayerNorms and the GELU in front of its linears, its weights in one buffer on 2 MB pages) or by fbgemm's int8
   linear; fp32 out. The w8a8 model keeps its output heads weight-only int8 (`prepare_for_cpu`): the logits are where
   rounding is least diluted.
-- `Int4Linear`: weight-only int4 in groups of `INT4_GROUP` input columns (asymmetric: a scale and a zero point
-  per group), torch's `_weight_int4pack_mm_for_cpu`; bf16 activations in and out, as int8. The int4 model keeps
-  its output heads in int8 (`prepare_for_cpu`): the logits are where rounding is least diluted.
+- `NativeInt4Linear`: int4 weights in groups of `INT4_GROUP` input columns (asymmetric: a scale and an offset per
+  group, fp16) times int8 activations, on the project's kernel, with norms, GELU and 2 MB pages as w8a8's.
+- `Int4Linear`: weight-only int4 in the same groups on torch's `_weight_int4pack_mm_for_cpu`, bf16 activations in
+  and out, where the native kernel cannot run (`int4_linear(weight)` picks). The int4 model keeps its output heads
+  in int8 (`prepare_for_cpu`): the logits are where rounding is least diluted.
 
 Outputs come in the narrow dtype on purpose: the LM adds them to its fp32 residual stream (type promotion does the
 cast within the add) and feeds fc1's output through GELU to fc2 in bf16 (what fc2 would round it to anyway), so
@@ -212,37 +214,20 @@ def w8a8_linear(weight: Tensor) -> W8A8Linear:
     return NativeW8A8Linear(weight) if native.supports("w8a8_linear") else FbgemmW8A8Linear(weight)
 
 
-class NativeW8A8Linear(W8A8Linear):
-    """w8a8 on `torch.ops.musicgen_bridge.w8a8_linear`: the weight packed in 64-column blocks, the rows rounded
-    inside the op (so the traced step has one op per matmul), the threads torch's own.
+class NativeLinear(nn.Module):
+    """What the project's linear kernels (engine/native) share: the LayerNorm in front of the linear and the GELU
+    between fc1 and fc2 can be applied to the rows inside the op as it rounds them (`absorb_norm`, `absorb_gelu`;
+    `fuse_into_native_linears` does it for the LM), and the packed weight can live in the LM's one buffer on 2 MB
+    pages (`gather_native_weights`)."""
 
-    The op can also apply the LayerNorm in front of the linear and the GELU between fc1 and fc2 to the rows as it
-    rounds them (`absorb_norm`, `absorb_gelu`; `fuse_into_native_linears` does it for the LM): no op and no pass
-    over memory of their own."""
+    packed: Tensor
 
-    kernel = "native"
-
-    def __init__(self, weight: Tensor):
+    def __init__(self) -> None:
         super().__init__()
-        from engine import native
-
-        if not native.supports("w8a8_linear"):
-            raise RuntimeError(f"the native w8a8 kernel does not run here: {native.why_not() or 'this CPU lacks AVX-512 VNNI'}")
-        self.out_features, self.in_features = weight.shape
         self.register_buffer("norm_weight", None, persistent=False)  # set by absorb_norm
         self.register_buffer("norm_bias", None, persistent=False)
         self.eps = 1e-5
         self.gelu = False
-        q, scale = quantize_rows(weight)
-        packed = torch.ops.musicgen_bridge.w8a8_pack(q)
-        padded = packed.shape[0] * packed.shape[2]  # N rounded up to whole blocks; the padding's weights are 0
-        colsum = torch.zeros(padded, dtype=torch.int32)
-        colsum[: self.out_features] = q.sum(1, dtype=torch.int32)
-        wscale = torch.zeros(padded)
-        wscale[: self.out_features] = scale
-        self.register_buffer("packed", packed, persistent=False)
-        self.register_buffer("colsum", colsum, persistent=False)
-        self.register_buffer("wscale", wscale, persistent=False)
 
     def absorb_norm(self, norm: nn.LayerNorm) -> None:
         """Apply `norm` to the rows inside the op (the caller drops the norm from the model)."""
@@ -256,6 +241,36 @@ class NativeW8A8Linear(W8A8Linear):
         """Apply GELU (erf form) to the rows inside the op (the caller drops the GELU from the model)."""
         self.gelu = True
 
+    def fused_repr(self) -> str:
+        fused = (["layer norm"] if self.norm_weight is not None else []) + (["GELU"] if self.gelu else [])
+        return f", {' and '.join(fused)} in front" if fused else ""
+
+
+class NativeW8A8Linear(W8A8Linear, NativeLinear):
+    """w8a8 on `torch.ops.musicgen_bridge.w8a8_linear`: the weight packed in 64-column blocks, the rows rounded
+    inside the op (so the traced step has one op per matmul), the threads torch's own; norms and GELU as
+    `NativeLinear` says."""
+
+    kernel = "native"
+
+    def __init__(self, weight: Tensor):
+        super().__init__()
+        from engine import native
+
+        if not native.supports("w8a8_linear"):
+            raise RuntimeError(f"the native w8a8 kernel does not run here: {native.why_not() or 'this CPU lacks AVX-512 VNNI'}")
+        self.out_features, self.in_features = weight.shape
+        q, scale = quantize_rows(weight)
+        packed = torch.ops.musicgen_bridge.w8a8_pack(q)
+        padded = packed.shape[0] * packed.shape[2]  # N rounded up to whole blocks; the padding's weights are 0
+        colsum = torch.zeros(padded, dtype=torch.int32)
+        colsum[: self.out_features] = q.sum(1, dtype=torch.int32)
+        wscale = torch.zeros(padded)
+        wscale[: self.out_features] = scale
+        self.register_buffer("packed", packed, persistent=False)
+        self.register_buffer("colsum", colsum, persistent=False)
+        self.register_buffer("wscale", wscale, persistent=False)
+
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
         y = torch.ops.musicgen_bridge.w8a8_linear(x.reshape(-1, shape[-1]).float(), self.packed, self.colsum, self.wscale,
@@ -263,8 +278,7 @@ class NativeW8A8Linear(W8A8Linear):
         return y.view(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        fused = (["layer norm"] if self.norm_weight is not None else []) + (["GELU"] if self.gelu else [])
-        return super().extra_repr() + (f", {' and '.join(fused)} in front" if fused else "")
+        return super().extra_repr() + self.fused_repr()
 
     def dequantized(self) -> Tensor:
         blocks, steps, width, four = self.packed.shape
@@ -311,7 +325,7 @@ class FbgemmW8A8Linear(W8A8Linear):
 
 
 def fuse_into_native_linears(lm: nn.Module) -> int:
-    """Move each block's LayerNorms and its GELU into the native w8a8 linears that read their output (norm1 into
+    """Move each block's LayerNorms and its GELU into the native linears (`NativeLinear`) that read their output (norm1 into
     attn.wqkv, norm_cross into cross.wq, norm2 into fc1, act into fc2), replacing them with `nn.Identity`: each norm
     or GELU output feeds exactly that one linear in `engine.lm.Block`. Returns how many were moved."""
     pairs = (("norm1", "attn.wqkv"), ("norm_cross", "cross.wq"), ("norm2", "fc1"))
@@ -322,11 +336,11 @@ def fuse_into_native_linears(lm: nn.Module) -> int:
             if norm is None:  # a model without cross-attention has no norm_cross
                 continue
             linear = block.get_submodule(linear_name)
-            if isinstance(norm, nn.LayerNorm) and isinstance(linear, NativeW8A8Linear):
+            if isinstance(norm, nn.LayerNorm) and isinstance(linear, NativeLinear):
                 linear.absorb_norm(norm)
                 setattr(block, norm_name, nn.Identity())
                 moved += 1
-        if isinstance(getattr(block, "act", None), nn.GELU) and block.act.approximate == "none" and isinstance(block.fc2, NativeW8A8Linear):
+        if isinstance(getattr(block, "act", None), nn.GELU) and block.act.approximate == "none" and isinstance(block.fc2, NativeLinear):
             block.fc2.absorb_gelu()
             block.act = nn.Identity()
             moved += 1
@@ -334,20 +348,20 @@ def fuse_into_native_linears(lm: nn.Module) -> int:
 
 
 def gather_native_weights(lm: nn.Module) -> int:
-    """Move the native w8a8 linears' packed weights into one buffer on 2 MB pages, in the order a step reads them
+    """Move the native linears' packed weights into one buffer on 2 MB pages, in the order a step reads them
     (engine/hugepages.py says why); each layer keeps a view. One matrix at a time, so memory grows by one matrix.
     Returns the buffer's bytes (0 when there is nothing to gather)."""
     from engine.hugepages import huge_empty
 
-    layers = [m for m in lm.modules() if isinstance(m, NativeW8A8Linear)]
-    total = sum(m.packed.numel() for m in layers)
+    layers = [m for m in lm.modules() if isinstance(m, NativeLinear)]
+    total = sum(m.packed.numel() for m in layers)  # bytes: every packed weight is int8 or uint8
     if not total:
         return 0
-    arena = huge_empty((total,), torch.int8)
+    arena = huge_empty((total,), torch.uint8)
     at = 0
     for m in layers:
         n = m.packed.numel()
-        view = arena[at : at + n].view(m.packed.shape)
+        view = arena[at : at + n].view(m.packed.dtype).view(m.packed.shape)
         view.copy_(m.packed)
         m.packed = view
         at += n
@@ -418,6 +432,98 @@ class Int4Linear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, int4 weight-only, groups of {self.group}"
 
 
+class NativeInt4Linear(NativeLinear):
+    """int4 weights (asymmetric groups of `group` input columns: w = lo + scale q, q in 0..15, fp16 scale and lo
+    per group and column) times int8 activations (rounded per row as w8a8 rounds them), on
+    `torch.ops.musicgen_bridge.int4_linear` (engine/native/int4_linear.cpp): half int8's weight bytes, the same
+    integer dot products. Norms and GELU as `NativeLinear` says."""
+
+    kernel = "native"
+
+    def __init__(self, weight: Tensor, group: int):
+        super().__init__()
+        from engine import native
+
+        if not native.supports("int4_linear"):
+            raise RuntimeError(f"the native int4 kernel does not run here: {native.why_not() or 'this CPU lacks AVX-512 VNNI'}")
+        if not native_int4_fits(weight, group):
+            raise ValueError(f"a {tuple(weight.shape)} weight is not whole groups of {group} inputs with fp16 scales")
+        self.out_features, self.in_features = weight.shape
+        self.group = min(group, self.in_features)
+        q, scale, lo = quantize_groups_fp16(weight, self.group)
+        self.register_buffer("packed", pack_int4(q, scale, lo, self.group), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        y = torch.ops.musicgen_bridge.int4_linear(x.reshape(-1, shape[-1]).float(), self.packed, self.out_features,
+                                                  self.group, self.norm_weight, self.norm_bias, self.eps, self.gelu)
+        return y.view(*shape[:-1], self.out_features)
+
+    def dequantized(self) -> Tensor:
+        """The weight the kernel multiplies by, [N, K] fp32 (unpacked from the packed bytes)."""
+        q, scale, lo = unpack_int4(self.packed, self.group)
+        w = lo.repeat_interleave(self.group, 1) + scale.repeat_interleave(self.group, 1) * q
+        return w[: self.out_features, : self.in_features]
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, int4 weights in groups of {self.group} and int8 "
+                f"activations (per row), native{self.fused_repr()}")
+
+
+INT4_BLOCK = 64  # output columns per block of the native int4 layout
+
+
+def native_int4_fits(weight: Tensor, group: int) -> bool:
+    """The native int4 layout's rules: whole groups of a multiple of 4 inputs, and group ranges that fp16 holds."""
+    N, K = weight.shape
+    g = min(group, K)
+    if K % g or g % 4:
+        return False
+    w = weight.detach().float().view(N, K // g, g)
+    return bool((w.amax(-1) - w.amin(-1)).abs().max() < 6e4 and w.abs().max() < 6e4)
+
+
+def quantize_groups_fp16(weight: Tensor, group: int) -> tuple[Tensor, Tensor, Tensor]:
+    """`quantize_groups` with the scale and lo rounded to fp16 first and q rounded against the rounded pair, so
+    lo + scale q (in fp32) is exactly what the native kernel multiplies by. Returns (q uint8, scale, lo) as fp32."""
+    N, K = weight.shape
+    _, scale, lo = quantize_groups(weight, group)
+    scale, lo = scale.half().float(), lo.half().float()
+    w = weight.detach().float().view(N, K // group, group)
+    q = torch.round((w - lo[..., None]) / scale.clamp(min=2.0**-24)[..., None]).clamp_(0, 15).to(torch.uint8)
+    return q.view(N, K), scale, lo
+
+
+def pack_int4(q: Tensor, scale: Tensor, lo: Tensor, group: int) -> Tensor:
+    """q [N, K] (0..15), scale and lo [N, K/group] -> engine/native/int4_linear.cpp's layout, uint8 [N/64 blocks,
+    K/group, group/4 * 128 + 256]: per group, its k-steps of 64 columns x 4 inputs (two 64-byte halves, the low
+    nibbles of each half its first 16 columns, the high nibbles the next 16), then 64 fp16 scales and 64 fp16 lo."""
+    N, K = q.shape
+    blocks, groups, steps = -(-N // INT4_BLOCK), K // group, group // 4
+    padded = torch.zeros(blocks * INT4_BLOCK, K, dtype=torch.uint8)
+    padded[:N] = q
+    # [block, quarter of 16 columns, column, group, k-step, input] -> [block, group, k-step, quarter, column, input]
+    t = padded.view(blocks, 4, 16, groups, steps, 4).permute(0, 3, 4, 1, 2, 5)
+    halves = torch.stack([t[:, :, :, 0] | (t[:, :, :, 1] << 4), t[:, :, :, 2] | (t[:, :, :, 3] << 4)], 3)
+    nibbles = halves.reshape(blocks, groups, steps * 128)
+    pairs = torch.zeros(2, blocks * INT4_BLOCK, groups, dtype=torch.float16)  # padding columns: scale 0, lo 0
+    pairs[0, :N], pairs[1, :N] = scale.half(), lo.half()
+    pairs = pairs.view(2, blocks, INT4_BLOCK, groups).permute(1, 3, 0, 2).contiguous()  # [block, group, 2, 64]
+    return torch.cat([nibbles, pairs.view(torch.uint8).view(blocks, groups, 256)], -1).contiguous()
+
+
+def unpack_int4(packed: Tensor, group: int) -> tuple[Tensor, Tensor, Tensor]:
+    """`pack_int4` undone: (q, scale, lo) as fp32 [N padded to blocks, K], [N padded, K/group] twice."""
+    blocks, groups, _ = packed.shape
+    steps = group // 4
+    halves = packed[..., : steps * 128].reshape(blocks, groups, steps, 2, 16, 4)
+    quarters = torch.stack([halves[:, :, :, 0] & 15, halves[:, :, :, 0] >> 4, halves[:, :, :, 1] & 15, halves[:, :, :, 1] >> 4], 3)
+    q = quarters.permute(0, 3, 4, 1, 2, 5).reshape(blocks * INT4_BLOCK, groups * group).float()
+    pairs = packed[..., steps * 128 :].contiguous().view(torch.float16).view(blocks, groups, 2, INT4_BLOCK)
+    scale, lo = (pairs[:, :, i].permute(0, 2, 1).reshape(blocks * INT4_BLOCK, groups).float() for i in (0, 1))
+    return q, scale, lo
+
+
 def module_bytes(module: nn.Module, recurse: bool = True) -> int:
     """Bytes of a module's parameters and buffers, plus what its layers hold packed outside tensors (`W8A8Linear`)."""
     tensors = [*module.parameters(recurse=recurse), *module.buffers(recurse=recurse)]
@@ -426,8 +532,17 @@ def module_bytes(module: nn.Module, recurse: bool = True) -> int:
     return sum(t.numel() * t.element_size() for t in tensors) + packed
 
 
-def _int4_or_int8(weight: Tensor) -> nn.Module:
-    return Int4Linear(weight, INT4_GROUP) if int4_fits(weight, INT4_GROUP) else Int8Linear(weight)
+def int4_linear(weight: Tensor) -> nn.Module:
+    """The fastest int4 linear this machine runs for `weight`: the native kernel (int8 activations) when it builds,
+    the CPU has AVX-512 VNNI and the weight fits its layout; else torch's weight-only kernel; else (a shape neither
+    takes) weight-only int8."""
+    from engine import native
+
+    if native.supports("int4_linear") and native_int4_fits(weight, INT4_GROUP):
+        return NativeInt4Linear(weight, INT4_GROUP)
+    if int4_supported() and int4_fits(weight, INT4_GROUP):
+        return Int4Linear(weight, INT4_GROUP)
+    return Int8Linear(weight)
 
 
 def _swap_linears(module: nn.Module, make) -> int:
@@ -445,8 +560,8 @@ def _swap_linears(module: nn.Module, make) -> int:
 def prepare_for_cpu(lm: nn.Module, weights: str) -> nn.Module:
     """Swap the LM's linears for prepacked ones in `weights` format ("float32", "bfloat16", "int8", "w8a8" or
     "int4"), in place. w8a8 and int4 keep the output heads (and int4 any matrix the kernel's shape rules refuse)
-    in weight-only int8. On the native w8a8 kernel the norms and GELU move into the linears and the packed weights
-    into one buffer (`fuse_into_native_linears`, `gather_native_weights`).
+    in weight-only int8. On the native kernels (w8a8, int4) the norms and GELU move into the linears and the packed
+    weights into one buffer (`fuse_into_native_linears`, `gather_native_weights`).
 
     The activations keep the LM's dtype (`lm.dtype`). Without oneDNN the fp32/bf16 linears stay plain `nn.Linear`s.
     """
@@ -456,10 +571,9 @@ def prepare_for_cpu(lm: nn.Module, weights: str) -> nn.Module:
         heads = getattr(lm, "heads", None)
         if isinstance(heads, nn.Linear):
             lm.heads = Int8Linear(heads.weight)
-        n = _swap_linears(lm, _int4_or_int8 if weights == "int4" else w8a8_linear)
-        if weights == "w8a8":
-            log.debug("moved %d norms and GELUs into the native linears", fuse_into_native_linears(lm))
-            gather_native_weights(lm)
+        n = _swap_linears(lm, int4_linear if weights == "int4" else w8a8_linear)
+        log.debug("moved %d norms and GELUs into the native linears", fuse_into_native_linears(lm))
+        gather_native_weights(lm)
     elif weights == "int8":
         n = _swap_linears(lm, Int8Linear)
     elif not onednn_available():

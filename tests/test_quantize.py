@@ -8,8 +8,9 @@ quantizer from a broken one.
 w8a8 (int8 weights and int8 activations, one scale per activation row, heads weight-only int8) is held to
 int8's bounds: it measures cosine ~0.9995, KL ~1.5e-3, top-1 ~0.92 here (1.6x weight-only int8's KL).
 
-int4 (groups of 32, asymmetric, heads in int8) is a much coarser format: on this model it measures cosine ~0.97,
-KL ~0.09 nats, top-1 ~0.61, about 100x int8's KL (its rounding error is ~13x per-row int8's). Its bounds
+int4 (groups of 32, asymmetric, heads in int8; int8 activations on the native kernel, bf16 on torch's) is a much
+coarser format: on this model it measures cosine ~0.97, KL ~0.09 nats, top-1 ~0.61, about 100x int8's KL (its
+rounding error is ~13x per-row int8's). Its bounds
 leave ~3x room in KL; 3-bit rounding of the same groups breaks them (a test checks that). That int4 cannot meet
 int8's bounds is why `--dtype auto` stays int8 on CPU (benchmarks/RESULTS.md).
 """
@@ -22,9 +23,10 @@ import torch
 from engine.assemble import build_lm, lm_config, lm_state_from_hf
 from engine.devices import resolve_dtype
 from engine import native
-from engine.quantize import (INT4_GROUP, FbgemmW8A8Linear, Int4Linear, Int8Linear, NativeW8A8Linear, PackedLinear, W8A8Linear,
-                             bf16_supported, int4_supported, logit_agreement, quantize_groups, quantize_rows, w8a8_linear,
-                             w8a8_supported)
+from engine.quantize import (INT4_GROUP, FbgemmW8A8Linear, Int4Linear, Int8Linear, NativeInt4Linear, NativeLinear,
+                             NativeW8A8Linear, PackedLinear, W8A8Linear, bf16_supported, int4_linear, int4_supported,
+                             logit_agreement, pack_int4, quantize_groups, quantize_groups_fp16, quantize_rows,
+                             unpack_int4, w8a8_linear, w8a8_supported)
 from engine.tiny import tiny_config, tiny_reference_model
 
 BOUNDS = {  # mean cosine >=, mean KL <= (nats), top-1 agreement >=
@@ -174,15 +176,116 @@ def test_int4_linear_equals_a_dequantized_reference_matmul():
 def test_int4_model_holds_int4_weights_and_int8_heads(tiny):
     fp32, int4 = _lm(tiny, torch.float32), _lm(tiny, torch.int4)
     assert isinstance(int4.heads, Int8Linear)
-    int4s = [m for m in int4.modules() if isinstance(m, Int4Linear)]
+    kind = NativeInt4Linear if native.supports("int4_linear") else Int4Linear
+    int4s = [m for m in int4.modules() if isinstance(m, kind)]
     assert len(int4s) == 7 * tiny[0].n_layers  # per layer: wqkv, wo, cross wq/wkv/wo, fc1, fc2
 
     def linear_bytes(lm, kinds):
-        return sum(b.numel() * b.element_size() for m in lm.modules() if isinstance(m, kinds) for b in m.buffers())
+        return sum(b.numel() * b.element_size() for m in lm.modules() if isinstance(m, kinds) for b in m.buffers(recurse=False)
+                   if b is not getattr(m, "norm_weight", None) and b is not getattr(m, "norm_bias", None))
 
-    # 4 bits a weight plus a bf16 scale and zero per 32: 5/32 of fp32's bytes.
-    assert linear_bytes(int4, Int4Linear) < 0.17 * linear_bytes(fp32.layers, PackedLinear)
+    # 4 bits a weight plus a 16-bit scale and zero per 32: 5/32 of fp32's bytes.
+    assert linear_bytes(int4, kind) < 0.17 * linear_bytes(fp32.layers, PackedLinear)
     assert int4.dtype == torch.int4 and int4.act_dtype == torch.float32
+
+
+def _int4_reference(lin: NativeInt4Linear, x: torch.Tensor) -> torch.Tensor:
+    """What the native int4 op computes, by hand in float64: each row rounded to int8 on its own scale, times the
+    4-bit codes with their fp16 scales and offsets."""
+    top = x.abs().amax(-1, keepdim=True).clamp(min=1e-30)
+    qx = torch.round(x * 127 / top).double()
+    return (qx @ lin.dequantized().double().t() * (top.double() / 127)).float()
+
+
+@needs_native
+def test_native_int4_packs_and_unpacks_its_codes_and_scales():
+    w = torch.randn(130, 96) * torch.linspace(0.1, 2, 130)[:, None]  # 130: not whole 64-column blocks
+    q, scale, lo = quantize_groups_fp16(w, 32)
+    got_q, got_scale, got_lo = unpack_int4(pack_int4(q, scale, lo, 32), 32)
+    assert torch.equal(got_q[:130], q.float()) and torch.equal(got_scale[:130], scale) and torch.equal(got_lo[:130], lo)
+    assert not got_q[130:].any() and not got_scale[130:].any()  # the padding columns are zero
+    deq = (lo.repeat_interleave(32, 1) + scale.repeat_interleave(32, 1) * q.float())
+    assert (deq - w).abs().max() <= scale.max() / 2 * 1.01  # within half a step (plus the fp16 rounding)
+
+
+@needs_native
+def test_native_int4_linear_equals_an_integer_reference_matmul():
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(130, 160, generator=g) * torch.linspace(0.1, 2, 130)[:, None]
+    x = torch.randn(2, 5, 160, generator=g) * torch.tensor([1.0, 30.0])[:, None, None]  # rows of different ranges
+    x[1, 2] = 0  # an all-zero row: zeros out, not NaN
+    lin = NativeInt4Linear(w, 32)
+    got = lin(x)
+    expected = _int4_reference(lin, x)
+    assert got.shape == (2, 5, 130) and got.dtype == torch.float32 and bool((got[1, 2] == 0).all())
+    tol = 1e-5 * expected.abs().amax(-1, keepdim=True)  # fp32 sums in another order: rounding only
+    assert bool(((got - expected).abs() <= tol).all())
+    # Negative control: the two halves of every k-step swapped (columns 0-31 read as 32-63) misses by far.
+    broken = NativeInt4Linear(w, 32)
+    steps = broken.packed[..., : 8 * 128].view(*broken.packed.shape[:2], 8, 2, 64)
+    broken.packed = torch.cat([steps.flip(3).reshape(*broken.packed.shape[:2], -1), broken.packed[..., 8 * 128 :]], -1)
+    assert bool(((broken(x) - expected).abs() > 100 * tol).any())
+
+
+@needs_native
+def test_native_int4_row_does_not_depend_on_its_companions():
+    g = torch.Generator().manual_seed(4)
+    lin = NativeInt4Linear(torch.randn(64, 96, generator=g) * 0.05, 32)
+    row = torch.randn(1, 96, generator=g)
+    alone = lin(row)
+    for companions in (torch.randn(3, 96, generator=g) * 50.0, torch.zeros(2, 96), torch.full((4, 96), float("nan"))):
+        out = lin(torch.cat([row, companions]))
+        assert torch.equal(out[:1], alone)
+    assert bool(out[1:].isnan().all())
+
+
+@needs_native
+@pytest.mark.parametrize("kind", ["w8a8", "int4"])
+def test_native_linears_apply_a_layer_norm_and_gelu_as_the_separate_ops_would(kind):
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(96, 224, generator=g) * 0.05
+    x = torch.randn(5, 224, generator=g) * 3 + 1
+    norm = torch.nn.LayerNorm(224)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5, generator=g)
+        norm.bias.uniform_(-0.2, 0.2, generator=g)
+    make = NativeW8A8Linear if kind == "w8a8" else (lambda w: NativeInt4Linear(w, 32))
+    plain, normed, gelued = make(w), make(w), make(w)
+    normed.absorb_norm(norm)
+    gelued.absorb_gelu()
+    with torch.no_grad():
+        for fused, separate in ((normed(x), plain(norm(x))), (gelued(x), plain(torch.nn.functional.gelu(x)))):
+            # The prepared rows differ from torch's by float rounding, which can move an entry across a rounding
+            # boundary now and then: one int8 step of one entry, ~1e-3 of a row's range at most.
+            assert (fused - separate).abs().max() <= 2e-3 * separate.abs().max()
+        # Negative control: the norm (or GELU) left out misses by far.
+        assert (normed(x) - plain(x)).abs().max() > 0.1 * plain(norm(x)).abs().max()
+        assert (gelued(x) - plain(x)).abs().max() > 0.1 * plain(x).abs().max()
+    with pytest.raises(ValueError, match="LayerNorm over the 224 inputs"):
+        plain.absorb_norm(torch.nn.LayerNorm(100))
+
+
+@needs_native
+def test_int4_model_runs_on_the_native_kernel_with_its_norms_and_gelu_inside(tiny, monkeypatch):
+    assert native.supports("int4_linear"), native.why_not()
+    lm = _lm(tiny, torch.int4)
+    assert all(isinstance(getattr(block, name), torch.nn.Identity) for block in lm.layers
+               for name in ("norm1", "norm_cross", "norm2", "act"))
+    # The fused model follows the unfused one (the same int4 weights, the norms and GELU as separate ops).
+    monkeypatch.setattr("engine.quantize.fuse_into_native_linears", lambda lm: 0)
+    unfused = _lm(tiny, torch.int4)
+    assert isinstance(unfused.layers[0].norm1, torch.nn.LayerNorm)
+    agree = logit_agreement(unfused, lm, tiny[2][:, :, :20], tiny[3])
+    assert agree["cosine"] > 0.999 and agree["top1"] > 0.9
+
+
+def test_int4_falls_back_to_torch_where_the_native_kernel_is_unavailable(monkeypatch):
+    monkeypatch.setattr(native, "supports", lambda kernel: False)
+    w = torch.randn(64, 64)
+    assert isinstance(int4_linear(w), Int4Linear if int4_supported() else Int8Linear)
+    # A weight the native layout refuses (inputs not whole groups of 4) goes to a kernel that takes it.
+    monkeypatch.undo()
+    assert not isinstance(int4_linear(torch.randn(64, 30)), NativeInt4Linear)
 
 
 @pytest.mark.parametrize("kernel", W8A8_KERNELS)
@@ -274,32 +377,12 @@ def test_w8a8_model_holds_int8_linears_and_weight_only_heads(tiny):
 
 
 @needs_native
-def test_native_w8a8_applies_a_layer_norm_and_gelu_as_the_separate_ops_would():
-    g = torch.Generator().manual_seed(5)
-    w = torch.randn(96, 200, generator=g) * 0.05
-    x = torch.randn(5, 200, generator=g) * 3 + 1
-    norm = torch.nn.LayerNorm(200)
-    with torch.no_grad():
-        norm.weight.uniform_(0.5, 1.5, generator=g)
-        norm.bias.uniform_(-0.2, 0.2, generator=g)
-    plain, normed, gelued = NativeW8A8Linear(w), NativeW8A8Linear(w), NativeW8A8Linear(w)
-    normed.absorb_norm(norm)
-    gelued.absorb_gelu()
-    with torch.no_grad():
-        for fused, separate in ((normed(x), plain(norm(x))), (gelued(x), plain(torch.nn.functional.gelu(x)))):
-            # The prepared rows differ from torch's by float rounding, which can move an entry across a rounding
-            # boundary now and then: one int8 step of one entry, ~1e-3 of a row's range at most.
-            assert (fused - separate).abs().max() <= 2e-3 * separate.abs().max()
-        # Negative control: the norm (or GELU) left out misses by far.
-        assert (normed(x) - plain(x)).abs().max() > 0.1 * plain(norm(x)).abs().max()
-        assert (gelued(x) - plain(x)).abs().max() > 0.1 * plain(x).abs().max()
+def test_native_gelu_follows_torchs_erf_gelu():
     # GELU of the kernel's own, against torch's erf GELU, through an identity weight wide enough to read it back.
     eye = NativeW8A8Linear(torch.eye(64))
     eye.absorb_gelu()
     z = torch.linspace(-6, 6, 64)[None]
     assert torch.allclose(eye(z), torch.nn.functional.gelu(z), atol=2 * 6 / 127)
-    with pytest.raises(ValueError, match="LayerNorm over the 200 inputs"):
-        plain.absorb_norm(torch.nn.LayerNorm(100))
 
 
 @needs_native

@@ -19,9 +19,12 @@
 #include <cstring>
 #include <vector>
 
-#include "vec_math.h"
+#include "quantize_row.h"
 
 namespace {
+
+using musicgen_bridge::quantize_row;
+using musicgen_bridge::RowPrep;
 
 constexpr int64_t kBlock = 64;  // output columns per block
 constexpr int64_t kPrefetch = 2048;  // bytes ahead of the loads: a few k-steps, past the hardware prefetcher's start
@@ -31,72 +34,6 @@ bool vnni512() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vnni");
-}
-
-// How a row is prepared before it is rounded: optionally a LayerNorm (the one in front of this linear in the model)
-// and GELU (the one between fc1 and fc2), so those need no ops, and no passes over memory, of their own.
-struct RowPrep {
-  const float* norm_weight = nullptr;  // [K] with norm_bias, or null: no norm
-  const float* norm_bias = nullptr;
-  float eps = 0.f;
-  bool gelu = false;
-};
-
-// One row as uint8 round(127 y / max|y|) + 128 into out ([Kp], padding 128), y the prepared row; returns the
-// row's scale max|y| / 127, NaN for a row with a NaN or infinity (its outputs are NaN, the other rows untouched).
-// tmp: K floats of scratch.
-__attribute__((target("avx512f,avx512bw"))) float quantize_row(const float* row, int64_t K, int64_t Kp, const RowPrep& prep,
-                                                               float* tmp, uint8_t* out) {
-  const auto mask_of = [&](int64_t k) {
-    return K - k >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (K - k)) - 1);
-  };
-  const float* y = row;
-  if (prep.norm_weight || prep.gelu) {
-    float mean = 0.f, rstd = 1.f;
-    if (prep.norm_weight) {  // two passes in fp32, as torch's CPU layer_norm
-      __m512 sum = _mm512_setzero_ps();
-      for (int64_t k = 0; k < K; k += 16) sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(mask_of(k), row + k));
-      mean = _mm512_reduce_add_ps(sum) / static_cast<float>(K);
-      __m512 sq = _mm512_setzero_ps();
-      const __m512 mv = _mm512_set1_ps(mean);
-      for (int64_t k = 0; k < K; k += 16) {
-        const __mmask16 m = mask_of(k);
-        const __m512 d = _mm512_maskz_sub_ps(m, _mm512_maskz_loadu_ps(m, row + k), mv);
-        sq = _mm512_fmadd_ps(d, d, sq);
-      }
-      rstd = 1.f / std::sqrt(_mm512_reduce_add_ps(sq) / static_cast<float>(K) + prep.eps);
-    }
-    for (int64_t k = 0; k < K; k += 16) {
-      const __mmask16 m = mask_of(k);
-      __m512 v = _mm512_maskz_loadu_ps(m, row + k);
-      if (prep.norm_weight)
-        v = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_sub_ps(v, _mm512_set1_ps(mean)), _mm512_set1_ps(rstd)),
-                            _mm512_maskz_loadu_ps(m, prep.norm_weight + k), _mm512_maskz_loadu_ps(m, prep.norm_bias + k));
-      if (prep.gelu) v = musicgen_bridge::gelu(v);
-      _mm512_mask_storeu_ps(tmp + k, m, v);
-    }
-    y = tmp;
-  }
-  __m512 top = _mm512_setzero_ps();
-  __mmask16 bad = 0;
-  const __m512 huge = _mm512_set1_ps(3.4028235e38f);
-  for (int64_t k = 0; k < K; k += 16) {
-    const __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(mask_of(k), y + k));
-    bad |= _mm512_cmp_ps_mask(a, huge, _CMP_NLE_UQ);  // above the largest float, or NaN
-    top = _mm512_max_ps(top, a);
-  }
-  std::memset(out, 128, Kp);
-  if (bad) return NAN;
-  const float largest = std::max(_mm512_reduce_max_ps(top), 1e-30f);  // an all-zero row gives zeros, not NaN
-  const __m512 inv = _mm512_set1_ps(127.f / largest);
-  const __m512i offset = _mm512_set1_epi32(128);
-  for (int64_t k = 0; k < K; k += 16) {
-    const __mmask16 m = mask_of(k);
-    // rounded to nearest, ties to even (the default rounding mode), as torch.round
-    const __m512i v = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, y + k), inv)), offset);
-    _mm512_mask_cvtepi32_storeu_epi8(out + k, m, v);
-  }
-  return largest / 127.f;
 }
 
 // R rows (R <= 4) against one block: acc[r][j] holds columns 16j..16j+15 of row r.
@@ -175,19 +112,8 @@ at::Tensor w8a8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
   TORCH_CHECK(N > (blocks - 1) * kBlock && N <= blocks * kBlock, "w8a8_linear: ", N, " outputs from ", blocks, " blocks");
   TORCH_CHECK(colsum.scalar_type() == at::kInt && colsum.numel() == blocks * kBlock && wscale.scalar_type() == at::kFloat &&
               wscale.numel() == blocks * kBlock, "w8a8_linear: colsum (int32) and wscale (fp32) of ", blocks * kBlock);
-  TORCH_CHECK(norm_weight.has_value() == norm_bias.has_value(), "w8a8_linear: a norm needs its weight and its bias");
-  RowPrep prep;
   at::Tensor nw, nb;
-  if (norm_weight.has_value()) {
-    nw = norm_weight->contiguous();
-    nb = norm_bias->contiguous();
-    TORCH_CHECK(nw.scalar_type() == at::kFloat && nb.scalar_type() == at::kFloat && nw.numel() == K && nb.numel() == K,
-                "w8a8_linear: the norm's weight and bias are fp32 [", K, "]");
-    prep.norm_weight = nw.data_ptr<float>();
-    prep.norm_bias = nb.data_ptr<float>();
-    prep.eps = static_cast<float>(eps);
-  }
-  prep.gelu = gelu;
+  const RowPrep prep = musicgen_bridge::row_prep(norm_weight, norm_bias, eps, gelu, K, "w8a8_linear", nw, nb);
   const at::Tensor rows = x.contiguous(), sums = colsum.contiguous(), scales = wscale.contiguous();
   at::Tensor q = at::empty({M, Kp}, at::kByte);
   at::Tensor rscale = at::empty({M}, at::kFloat);
@@ -196,7 +122,7 @@ at::Tensor w8a8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
     const float* xp = rows.data_ptr<float>();
     float* rsp = rscale.data_ptr<float>();
     uint8_t* qp = q.data_ptr<uint8_t>();
-    for (int64_t m = 0; m < M; ++m) rsp[m] = quantize_row(xp + m * K, K, Kp, prep, tmp.data(), qp + m * Kp);
+    for (int64_t m = 0; m < M; ++m) rsp[m] = quantize_row(xp + m * K, K, Kp, prep, 128, tmp.data(), qp + m * Kp);
   }
   at::Tensor y = at::empty({M, N}, at::kFloat);
   const int8_t* w = packed.data_ptr<int8_t>();

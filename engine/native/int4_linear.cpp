@@ -1,0 +1,171 @@
+// 4-bit weights x int8 activations for the decode step's matmuls: a few rows ([M, K], M = 2 per guided stream)
+// against [N, K] weights, where the cost is streaming the weights from memory once per step; half the bytes of
+// int8 weights, so twice the matrices per second from the same memory.
+//
+// Weights: asymmetric groups of G input columns, w = lo + s q with q in 0..15 and one fp16 (s, lo) pair per group
+// and column. Activations: rounded per row as the w8a8 kernel does (quantize_row.h), kept signed. VNNI multiplies
+// the unsigned nibbles by the signed activations in int32, and each group's sum becomes fp32 once:
+//     y = row_scale * sum_g (s * sum_{k in g} q a + lo * sum_{k in g} a).
+//
+// Layout: [N/64][K/G][G/4 k-steps of 128 bytes][64 fp16 s][64 fp16 lo]. A k-step holds 64 columns x 4 inputs in
+// two 64-byte loads; the low nibbles of the first are columns 0-15, its high nibbles 16-31, the second's 32-47 and
+// 48-63 (each 32-bit lane = one column's 4 inputs, as vpdpbusd takes them). The group's scales follow its nibbles,
+// so a block is one forward stream of memory.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "quantize_row.h"
+
+namespace {
+
+using musicgen_bridge::quantize_row;
+using musicgen_bridge::RowPrep;
+
+constexpr int64_t kBlock = 64;  // output columns per block
+constexpr int64_t kStepBytes = 128;  // one k-step of a block: 64 columns x 4 inputs x 4 bits
+constexpr int64_t kScaleBytes = 256;  // a group's 64 fp16 scales and 64 fp16 offsets
+constexpr int64_t kPrefetch = 2048;  // bytes ahead of the loads, as in the w8a8 kernel
+constexpr int64_t kMinBytes = 64 * 1024;  // weights per thread at least (see the parallel_for)
+
+bool vnni512() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vnni");
+}
+
+// R rows (R <= 4) against one block of `groups` groups of G inputs. a: R rows of Kp int8; asum: R rows of
+// `groups` int32 group sums of a; y: R rows of N outputs, columns n0.. written.
+template <int R>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void block_dot(const uint8_t* w, const int8_t* a, int64_t Kp,
+                                                                       int64_t G, const int32_t* asum, int64_t groups,
+                                                                       float* y, int64_t N, int64_t n0,
+                                                                       const float* rscale) {
+  const int64_t steps = G / 4, group_bytes = steps * kStepBytes + kScaleBytes;
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  __m512 f[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < 4; ++j) f[r][j] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    const uint8_t* p = w + g * group_bytes;
+    __m512i acc[R][4];
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_setzero_si512();
+    for (int64_t t = 0; t < steps; ++t) {
+      const uint8_t* s = p + t * kStepBytes;
+      _mm_prefetch(reinterpret_cast<const char*>(s) + kPrefetch, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(s) + kPrefetch + 64, _MM_HINT_T0);
+      const __m512i lo_half = _mm512_loadu_si512(s), hi_half = _mm512_loadu_si512(s + 64);
+      const __m512i wv[4] = {_mm512_and_si512(lo_half, low), _mm512_and_si512(_mm512_srli_epi16(lo_half, 4), low),
+                             _mm512_and_si512(hi_half, low), _mm512_and_si512(_mm512_srli_epi16(hi_half, 4), low)};
+      for (int r = 0; r < R; ++r) {
+        int32_t four;
+        std::memcpy(&four, a + r * Kp + g * G + 4 * t, 4);
+        const __m512i xv = _mm512_set1_epi32(four);
+        for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], wv[j], xv);  // unsigned q x signed a
+      }
+    }
+    const uint8_t* sc = p + steps * kStepBytes;
+    __m512 scale[4], offset[4];
+    for (int j = 0; j < 4; ++j) {
+      scale[j] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + 32 * j)));
+      offset[j] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + 128 + 32 * j)));
+    }
+    for (int r = 0; r < R; ++r) {
+      const __m512 sum = _mm512_set1_ps(static_cast<float>(asum[r * groups + g]));
+      for (int j = 0; j < 4; ++j)
+        f[r][j] = _mm512_fmadd_ps(offset[j], sum, _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][j]), scale[j], f[r][j]));
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < 4; ++j) {
+      const int64_t n = n0 + 16 * j;
+      if (n >= N) break;
+      const int64_t left = N - n;
+      const __mmask16 mask = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
+      _mm512_mask_storeu_ps(y + r * N + n, mask, _mm512_mul_ps(f[r][j], _mm512_set1_ps(rscale[r])));
+    }
+}
+
+void block_rows(int64_t R, const uint8_t* w, const int8_t* a, int64_t Kp, int64_t G, const int32_t* asum,
+                int64_t groups, float* y, int64_t N, int64_t n0, const float* rscale) {
+  switch (R) {
+    case 1: return block_dot<1>(w, a, Kp, G, asum, groups, y, N, n0, rscale);
+    case 2: return block_dot<2>(w, a, Kp, G, asum, groups, y, N, n0, rscale);
+    case 3: return block_dot<3>(w, a, Kp, G, asum, groups, y, N, n0, rscale);
+    default: return block_dot<4>(w, a, Kp, G, asum, groups, y, N, n0, rscale);
+  }
+}
+
+}  // namespace
+
+
+// x [M, K] fp32 times the packed weight's transpose (engine.quantize.pack_int4's layout, `group` inputs per group):
+// [M, N] fp32. With norm_weight and norm_bias, the rows are layer-normed first (eps); with gelu, GELU'd first.
+at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, int64_t N, int64_t group,
+                       const c10::optional<at::Tensor>& norm_weight, const c10::optional<at::Tensor>& norm_bias,
+                       double eps, bool gelu) {
+  TORCH_CHECK(vnni512(), "int4_linear needs a CPU with AVX-512 VNNI");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "int4_linear takes fp32 [M, K] rows");
+  TORCH_CHECK(group > 0 && group % 4 == 0, "int4_linear: groups of a multiple of 4 inputs, got ", group);
+  const int64_t M = x.size(0), K = x.size(1), groups = K / group;
+  TORCH_CHECK(K % group == 0, "int4_linear: ", K, " inputs are not whole groups of ", group);
+  const int64_t group_bytes = group / 4 * kStepBytes + kScaleBytes;
+  TORCH_CHECK(packed.dim() == 3 && packed.scalar_type() == at::kByte && packed.size(1) == groups &&
+              packed.size(2) == group_bytes && packed.is_contiguous(),
+              "int4_linear takes a weight packed by pack_int4 for ", K, " inputs in groups of ", group);
+  const int64_t blocks = packed.size(0);
+  TORCH_CHECK(N > (blocks - 1) * kBlock && N <= blocks * kBlock, "int4_linear: ", N, " outputs from ", blocks, " blocks");
+  at::Tensor nw, nb;
+  const RowPrep prep = musicgen_bridge::row_prep(norm_weight, norm_bias, eps, gelu, K, "int4_linear", nw, nb);
+  const at::Tensor rows = x.contiguous();
+  at::Tensor q = at::empty({M, K}, at::kChar);
+  at::Tensor rscale = at::empty({M}, at::kFloat);
+  at::Tensor asum = at::empty({M, groups}, at::kInt);
+  {
+    std::vector<float> tmp(K);
+    const float* xp = rows.data_ptr<float>();
+    float* rsp = rscale.data_ptr<float>();
+    int8_t* qp = q.data_ptr<int8_t>();
+    int32_t* sp = asum.data_ptr<int32_t>();
+    for (int64_t m = 0; m < M; ++m) {
+      rsp[m] = quantize_row(xp + m * K, K, K, prep, 0, tmp.data(), reinterpret_cast<uint8_t*>(qp + m * K));
+      for (int64_t g = 0; g < groups; ++g) {
+        int32_t s = 0;
+        for (int64_t k = g * group; k < (g + 1) * group; ++k) s += qp[m * K + k];
+        sp[m * groups + g] = s;
+      }
+    }
+  }
+  at::Tensor y = at::empty({M, N}, at::kFloat);
+  const uint8_t* w = packed.data_ptr<uint8_t>();
+  const int8_t* qp = q.data_ptr<int8_t>();
+  const int32_t* sp = asum.data_ptr<int32_t>();
+  const float* rs = rscale.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const int64_t block_bytes = groups * group_bytes;
+  // As the w8a8 kernel: blocks split across the threads, at least kMinBytes of weights each.
+  const int64_t grain = std::max<int64_t>(1, kMinBytes / block_bytes);
+  at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t m = 0; m < M; m += 4)
+        block_rows(std::min<int64_t>(4, M - m), w + b * block_bytes, qp + m * K, K, group, sp + m * groups, groups,
+                   yp + m * N, N, b * kBlock, rs + m);
+  });
+  return y;
+}
+
+TORCH_LIBRARY_FRAGMENT(musicgen_bridge, m) {
+  m.def("int4_linear(Tensor x, Tensor packed, int n, int group, Tensor? norm_weight=None, Tensor? norm_bias=None, "
+        "float eps=1e-5, bool gelu=False) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(musicgen_bridge, CPU, m) {
+  m.impl("int4_linear", &int4_linear);
+}

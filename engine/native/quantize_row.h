@@ -1,0 +1,105 @@
+// A decode step's activation row, prepared (LayerNorm, GELU) and rounded to 8 bits per value with one scale per
+// row: what both integer kernels (w8a8_linear.cpp, int4_linear.cpp) multiply. Compiled per function (target
+// attributes); the callers check the CPU first.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "vec_math.h"
+
+namespace musicgen_bridge {
+
+// How a row is prepared before it is rounded: optionally a LayerNorm (the one in front of this linear in the model)
+// and GELU (the one between fc1 and fc2), so those need no ops, and no passes over memory, of their own.
+struct RowPrep {
+  const float* norm_weight = nullptr;  // [K] with norm_bias, or null: no norm
+  const float* norm_bias = nullptr;
+  float eps = 0.f;
+  bool gelu = false;
+};
+
+// One row as round(127 y / max|y|) + offset into out ([Kp] bytes, padding = offset), y the prepared row; returns
+// the row's scale max|y| / 127, NaN for a row with a NaN or infinity (its outputs are NaN, the other rows
+// untouched). offset 128 gives uint8 (the w8a8 kernel's unsigned operand), 0 gives int8. tmp: K floats of scratch.
+__attribute__((target("avx512f,avx512bw"))) inline float quantize_row(const float* row, int64_t K, int64_t Kp,
+                                                                      const RowPrep& prep, int offset, float* tmp,
+                                                                      uint8_t* out) {
+  const auto mask_of = [&](int64_t k) {
+    return K - k >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (K - k)) - 1);
+  };
+  const float* y = row;
+  if (prep.norm_weight || prep.gelu) {
+    float mean = 0.f, rstd = 1.f;
+    if (prep.norm_weight) {  // two passes in fp32, as torch's CPU layer_norm
+      __m512 sum = _mm512_setzero_ps();
+      for (int64_t k = 0; k < K; k += 16) sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(mask_of(k), row + k));
+      mean = _mm512_reduce_add_ps(sum) / static_cast<float>(K);
+      __m512 sq = _mm512_setzero_ps();
+      const __m512 mv = _mm512_set1_ps(mean);
+      for (int64_t k = 0; k < K; k += 16) {
+        const __mmask16 m = mask_of(k);
+        const __m512 d = _mm512_maskz_sub_ps(m, _mm512_maskz_loadu_ps(m, row + k), mv);
+        sq = _mm512_fmadd_ps(d, d, sq);
+      }
+      rstd = 1.f / std::sqrt(_mm512_reduce_add_ps(sq) / static_cast<float>(K) + prep.eps);
+    }
+    for (int64_t k = 0; k < K; k += 16) {
+      const __mmask16 m = mask_of(k);
+      __m512 v = _mm512_maskz_loadu_ps(m, row + k);
+      if (prep.norm_weight)
+        v = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_sub_ps(v, _mm512_set1_ps(mean)), _mm512_set1_ps(rstd)),
+                            _mm512_maskz_loadu_ps(m, prep.norm_weight + k), _mm512_maskz_loadu_ps(m, prep.norm_bias + k));
+      if (prep.gelu) v = gelu(v);
+      _mm512_mask_storeu_ps(tmp + k, m, v);
+    }
+    y = tmp;
+  }
+  __m512 top = _mm512_setzero_ps();
+  __mmask16 bad = 0;
+  const __m512 huge = _mm512_set1_ps(3.4028235e38f);
+  for (int64_t k = 0; k < K; k += 16) {
+    const __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(mask_of(k), y + k));
+    bad |= _mm512_cmp_ps_mask(a, huge, _CMP_NLE_UQ);  // above the largest float, or NaN
+    top = _mm512_max_ps(top, a);
+  }
+  std::memset(out, offset, Kp);
+  if (bad) return NAN;
+  const float largest = std::max(_mm512_reduce_max_ps(top), 1e-30f);  // an all-zero row gives zeros, not NaN
+  const __m512 inv = _mm512_set1_ps(127.f / largest);
+  const __m512i shift = _mm512_set1_epi32(offset);
+  for (int64_t k = 0; k < K; k += 16) {
+    const __mmask16 m = mask_of(k);
+    // rounded to nearest, ties to even (the default rounding mode), as torch.round; stored as its low byte
+    const __m512i v = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, y + k), inv)), shift);
+    _mm512_mask_cvtepi32_storeu_epi8(out + k, m, v);
+  }
+  return largest / 127.f;
+}
+
+// An op's optional LayerNorm and GELU arguments as a RowPrep for rows of K values; nw and nb keep the contiguous
+// copies the RowPrep points into.
+inline RowPrep row_prep(const c10::optional<at::Tensor>& norm_weight, const c10::optional<at::Tensor>& norm_bias,
+                        double eps, bool gelu, int64_t K, const char* op, at::Tensor& nw, at::Tensor& nb) {
+  TORCH_CHECK(norm_weight.has_value() == norm_bias.has_value(), op, ": a norm needs its weight and its bias");
+  RowPrep prep;
+  if (norm_weight.has_value()) {
+    nw = norm_weight->contiguous();
+    nb = norm_bias->contiguous();
+    TORCH_CHECK(nw.scalar_type() == at::kFloat && nb.scalar_type() == at::kFloat && nw.numel() == K && nb.numel() == K,
+                op, ": the norm's weight and bias are fp32 [", K, "]");
+    prep.norm_weight = nw.data_ptr<float>();
+    prep.norm_bias = nb.data_ptr<float>();
+    prep.eps = static_cast<float>(eps);
+  }
+  prep.gelu = gelu;
+  return prep;
+}
+
+}  // namespace musicgen_bridge
