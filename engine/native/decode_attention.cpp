@@ -23,6 +23,9 @@
 namespace {
 
 constexpr int64_t kMaxHeadDim = 256;
+// Bytes ahead of the loads: each head's keys (then values) are one stream of L x 2d bytes, and the hardware
+// prefetcher alone kept one thread at ~2/3 of the memory's rate on it (benchmarks/RESULTS.md: 1-8 KB measured).
+constexpr int64_t kPrefetch = 4096;
 constexpr int64_t kMinBytes = 64 * 1024;  // cache bytes per thread at least (see the parallel_for)
 
 bool bf16_dot() {
@@ -41,6 +44,42 @@ struct Head {
   float* out;             // [d]
 };
 
+// out[i] = the sum of v[i]'s 16 lanes, for 16 vectors at once: a transposing tree of 45 shuffles and adds, where
+// 16 separate horizontal sums would take ~8 dependent steps each.
+__attribute__((target("avx512f"))) inline __m512 sum16(const __m512* v) {
+  __m512 a[8], c[4];
+  for (int i = 0; i < 8; ++i)  // per 128-bit lane: [v2i 0+2, v2i+1 0+2, v2i 1+3, v2i+1 1+3]
+    a[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 4; ++i) {  // per 128-bit lane: the lane's sum of v4i .. v4i+3
+    const __m512d x = _mm512_castps_pd(a[2 * i]), y = _mm512_castps_pd(a[2 * i + 1]);
+    c[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  __m512 f[2];
+  for (int i = 0; i < 2; ++i)  // lanes: [c2i L0+L1, c2i L2+L3, c2i+1 L0+L1, c2i+1 L2+L3]
+    f[i] = _mm512_add_ps(_mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0x88), _mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(f[0], f[1], 0x88), _mm512_shuffle_f32x4(f[0], f[1], 0xDD));
+}
+
+// q . key for one key: 16 partial sums (bf16 products, fp32 sums).
+__attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) inline __m512 key_dot(const __m512bh* q, int64_t chunks,
+                                                                                         const uint16_t* key) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t c = 0; c < chunks; ++c) acc = _mm512_dpbf16_ps(acc, q[c], (__m512bh)_mm512_loadu_si512(key + 32 * c));
+  return acc;
+}
+
+// even/odd += w x value's even/odd dimensions (bf16 pairs: the low half shifted up and the high half masked are
+// both exact fp32).
+__attribute__((target("avx512f,avx512bw"), always_inline)) inline void value_fma(float w, const uint16_t* value, int64_t pairs,
+                                                                              __m512i high, __m512* even, __m512* odd) {
+  const __m512 wv = _mm512_set1_ps(w);
+  for (int64_t c = 0; c < pairs; ++c) {
+    const __m512i two = _mm512_loadu_si512(value + 32 * c);
+    even[c] = _mm512_fmadd_ps(wv, _mm512_castsi512_ps(_mm512_slli_epi32(two, 16)), even[c]);
+    odd[c] = _mm512_fmadd_ps(wv, _mm512_castsi512_ps(_mm512_and_si512(two, high)), odd[c]);
+  }
+}
+
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) void attend_head(const Head& h, int64_t L, int64_t d,
                                                                            float scale, float* scores) {
   // The query as bf16 pairs, 32 values per register.
@@ -48,19 +87,32 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void attend_head(const He
   const int64_t chunks = d / 32;
   for (int64_t c = 0; c < chunks; ++c)
     q[c] = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(h.q + 32 * c + 16), _mm512_loadu_ps(h.q + 32 * c));
-  float top = -INFINITY;
-  bool nan = false;
-  for (int64_t l = 0; l < L; ++l) {
-    const uint16_t* key = h.k + l * h.step;
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t c = 0; c < chunks; ++c)
-      acc = _mm512_dpbf16_ps(acc, q[c], (__m512bh)_mm512_loadu_si512(key + 32 * c));
-    float s = _mm512_reduce_add_ps(acc) * scale;
-    if (h.mask) s += h.mask[l * h.mask_step];
-    scores[l] = s;
-    nan |= s != s;
-    top = s > top ? s : top;
+  // Scores 16 keys at a time (the last block's missing keys as zeros): each key's sum takes the same order in any
+  // block, so a row gives the same bits whatever its length and its batch's.
+  __m512 top16 = _mm512_set1_ps(-INFINITY);
+  __mmask16 nan16 = 0;
+  const __m512 scale16 = _mm512_set1_ps(scale);
+  for (int64_t l = 0; l < L; l += 16) {
+    const int64_t n = std::min<int64_t>(16, L - l);
+    const __mmask16 live = n == 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
+    __m512 acc[16];
+    for (int i = 0; i < 16; ++i) {
+      const char* key = reinterpret_cast<const char*>(h.k + (l + i) * h.step);
+      for (int64_t b = 0; b < 2 * d; b += 64) _mm_prefetch(key + kPrefetch + b, _MM_HINT_T0);
+      acc[i] = i < n ? key_dot(q, chunks, h.k + (l + i) * h.step) : _mm512_setzero_ps();
+    }
+    __m512 s = _mm512_mul_ps(sum16(acc), scale16);
+    if (h.mask) {
+      alignas(64) float m[16] = {};
+      for (int i = 0; i < n; ++i) m[i] = h.mask[(l + i) * h.mask_step];
+      s = _mm512_add_ps(s, _mm512_load_ps(m));
+    }
+    _mm512_mask_storeu_ps(scores + l, live, s);
+    nan16 |= _mm512_mask_cmp_ps_mask(live, s, s, _CMP_UNORD_Q);
+    top16 = _mm512_mask_max_ps(top16, live, top16, s);
   }
+  const float top = _mm512_reduce_max_ps(top16);
+  const bool nan = nan16 != 0;
   const int64_t parts = d / 16;
   if (nan || top == -INFINITY) {  // a NaN row (an idle batch slot's leftovers), or nothing to attend to
     for (int64_t c = 0; c < parts; ++c) _mm512_storeu_ps(h.out + 16 * c, _mm512_set1_ps(NAN));
@@ -81,20 +133,33 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void attend_head(const He
     total = _mm512_add_ps(total, _mm512_maskz_mov_ps(tail, w));
   }
   const float norm = 1.f / _mm512_reduce_add_ps(total);
-  __m512 out[kMaxHeadDim / 16];
-  for (int64_t c = 0; c < parts; ++c) out[c] = _mm512_setzero_ps();
-  for (int64_t j = 0; j < L; ++j) {
-    const float w = scores[j];
-    if (w == 0.f) continue;  // masked keys: exactly nothing
-    const __m512 wv = _mm512_set1_ps(w);
-    const uint16_t* value = h.v + j * h.step;
-    for (int64_t c = 0; c < parts; ++c) {
-      const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(value + 16 * c)));
-      out[c] = _mm512_fmadd_ps(wv, _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16)), out[c]);
+  // Values 32 at a time as bf16 pairs (value_fma). Two accumulator sets (even and odd keys) keep the FMAs' dependency chains short.
+  const int64_t pairs = d / 32;
+  const __m512i high = _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
+  __m512 even[2][kMaxHeadDim / 32], odd[2][kMaxHeadDim / 32];
+  for (int set = 0; set < 2; ++set)
+    for (int64_t c = 0; c < pairs; ++c) even[set][c] = odd[set][c] = _mm512_setzero_ps();
+  // Masked keys (weight exactly 0) add exactly nothing: their values may be anything.
+  int64_t j = 0;
+  for (; j + 2 <= L; j += 2) {
+    for (int64_t b = 0; b < 2 * d; b += 64) {  // both keys' values, kPrefetch ahead
+      _mm_prefetch(reinterpret_cast<const char*>(h.v + j * h.step) + kPrefetch + b, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(h.v + (j + 1) * h.step) + kPrefetch + b, _MM_HINT_T0);
+    }
+    if (scores[j] != 0.f) value_fma(scores[j], h.v + j * h.step, pairs, high, even[0], odd[0]);
+    if (scores[j + 1] != 0.f) value_fma(scores[j + 1], h.v + (j + 1) * h.step, pairs, high, even[1], odd[1]);
+  }
+  if (j < L && scores[j] != 0.f) value_fma(scores[j], h.v + j * h.step, pairs, high, even[0], odd[0]);
+  alignas(64) float e[16], o[16];
+  const __m512 nv = _mm512_set1_ps(norm);
+  for (int64_t c = 0; c < pairs; ++c) {
+    _mm512_store_ps(e, _mm512_mul_ps(_mm512_add_ps(even[0][c], even[1][c]), nv));
+    _mm512_store_ps(o, _mm512_mul_ps(_mm512_add_ps(odd[0][c], odd[1][c]), nv));
+    for (int i = 0; i < 16; ++i) {
+      h.out[32 * c + 2 * i] = e[i];
+      h.out[32 * c + 2 * i + 1] = o[i];
     }
   }
-  const __m512 nv = _mm512_set1_ps(norm);
-  for (int64_t c = 0; c < parts; ++c) _mm512_storeu_ps(h.out + 16 * c, _mm512_mul_ps(out[c], nv));
 }
 
 }  // namespace
