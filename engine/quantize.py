@@ -70,8 +70,9 @@ def plan_precision(device: torch.device, dtype: torch.dtype) -> Precision:
         if device.type != "cpu":
             raise UserError(f"--dtype {name} is for CPUs: on a GPU use bfloat16 or float16 (or --dtype auto)", code="bad_args")
         if dtype == torch.int4 and not int4_supported():
-            raise UserError("--dtype int4 needs torch's CPU int4 kernel (_weight_int4pack_mm_for_cpu), which this torch "
-                            "build lacks: use --dtype int8 or auto", code="bad_args")
+            raise UserError("--dtype int4 needs the project's int4 kernel (an x86 CPU with AVX-512 VNNI and a C++ "
+                            "compiler) or torch's CPU int4 kernel, and neither runs here: use --dtype int8 or auto",
+                            code="bad_args")
         if dtype == torch.qint8 and not w8a8_supported():
             raise UserError("--dtype w8a8 needs fbgemm's int8 linear (x86 torch builds) and a CPU with VNNI int8 dot "
                             "products, which this machine lacks: use --dtype int8 or auto", code="bad_args")
@@ -90,6 +91,16 @@ def onednn_available() -> bool:
 
 
 def int4_supported() -> bool:
+    """`--dtype int4` runs here: on the project's int4 kernel (AVX-512 VNNI, built with the C++ compiler) or on
+    torch's weight-only one."""
+    if torch_int4_supported():
+        return True
+    from engine import native
+
+    return native.supports("int4_linear")
+
+
+def torch_int4_supported() -> bool:
     """torch's CPU int4 weight-only matmul exists in this build (torch >= 2.6 on x86 and Arm)."""
     return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") and hasattr(torch.ops.aten, "_convert_weight_to_int4pack_for_cpu")
 
@@ -540,7 +551,7 @@ def int4_linear(weight: Tensor) -> nn.Module:
 
     if native.supports("int4_linear") and native_int4_fits(weight, INT4_GROUP):
         return NativeInt4Linear(weight, INT4_GROUP)
-    if int4_supported() and int4_fits(weight, INT4_GROUP):
+    if torch_int4_supported() and int4_fits(weight, INT4_GROUP):
         return Int4Linear(weight, INT4_GROUP)
     return Int8Linear(weight)
 

@@ -23,9 +23,9 @@ import torch
 from engine.assemble import build_lm, lm_config, lm_state_from_hf
 from engine.devices import resolve_dtype
 from engine import native
-from engine.quantize import (INT4_GROUP, FbgemmW8A8Linear, Int4Linear, Int8Linear, NativeInt4Linear, NativeLinear,
-                             NativeW8A8Linear, PackedLinear, W8A8Linear, bf16_supported, int4_linear, int4_supported,
-                             logit_agreement, pack_int4, quantize_groups, quantize_groups_fp16, quantize_rows,
+from engine.quantize import (INT4_GROUP, FbgemmW8A8Linear, Int4Linear, Int8Linear, NativeInt4Linear, NativeW8A8Linear,
+                             PackedLinear, W8A8Linear, bf16_supported, int4_linear, int4_supported, logit_agreement,
+                             pack_int4, quantize_groups, quantize_groups_fp16, quantize_rows, torch_int4_supported,
                              unpack_int4, w8a8_linear, w8a8_supported)
 from engine.tiny import tiny_config, tiny_reference_model
 
@@ -35,7 +35,8 @@ BOUNDS = {  # mean cosine >=, mean KL <= (nats), top-1 agreement >=
     "w8a8": (0.999, 5e-3, 0.90),  # int8's guard: what --dtype auto must pass on CPU
     "int4": (0.95, 0.25, 0.45),
 }
-needs_int4 = pytest.mark.skipif(not int4_supported(), reason="this torch build has no CPU int4 kernel")
+needs_int4 = pytest.mark.skipif(not int4_supported(), reason="no int4 kernel runs here")
+needs_torch_int4 = pytest.mark.skipif(not torch_int4_supported(), reason="this torch build has no CPU int4 kernel")
 needs_w8a8 = pytest.mark.skipif(not w8a8_supported(), reason="no fbgemm int8 linear or no VNNI on this CPU")
 needs_native = pytest.mark.skipif(not torch.cpu._is_vnni_supported(), reason="the native kernel needs AVX-512 VNNI")
 W8A8_KERNELS = [pytest.param(NativeW8A8Linear, marks=needs_native, id="native"),
@@ -151,7 +152,7 @@ def test_the_int4_bound_catches_a_coarser_quantizer(tiny):
         assert (got["cosine"] >= cos and got["kl"] <= kl and got["top1"] >= top1) == passes, (bits, got)
 
 
-@needs_int4
+@needs_torch_int4
 def test_int4_linear_equals_a_dequantized_reference_matmul():
     w = torch.randn(96, 128) * torch.linspace(0.1, 2, 96)[:, None]
     x = torch.randn(2, 3, 128)
@@ -282,7 +283,7 @@ def test_int4_model_runs_on_the_native_kernel_with_its_norms_and_gelu_inside(tin
 def test_int4_falls_back_to_torch_where_the_native_kernel_is_unavailable(monkeypatch):
     monkeypatch.setattr(native, "supports", lambda kernel: False)
     w = torch.randn(64, 64)
-    assert isinstance(int4_linear(w), Int4Linear if int4_supported() else Int8Linear)
+    assert isinstance(int4_linear(w), Int4Linear if torch_int4_supported() else Int8Linear)
     # A weight the native layout refuses (inputs not whole groups of 4) goes to a kernel that takes it.
     monkeypatch.undo()
     assert not isinstance(int4_linear(torch.randn(64, 30)), NativeInt4Linear)

@@ -115,7 +115,7 @@ def test_w8a8_without_the_kernel_is_a_clear_error(monkeypatch):
 
 def test_int4_without_the_kernel_is_a_clear_error(monkeypatch):
     monkeypatch.setattr("engine.quantize.int4_supported", lambda: False)
-    with pytest.raises(UserError, match="int4 needs torch's CPU int4 kernel"):
+    with pytest.raises(UserError, match="int4 needs the project's int4 kernel .* or torch's CPU int4 kernel"):
         plan_precision(CPU, torch.int4)
 
 
