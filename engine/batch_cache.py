@@ -60,7 +60,8 @@ class BatchCache:
             new[:, :used, :, : self.length] = old[:, :used]
         self.kvs = kvs
         if self.has_cross:
-            ks = [torch.zeros(R, cfg.n_heads, S, cfg.head_dim, dtype=dt, device=dev) for _ in range(cfg.n_layers)]
+            # Text keys in the cache's dtype, as `MusicGenLM.set_condition` stores them for one stream.
+            ks = [torch.zeros(R, cfg.n_heads, S, cfg.head_dim, dtype=lm.cache_dtype, device=dev) for _ in range(cfg.n_layers)]
             vs = [torch.zeros_like(k) for k in ks]
             mask = torch.full((R, 1, 1, S), float("-inf"), dtype=dt, device=dev)
             for new, old in zip(ks + vs, self.cross_k + self.cross_v):

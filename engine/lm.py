@@ -179,8 +179,11 @@ class CrossAttention(nn.Module):
         k, v = self.wkv(cond).to(cond.dtype).view(B, S, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return k, v
 
-    def set_condition(self, cond: Tensor) -> None:
+    def set_condition(self, cond: Tensor, dtype: torch.dtype | None = None) -> None:
+        """Keys and values from projected text states [B, S, D], stored in `dtype` (default: the states')."""
         k, v = self.keys_values(cond)
+        if dtype is not None:
+            k, v = k.to(dtype), v.to(dtype)
         if self.k is not None and self.k.shape == k.shape and self.k.dtype == k.dtype and self.k.device == k.device:
             # Same shape: write in place, so a captured CUDA graph that reads these buffers stays valid.
             self.k.copy_(k)
@@ -269,7 +272,9 @@ class MusicGenLM(nn.Module):
     def set_condition(self, cond: Tensor) -> None:
         """Cross-attention keys/values for the whole generation, from projected text states [B, S, D]."""
         for layer in self.layers:
-            layer.cross.set_condition(cond.to(self.act_dtype))
+            # In the self-attention cache's dtype: a bf16 cache makes the text keys bf16 too, so one query's
+            # cross-attention goes through the same decode kernel (`attend`).
+            layer.cross.set_condition(cond.to(self.act_dtype), self.cache_dtype)
 
     def embed(self, tokens: Tensor) -> Tensor:
         """[B, K, T] codes (special = card) -> [B, T, D]: the sum of the codebooks' embeddings."""

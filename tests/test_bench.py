@@ -36,7 +36,7 @@ def test_step_bytes_counts_the_weights_a_step_reads_and_the_filled_cache(tiny_mo
     # per output row int8 has a bf16 scale, w8a8 on fbgemm its scale, zero point and column offset (12 bytes),
     # w8a8 on the native kernel a scale and a column sum (8 bytes) over rows and columns padded to its blocks
     # (64 rows, 4 columns), plus the norms moved into them. The heads (weight-only int8 in both); K and V at 10
-    # positions (bf16 where the model gets a bf16 cache, fp32 elsewhere); the cross keys and values (fp32).
+    # positions (bf16 where the model gets a bf16 cache, fp32 elsewhere); the cross keys and values (in the cache's dtype).
     D, F, L = cfg.dim, cfg.ffn_dim, cfg.n_layers
     kernel = {getattr(m, "kernel", None) for m in lm.modules()} - {None}
 
@@ -54,7 +54,7 @@ def test_step_bytes_counts_the_weights_a_step_reads_and_the_filled_cache(tiny_mo
         per_layer += 3 * 2 * D * 4
     weights = L * per_layer + cfg.n_codebooks * cfg.card * (D + 2)
     kv = L * 2 * 2 * 10 * D * (2 if bf16_kv_cache_fast() else 4)
-    cross = L * 2 * 2 * 5 * D * 4
+    cross = L * 2 * 2 * 5 * D * (2 if bf16_kv_cache_fast() else 4)
     assert step_bytes(lm, batch=2, context=10) == weights + kv + cross
     assert step_bytes(lm, batch=2, context=20) - step_bytes(lm, batch=2, context=10) == kv
 

@@ -58,7 +58,10 @@ def test_narrow_weights_get_a_bf16_cache(tiny, dtype):
     assert kv_bytes_per_row(lm, 10) == 2 * cfg.n_layers * cfg.dim * 10 * (2 if narrow else 4)
     cache = BatchCache(lm)
     cache.ensure(rows=2, length=16, cross_len=5, used=0)
-    assert cache.kvs[0].dtype == lm.cache_dtype and cache.cross_k[0].dtype == torch.float32  # text keys stay wide
+    # The text keys and values follow the cache (one query's cross-attention takes the same decode kernel)
+    assert cache.kvs[0].dtype == cache.cross_k[0].dtype == cache.cross_v[0].dtype == lm.cache_dtype
+    lm.set_condition(torch.randn(2, 5, cfg.dim))
+    assert lm.layers[0].cross.k.dtype == lm.layers[0].cross.v.dtype == lm.cache_dtype
 
 
 def test_cpus_without_fast_bf16_attention_keep_the_fp32_cache(tiny, monkeypatch):
