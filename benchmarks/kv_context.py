@@ -1,7 +1,7 @@
 """What a decode step costs as the context fills: a step at a 1 s context (50 frames) against one at 10 s (500),
 for each KV cache dtype, on musicgen-small's shape (random weights, guidance on: batch 2).
 
-The LM is built once (`--dtype`, default int8 = what `--dtype auto` picks on CPU) and gets one full-window cache
+The LM is built once (`--dtype`, default auto = what `serve` picks here) and gets one full-window cache
 (`--max-len` positions, 1504 = 30 s) per cache dtype, filled with random keys and values; the traced CPU step
 (engine/steps.py) then runs `--steps` steps at each context, the cache dtypes and contexts interleaved in every
 round (every other round in reverse order), so a change in the host's load hits all of them alike. A round's
@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.assemble import build_lm
+from engine.devices import resolve_dtype
 from engine.lm import KVCache, LMConfig, MusicGenLM, attend
 from engine.steps import traced_step
 
@@ -49,7 +50,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20, help="steps per row and round (the fastest counts)")
     p.add_argument("--contexts", default="50,500", help="cache positions attended to (50 frames = 1 s)")
     p.add_argument("--kv", default="float32,bfloat16", help="KV cache dtypes to compare")
-    p.add_argument("--dtype", default="int8", help="linear weight format (int8 = the CPU default)")
+    p.add_argument("--dtype", default="auto", help="linear weight format (auto = what serve picks here)")
     p.add_argument("--max-len", type=int, default=1504, help="cache positions allocated (1504 = a 30 s window)")
     p.add_argument("--kernels", action="store_true", help="time the attention candidates alone")
     p.add_argument("--per-row", action="store_true",
@@ -60,7 +61,7 @@ def main() -> None:
     if a.kernels:
         return kernels(contexts, a.max_len, a.rounds)
     kv_dtypes = [getattr(torch, k) for k in a.kv.split(",")]
-    lm = build(getattr(torch, a.dtype))
+    lm = build(resolve_dtype(a.dtype, torch.device("cpu")))
     cfg, B = lm.cfg, 2
     lm.setup_caches(B, a.max_len)
     g = torch.Generator().manual_seed(1)

@@ -117,8 +117,8 @@ def build_lm(cfg: LMConfig, state: dict[str, Tensor], device: torch.device, dtyp
     """Our LM from our-named tensors; `state` is consumed (emptied) so no second copy of the weights survives.
 
     `dtype` may be torch.int8 (weight-only int8, CPU). On CPU the activations stay fp32 and the linear weights
-    are prepacked in the asked precision (engine/quantize.py says why); with narrow weights the KV cache is bf16
-    where that is fast (`bf16_kv_cache_fast`).
+    are prepacked in the asked precision (engine/quantize.py says why); with narrow weights the KV cache narrows
+    (`narrow_kv_dtype`).
     """
     from engine.quantize import plan_precision, prepare_for_cpu
 
@@ -138,12 +138,25 @@ def build_lm(cfg: LMConfig, state: dict[str, Tensor], device: torch.device, dtyp
     if precision.weights is not None:
         prepare_for_cpu(lm, precision.weights)  # one matrix at a time: each original is freed as it is replaced
     lm.weight_dtype = dtype
-    if device.type == "cpu" and precision.weights in ("bfloat16", "int8", "w8a8", "int4") and bf16_kv_cache_fast():
-        # Narrow weights: the KV cache narrows too, to bf16 (half the bytes a step reads per position of context,
-        # so a step at a long context costs little more than at a short one: benchmarks/RESULTS.md). fp32 models
-        # keep an fp32 cache, exact against transformers.
-        lm.kv_dtype = torch.bfloat16
+    if device.type == "cpu" and precision.weights in ("bfloat16", "int8", "w8a8", "int4"):
+        # Narrow weights: the KV cache narrows too (fewer bytes a step reads per position of context, so a step at a
+        # long context costs little more than at a short one: benchmarks/RESULTS.md). fp32 models keep an fp32
+        # cache, exact against transformers.
+        lm.kv_dtype = narrow_kv_dtype(precision.weights, cfg.head_dim)
     return lm
+
+
+def narrow_kv_dtype(weights: str, head_dim: int = 64) -> torch.dtype | None:
+    """The KV cache for a CPU model with `weights` linears: int8 (~a quarter of fp32's bytes per position) for
+    integer weights where the native decode kernel reads it (heads of a multiple of 32 up to 256) and the text keys
+    get its bf16 path; bf16 where bf16 attention is fast; else None (the activations' fp32)."""
+    from engine import native
+
+    kernel_fits = head_dim % 32 == 0 and head_dim <= 256
+    if (weights in ("int8", "w8a8", "int4") and kernel_fits and native.supports("decode_attention_int8")
+            and native.supports("decode_attention")):
+        return torch.int8
+    return torch.bfloat16 if bf16_kv_cache_fast() else None
 
 
 def bf16_kv_cache_fast() -> bool:

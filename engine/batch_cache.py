@@ -18,13 +18,13 @@ import torch
 from torch import Tensor
 
 from engine.hugepages import huge_zeros
-from engine.lm import MusicGenLM
+from engine.lm import MusicGenLM, cache_row_width
 
 
 def kv_bytes_per_row(lm: MusicGenLM, length: int) -> int:
     """Self-attention cache bytes of one row holding `length` positions (keys and values, every layer)."""
-    cfg = lm.cfg
-    return 2 * cfg.n_layers * cfg.dim * length * torch.empty(0, dtype=lm.cache_dtype).element_size()
+    cfg, dt = lm.cfg, lm.cache_dtype
+    return 2 * cfg.n_layers * cfg.n_heads * cache_row_width(cfg.head_dim, dt) * length * torch.empty(0, dtype=dt).element_size()
 
 
 class BatchCache:
@@ -53,15 +53,15 @@ class BatchCache:
         lm, cfg = self.lm, self.lm.cfg
         R, L, S = max(rows, self.rows), max(length, self.length), max(cross_len, self.cross_len)
         dev, dt = lm.device, lm.act_dtype
-        shape = (2, R, cfg.n_heads, L, cfg.head_dim)
+        shape = (2, R, cfg.n_heads, L, cache_row_width(cfg.head_dim, lm.cache_dtype))
         # On CPU on 2 MB pages: a step reads the whole filled cache (engine/hugepages.py)
         kvs = [huge_zeros(shape, lm.cache_dtype, dev) for _ in range(cfg.n_layers)]
         for new, old in zip(kvs, self.kvs):
             new[:, :used, :, : self.length] = old[:, :used]
         self.kvs = kvs
         if self.has_cross:
-            # Text keys in the cache's dtype, as `MusicGenLM.set_condition` stores them for one stream.
-            ks = [torch.zeros(R, cfg.n_heads, S, cfg.head_dim, dtype=lm.cache_dtype, device=dev) for _ in range(cfg.n_layers)]
+            # Text keys in the dtype `MusicGenLM.set_condition` stores them in for one stream.
+            ks = [torch.zeros(R, cfg.n_heads, S, cfg.head_dim, dtype=lm.cross_dtype, device=dev) for _ in range(cfg.n_layers)]
             vs = [torch.zeros_like(k) for k in ks]
             mask = torch.full((R, 1, 1, S), float("-inf"), dtype=dt, device=dev)
             for new, old in zip(ks + vs, self.cross_k + self.cross_v):

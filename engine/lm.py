@@ -71,6 +71,11 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     go through SDPA in their own dtype: its CPU kernel reads bf16 keys and values at the memory's rate and
     accumulates in fp32, where a bf16 bmm copies the strided cache view before multiplying. The result comes
     back in the queries' dtype."""
+    if k.dtype == torch.int8:  # the packed int8 cache (KVCache): the decode kernel reads it as it is
+        if _native_decode(q, k, mask):
+            mask = None if mask is None else mask.float()
+            return torch.ops.musicgen_bridge.decode_attention(q, k, v, mask, 1.0 / math.sqrt(q.shape[-1]))
+        k, v = unpack_int8_rows(k).to(q.dtype), unpack_int8_rows(v).to(q.dtype)  # a prefill: attend in q's dtype
     if k.dtype != q.dtype:
         if _native_decode(q, k, mask):  # one query against the bf16 cache: the project's kernel reads it faster
             mask = None if mask is None else mask.float()
@@ -95,25 +100,48 @@ _NO_BIAS = torch.zeros(1, 1, 1)  # baddbmm's added term, ignored with beta=0
 
 
 def _native_decode(q: Tensor, k: Tensor, mask: Tensor | None) -> bool:
-    """`decode_attention` (engine/native) takes this call: one fp32 query per row on CPU, a bf16 cache, heads of a
-    multiple of 32 up to 256, an additive mask or none, and a CPU with AVX512_BF16. The same numbers as SDPA's
-    bf16 path (query rounded to bf16, fp32 sums), without SDPA's casts around it."""
-    if not (q.shape[-2] == 1 and q.device.type == "cpu" and q.dtype == torch.float32 and k.dtype == torch.bfloat16
-            and q.shape[-1] % 32 == 0 and q.shape[-1] <= 256 and k.stride(-1) == 1
-            and (mask is None or mask.is_floating_point())):
+    """`decode_attention` (engine/native) takes this call: one fp32 query per row on CPU, a bf16 cache (a CPU with
+    AVX512_BF16: the same numbers as SDPA's bf16 path, without SDPA's casts around it) or the packed int8 one
+    (AVX-512), heads of a multiple of 32 up to 256, an additive mask or none."""
+    if not (q.shape[-2] == 1 and q.device.type == "cpu" and q.dtype == torch.float32
+            and k.dtype in (torch.bfloat16, torch.int8) and q.shape[-1] % 32 == 0 and q.shape[-1] <= 256
+            and k.stride(-1) == 1 and (mask is None or mask.is_floating_point())):
         return False
     from engine import native
 
-    return native.supports("decode_attention")
+    return native.supports("decode_attention" if k.dtype == torch.bfloat16 else "decode_attention_int8")
+
+
+INT8_ROW_EXTRA = 4  # a packed int8 cache row: head_dim int8 values, then their fp32 scale
+
+
+def cache_row_width(head_dim: int, dtype: torch.dtype) -> int:
+    """Elements per position and head in a KV cache of `dtype`: the packed int8 rows carry their scale."""
+    return head_dim + INT8_ROW_EXTRA if dtype == torch.int8 else head_dim
+
+
+def pack_int8_rows(x: Tensor) -> Tensor:
+    """[..., d] -> [..., d + 4] int8: each row round(127 x / max|x|), then its scale max|x| / 127 as fp32 bytes."""
+    from engine import native
+
+    if not native.load():
+        raise RuntimeError(f"an int8 KV cache needs the native kernels: {native.why_not()}")
+    return torch.ops.musicgen_bridge.kv_pack_int8(x.float())
+
+
+def unpack_int8_rows(p: Tensor) -> Tensor:
+    """`pack_int8_rows` undone: [..., d + 4] int8 -> [..., d] fp32."""
+    return torch.ops.musicgen_bridge.kv_unpack_int8(p)
 
 
 class KVCache(nn.Module):
     """Keys and values for every position of one generation, one buffer [2 (k, v), B, H, L, d] written in place
-    at `input_pos` (one copy per step for both)."""
+    at `input_pos` (one copy per step for both). An int8 cache packs each position's head as d int8 values and
+    their fp32 scale ([..., d + 4], `pack_int8_rows`): ~half of bf16's bytes, read by the native decode kernel."""
 
     def __init__(self, batch: int, n_heads: int, max_len: int, head_dim: int, dtype: torch.dtype, device):
         super().__init__()
-        shape = (2, batch, n_heads, max_len, head_dim)
+        shape = (2, batch, n_heads, max_len, cache_row_width(head_dim, dtype))
         # On CPU on 2 MB pages: a step reads the whole filled cache (engine/hugepages.py)
         self.register_buffer("kv", huge_zeros(shape, dtype, device), persistent=False)
 
@@ -128,7 +156,7 @@ class KVCache(nn.Module):
     def update(self, input_pos: Tensor, kv: Tensor) -> Tensor:
         """Write kv [2, B, H, T, d] at positions `input_pos`: [T] for every row, or [B, T] one per row (a batch of
         streams), rounded to the cache's dtype; returns the whole cache."""
-        kv = kv.to(self.kv.dtype)
+        kv = pack_int8_rows(kv) if self.kv.dtype == torch.int8 else kv.to(self.kv.dtype)
         if input_pos.dim() == 1:
             return self.kv.index_copy_(3, input_pos, kv)
         # Per-row positions by index_put_: it writes only the B*T columns. scatter_ along the position axis copies
@@ -232,8 +260,8 @@ class MusicGenLM(nn.Module):
         self.heads = nn.Linear(cfg.dim, cfg.n_codebooks * cfg.card, bias=False)
         self.max_len = 0
         self.weight_dtype: torch.dtype | None = None  # set when the linear weights differ from the activations
-        # The self-attention KV cache's dtype when it differs from the activations: bf16 for narrow weights on
-        # CPUs where bf16 attention is fast (engine/assemble.py sets it): half the bytes per position of context.
+        # The self-attention KV cache's dtype when it differs from the activations: int8 or bf16 for narrow weights
+        # on CPUs where the native decode kernel reads it (engine/assemble.py sets it): fewer bytes per position.
         self.kv_dtype: torch.dtype | None = None
         self.compiled_steps: dict = {}  # engine.steps keeps its traced / captured decode steps here
 
@@ -254,6 +282,12 @@ class MusicGenLM(nn.Module):
         return self.kv_dtype or self.act_dtype
 
     @property
+    def cross_dtype(self) -> torch.dtype:
+        """The text keys' and values' dtype: a narrow cache makes them bf16 (so one query's cross-attention goes
+        through the same decode kernel, `attend`); else the activations'."""
+        return torch.bfloat16 if self.kv_dtype in (torch.bfloat16, torch.int8) else self.act_dtype
+
+    @property
     def device(self) -> torch.device:
         return self.out_norm.weight.device
 
@@ -272,9 +306,7 @@ class MusicGenLM(nn.Module):
     def set_condition(self, cond: Tensor) -> None:
         """Cross-attention keys/values for the whole generation, from projected text states [B, S, D]."""
         for layer in self.layers:
-            # In the self-attention cache's dtype: a bf16 cache makes the text keys bf16 too, so one query's
-            # cross-attention goes through the same decode kernel (`attend`).
-            layer.cross.set_condition(cond.to(self.act_dtype), self.cache_dtype)
+            layer.cross.set_condition(cond.to(self.act_dtype), self.cross_dtype)
 
     def embed(self, tokens: Tensor) -> Tensor:
         """[B, K, T] codes (special = card) -> [B, T, D]: the sum of the codebooks' embeddings."""

@@ -26,7 +26,7 @@ SOURCES = tuple(Path(__file__).with_name("native") / name for name in ("w8a8_lin
 # Each kernel's CPU check. torch's own checks, not ops of the library: `supports` may be asked while the decode step
 # is being traced, and the tracer refuses an op that returns a bool.
 KERNELS = {"w8a8_linear": torch.cpu._is_vnni_supported, "int4_linear": torch.cpu._is_vnni_supported,
-           "decode_attention": torch.cpu._is_avx512_bf16_supported}
+           "decode_attention_int8": torch.cpu._is_avx512_supported, "decode_attention": torch.cpu._is_avx512_bf16_supported}
 CACHE = Path(os.environ.get("MUSICGEN_BRIDGE_CACHE", Path.home() / ".cache" / "musicgen-bridge")) / "native"
 
 _lock = threading.Lock()
@@ -57,7 +57,7 @@ def load() -> bool:
 
 def supports(kernel: str) -> bool:
     """`kernel` (one of `KERNELS`) runs here: the library is loaded and the CPU has the instructions it needs
-    (AVX-512 VNNI for the linears, AVX512_BF16 for decode_attention)."""
+    (AVX-512 VNNI for the linears, AVX-512 for the int8 cache's attention, AVX512_BF16 for decode_attention)."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}: one of {', '.join(KERNELS)}")
     return load() and bool(KERNELS[kernel]())

@@ -7,6 +7,10 @@
 //
 // Numbers as SDPA's bf16 path: the query rounded to bf16, products and sums in fp32, the scale applied to the
 // fp32 score. A key whose score is -inf (masked) gets exactly zero weight.
+//
+// The int8 cache (kv_pack_int8): each position's keys (and values) of one head are d int8 values and their fp32
+// scale (max |x| / 127) in 4 more bytes, d + 4 bytes a row: half of bf16's bytes per position. The query stays fp32
+// against the dequantized keys.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -16,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "vec_math.h"
@@ -27,6 +32,11 @@ constexpr int64_t kMaxHeadDim = 256;
 // prefetcher alone kept one thread at ~2/3 of the memory's rate on it (benchmarks/RESULTS.md: 1-8 KB measured).
 constexpr int64_t kPrefetch = 4096;
 constexpr int64_t kMinBytes = 64 * 1024;  // cache bytes per thread at least (see the parallel_for)
+
+bool int8_dot() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+}
 
 bool bf16_dot() {
   __builtin_cpu_init();
@@ -58,6 +68,27 @@ __attribute__((target("avx512f"))) inline __m512 sum16(const __m512* v) {
   for (int i = 0; i < 2; ++i)  // lanes: [c2i L0+L1, c2i L2+L3, c2i+1 L0+L1, c2i+1 L2+L3]
     f[i] = _mm512_add_ps(_mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0x88), _mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0xDD));
   return _mm512_add_ps(_mm512_shuffle_f32x4(f[0], f[1], 0x88), _mm512_shuffle_f32x4(f[0], f[1], 0xDD));
+}
+
+// scores -> unnormalized softmax weights exp(s - top), in place; returns 1 / their sum, or NaN for a row with a
+// NaN score or nothing to attend to (every key masked).
+__attribute__((target("avx512f"))) float softmax_weights(float* scores, int64_t L, float top, bool nan) {
+  if (nan || top == -INFINITY) return NAN;
+  __m512 total = _mm512_setzero_ps();
+  const __m512 shift = _mm512_set1_ps(top);
+  int64_t l = 0;
+  for (; l + 16 <= L; l += 16) {
+    const __m512 w = musicgen_bridge::exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(scores + l), shift));
+    _mm512_storeu_ps(scores + l, w);
+    total = _mm512_add_ps(total, w);
+  }
+  if (l < L) {
+    const __mmask16 tail = static_cast<__mmask16>((1u << (L - l)) - 1);
+    const __m512 w = musicgen_bridge::exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, scores + l), shift));
+    _mm512_mask_storeu_ps(scores + l, tail, w);
+    total = _mm512_add_ps(total, _mm512_maskz_mov_ps(tail, w));
+  }
+  return 1.f / _mm512_reduce_add_ps(total);
 }
 
 // q . key for one key: 16 partial sums (bf16 products, fp32 sums).
@@ -113,26 +144,11 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void attend_head(const He
   }
   const float top = _mm512_reduce_max_ps(top16);
   const bool nan = nan16 != 0;
-  const int64_t parts = d / 16;
-  if (nan || top == -INFINITY) {  // a NaN row (an idle batch slot's leftovers), or nothing to attend to
-    for (int64_t c = 0; c < parts; ++c) _mm512_storeu_ps(h.out + 16 * c, _mm512_set1_ps(NAN));
+  const float norm = softmax_weights(scores, L, top, nan);
+  if (norm != norm) {  // a NaN row (an idle batch slot's leftovers), or nothing to attend to
+    for (int64_t c = 0; c < d / 16; ++c) _mm512_storeu_ps(h.out + 16 * c, _mm512_set1_ps(NAN));
     return;
   }
-  __m512 total = _mm512_setzero_ps();
-  const __m512 shift = _mm512_set1_ps(top);
-  int64_t l = 0;
-  for (; l + 16 <= L; l += 16) {
-    const __m512 w = musicgen_bridge::exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(scores + l), shift));
-    _mm512_storeu_ps(scores + l, w);
-    total = _mm512_add_ps(total, w);
-  }
-  if (l < L) {
-    const __mmask16 tail = static_cast<__mmask16>((1u << (L - l)) - 1);
-    const __m512 w = musicgen_bridge::exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, scores + l), shift));
-    _mm512_mask_storeu_ps(scores + l, tail, w);
-    total = _mm512_add_ps(total, _mm512_maskz_mov_ps(tail, w));
-  }
-  const float norm = 1.f / _mm512_reduce_add_ps(total);
   // Values 32 at a time as bf16 pairs (value_fma). Two accumulator sets (even and odd keys) keep the FMAs' dependency chains short.
   const int64_t pairs = d / 32;
   const __m512i high = _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
@@ -162,19 +178,98 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void attend_head(const He
   }
 }
 
+// The int8 cache's row: d int8 values, then their fp32 scale.
+__attribute__((always_inline)) inline float row_scale(const int8_t* row, int64_t d) {
+  float s;
+  std::memcpy(&s, row + d, 4);
+  return s;
+}
+
+// 16 int8 values as fp32.
+__attribute__((target("avx512f"), always_inline)) inline __m512 widen16(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+
+struct HeadI8 {
+  const float* q;      // [d]
+  const int8_t* k;     // [L, d + 4] rows `step` bytes apart
+  const int8_t* v;
+  int64_t step;
+  const float* mask;   // [L] additive, `mask_step` apart, or null
+  int64_t mask_step;
+  float* out;          // [d]
+};
+
+// attend_head's passes over the int8 cache: the query fp32, each key widened to fp32 and its dot product times
+// the key's scale; each value widened and added with its weight times its scale.
+__attribute__((target("avx512f,avx512bw"))) void attend_head_i8(const HeadI8& h, int64_t L, int64_t d, float scale,
+                                                                  float* scores) {
+  const int64_t parts = d / 16;
+  __m512 q[kMaxHeadDim / 16];
+  for (int64_t c = 0; c < parts; ++c) q[c] = _mm512_loadu_ps(h.q + 16 * c);
+  __m512 top16 = _mm512_set1_ps(-INFINITY);
+  __mmask16 nan16 = 0;
+  for (int64_t l = 0; l < L; l += 16) {
+    const int64_t n = std::min<int64_t>(16, L - l);
+    const __mmask16 live = n == 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
+    __m512 acc[16];
+    alignas(64) float ks[16] = {};
+    for (int i = 0; i < 16; ++i) {
+      acc[i] = _mm512_setzero_ps();
+      if (i >= n) continue;
+      const int8_t* key = h.k + (l + i) * h.step;
+      _mm_prefetch(reinterpret_cast<const char*>(key) + kPrefetch, _MM_HINT_T0);
+      for (int64_t c = 0; c < parts; ++c) acc[i] = _mm512_fmadd_ps(q[c], widen16(key + 16 * c), acc[i]);
+      ks[i] = row_scale(key, d) * scale;
+    }
+    __m512 s = _mm512_mul_ps(sum16(acc), _mm512_load_ps(ks));
+    if (h.mask) {
+      alignas(64) float m[16] = {};
+      for (int i = 0; i < n; ++i) m[i] = h.mask[(l + i) * h.mask_step];
+      s = _mm512_add_ps(s, _mm512_load_ps(m));
+    }
+    _mm512_mask_storeu_ps(scores + l, live, s);
+    nan16 |= _mm512_mask_cmp_ps_mask(live, s, s, _CMP_UNORD_Q);
+    top16 = _mm512_mask_max_ps(top16, live, top16, s);
+  }
+  const float norm = softmax_weights(scores, L, _mm512_reduce_max_ps(top16), nan16 != 0);
+  if (norm != norm) {
+    for (int64_t c = 0; c < parts; ++c) _mm512_storeu_ps(h.out + 16 * c, _mm512_set1_ps(NAN));
+    return;
+  }
+  __m512 out[2][kMaxHeadDim / 16];
+  for (int set = 0; set < 2; ++set)
+    for (int64_t c = 0; c < parts; ++c) out[set][c] = _mm512_setzero_ps();
+  // Masked keys (weight exactly 0) add exactly nothing. Even and odd keys in two sets: shorter FMA chains.
+  for (int64_t j = 0; j < L; ++j) {
+    const int8_t* value = h.v + j * h.step;
+    _mm_prefetch(reinterpret_cast<const char*>(value) + kPrefetch, _MM_HINT_T0);
+    if (scores[j] == 0.f) continue;
+    const __m512 wv = _mm512_set1_ps(scores[j] * row_scale(value, d));
+    __m512* acc = out[j & 1];
+    for (int64_t c = 0; c < parts; ++c) acc[c] = _mm512_fmadd_ps(wv, widen16(value + 16 * c), acc[c]);
+  }
+  const __m512 nv = _mm512_set1_ps(norm);
+  for (int64_t c = 0; c < parts; ++c) _mm512_storeu_ps(h.out + 16 * c, _mm512_mul_ps(_mm512_add_ps(out[0][c], out[1][c]), nv));
+}
+
 }  // namespace
 
 
-// q [B, H, 1, d] fp32; k, v [B, H, L, d] bf16 (views of the cache: any strides but a contiguous last dim); mask
-// additive fp32 broadcastable to [B, H, 1, L], or none. Returns [B, H, 1, d] fp32.
+// q [B, H, 1, d] fp32; k, v [B, H, L, d] bf16, or [B, H, L, d + 4] int8 rows of kv_pack_int8 (views of the cache:
+// any strides but a contiguous last dim); mask additive fp32 broadcastable to [B, H, 1, L], or none. Returns
+// [B, H, 1, d] fp32.
 at::Tensor decode_attention(const at::Tensor& q_, const at::Tensor& k, const at::Tensor& v,
                             const c10::optional<at::Tensor>& mask_, double scale) {
-  TORCH_CHECK(bf16_dot(), "decode_attention needs a CPU with AVX512_BF16");
   TORCH_CHECK(q_.dim() == 4 && q_.size(2) == 1 && q_.scalar_type() == at::kFloat, "decode_attention: q is fp32 [B, H, 1, d]");
-  TORCH_CHECK(k.dim() == 4 && k.scalar_type() == at::kBFloat16 && v.scalar_type() == at::kBFloat16 && k.sizes() == v.sizes() &&
-              k.strides() == v.strides(), "decode_attention: k and v are bf16 [B, H, L, d] views with the same strides");
+  const bool int8 = k.scalar_type() == at::kChar;
+  TORCH_CHECK(k.dim() == 4 && (int8 || k.scalar_type() == at::kBFloat16) && v.scalar_type() == k.scalar_type() &&
+              k.sizes() == v.sizes() && k.strides() == v.strides(),
+              "decode_attention: k and v are bf16 (or packed int8) [B, H, L, d] views with the same strides");
+  TORCH_CHECK(int8 ? int8_dot() : bf16_dot(), "decode_attention needs a CPU with AVX-512 (and AVX512_BF16 for a bf16 cache)");
   const int64_t B = q_.size(0), H = q_.size(1), d = q_.size(3), L = k.size(2);
-  TORCH_CHECK(k.size(0) == B && k.size(1) == H && k.size(3) == d && k.stride(3) == 1, "decode_attention: k does not fit q");
+  TORCH_CHECK(k.size(0) == B && k.size(1) == H && k.size(3) == d + (int8 ? 4 : 0) && k.stride(3) == 1,
+              "decode_attention: k does not fit q");
   TORCH_CHECK(d % 32 == 0 && d <= kMaxHeadDim, "decode_attention: head size ", d, " (a multiple of 32, at most ", kMaxHeadDim, ")");
   TORCH_CHECK(L > 0, "decode_attention: no keys");
   const at::Tensor q = q_.contiguous();
@@ -184,22 +279,82 @@ at::Tensor decode_attention(const at::Tensor& q_, const at::Tensor& k, const at:
     mask = mask_->expand({B, H, 1, L});
   }
   at::Tensor out = at::empty({B, H, 1, d}, at::kFloat);
-  const auto* kp = reinterpret_cast<const uint16_t*>(k.data_ptr<at::BFloat16>());
-  const auto* vp = reinterpret_cast<const uint16_t*>(v.data_ptr<at::BFloat16>());
+  const char* kp = static_cast<const char*>(k.data_ptr());
+  const char* vp = static_cast<const char*>(v.data_ptr());
+  const int64_t bytes = k.element_size();
   const float* qp = q.data_ptr<float>();
   const float* mp = mask.defined() ? mask.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
   // A thread takes at least kMinBytes of keys and values: a short cache runs on the calling thread (as in the
   // linear kernel, a second thread would cost more than it saves).
-  const int64_t grain = std::max<int64_t>(1, kMinBytes / (2 * L * d * 2));
+  const int64_t grain = std::max<int64_t>(1, kMinBytes / (2 * L * k.size(3) * bytes));
   at::parallel_for(0, B * H, grain, [&](int64_t i0, int64_t i1) {
     std::vector<float> scores(L + 16);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / H, h = i % H;
-      const int64_t kv = b * k.stride(0) + h * k.stride(1);
-      Head head{qp + i * d, kp + kv, vp + kv, k.stride(2),
-                mp ? mp + b * mask.stride(0) + h * mask.stride(1) : nullptr, mp ? mask.stride(3) : 0, op + i * d};
-      attend_head(head, L, d, static_cast<float>(scale), scores.data());
+      const int64_t kv = (b * k.stride(0) + h * k.stride(1)) * bytes;
+      const float* m = mp ? mp + b * mask.stride(0) + h * mask.stride(1) : nullptr;
+      const int64_t m_step = mp ? mask.stride(3) : 0;
+      if (int8) {
+        HeadI8 head{qp + i * d, reinterpret_cast<const int8_t*>(kp + kv), reinterpret_cast<const int8_t*>(vp + kv),
+                    k.stride(2), m, m_step, op + i * d};
+        attend_head_i8(head, L, d, static_cast<float>(scale), scores.data());
+      } else {
+        Head head{qp + i * d, reinterpret_cast<const uint16_t*>(kp + kv), reinterpret_cast<const uint16_t*>(vp + kv),
+                  k.stride(2), m, m_step, op + i * d};
+        attend_head(head, L, d, static_cast<float>(scale), scores.data());
+      }
+    }
+  });
+  return out;
+}
+
+// kv [..., d] fp32 -> [..., d + 4] int8: each row rounded to round(127 x / max|x|) and followed by its scale
+// max|x| / 127 as fp32 bytes (an all-zero row: zeros, scale 0; a row with a NaN or infinity: scale NaN).
+at::Tensor kv_pack_int8(const at::Tensor& kv_) {
+  TORCH_CHECK(kv_.scalar_type() == at::kFloat && kv_.dim() >= 1, "kv_pack_int8 takes fp32 rows");
+  const at::Tensor kv = kv_.contiguous();
+  const int64_t d = kv.size(-1), rows = d ? kv.numel() / d : 0;
+  std::vector<int64_t> shape(kv.sizes().begin(), kv.sizes().end());
+  shape.back() = d + 4;
+  at::Tensor out = at::empty(shape, at::kChar);
+  const float* src = kv.data_ptr<float>();
+  int8_t* dst = out.data_ptr<int8_t>();
+  at::parallel_for(0, rows, 256, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* x = src + r * d;
+      int8_t* y = dst + r * (d + 4);
+      float top = 0.f;
+      bool bad = false;
+      for (int64_t i = 0; i < d; ++i) {
+        const float a = std::fabs(x[i]);
+        bad |= !(a <= 3.4028235e38f);
+        top = std::max(top, a);
+      }
+      const float s = bad ? NAN : top / 127.f;
+      const float inv = top > 0.f && !bad ? 127.f / top : 0.f;
+      for (int64_t i = 0; i < d; ++i) y[i] = static_cast<int8_t>(std::nearbyint(x[i] * inv));
+      std::memcpy(y + d, &s, 4);
+    }
+  });
+  return out;
+}
+
+// kv_pack_int8 undone: [..., d + 4] int8 -> [..., d] fp32 (for the paths that attend over fp32: a prefill).
+at::Tensor kv_unpack_int8(const at::Tensor& packed_) {
+  TORCH_CHECK(packed_.scalar_type() == at::kChar && packed_.dim() >= 1 && packed_.size(-1) > 4,
+              "kv_unpack_int8 takes packed int8 rows");
+  const at::Tensor packed = packed_.contiguous();
+  const int64_t w = packed.size(-1), d = w - 4, rows = packed.numel() / w;
+  std::vector<int64_t> shape(packed.sizes().begin(), packed.sizes().end());
+  shape.back() = d;
+  at::Tensor out = at::empty(shape, at::kFloat);
+  const int8_t* src = packed.data_ptr<int8_t>();
+  float* dst = out.data_ptr<float>();
+  at::parallel_for(0, rows, 256, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float s = row_scale(src + r * w, d);
+      for (int64_t i = 0; i < d; ++i) dst[r * d + i] = static_cast<float>(src[r * w + i]) * s;
     }
   });
   return out;
@@ -207,8 +362,12 @@ at::Tensor decode_attention(const at::Tensor& q_, const at::Tensor& k, const at:
 
 TORCH_LIBRARY_FRAGMENT(musicgen_bridge, m) {
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale) -> Tensor");
+  m.def("kv_pack_int8(Tensor kv) -> Tensor");
+  m.def("kv_unpack_int8(Tensor packed) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(musicgen_bridge, CPU, m) {
   m.impl("decode_attention", &decode_attention);
+  m.impl("kv_pack_int8", &kv_pack_int8);
+  m.impl("kv_unpack_int8", &kv_unpack_int8);
 }

@@ -1,0 +1,179 @@
+"""The int8 KV cache (`MusicGenLM.kv_dtype = torch.int8`): each position's head packed as d int8 values and their
+fp32 scale (`pack_int8_rows`), read by the native decode kernel; which models get it, what it saves, attention and
+logits within bounds (with negative controls), the traced step equal to the eager one, per-row writes.
+
+Bounds, measured here (benchmarks/RESULTS.md): rounding each row to 127 steps of its largest magnitude gives an
+attention output ~8.5e-3 from fp32's (relative norm; bf16 ~3e-3) and, teacher-forced on the tiny model of
+tests/test_kv_cache.py with fp32 weights, logits at cosine ~0.99996, KL ~1.1e-4 nats, top-1 ~0.97. Bounds:
+attention 2.5e-2 (3x), logits cosine >= 0.9995, KL <= 1e-3 (9x), top-1 >= 0.93. Rows rounded to 5 bits (8x
+coarser) miss both, as do values 5 % off.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine import native
+from engine.assemble import build_lm, narrow_kv_dtype
+from engine.batch_cache import BatchCache, kv_bytes_per_row
+from engine.lm import KVCache, attend, pack_int8_rows, unpack_int8_rows
+from engine.quantize import logit_agreement
+from engine.steps import traced_step
+from tests.test_kv_cache import _relative_error, _state
+
+CPU = torch.device("cpu")
+ATTENTION_BOUND = 2.5e-2
+LOGIT_BOUNDS = (0.9995, 1e-3, 0.93)  # mean cosine >=, mean KL <= (nats), top-1 agreement >=
+needs_kernel = pytest.mark.skipif(not torch.cpu._is_avx512_supported(), reason="the int8 cache's kernel needs AVX-512")
+pytestmark = needs_kernel
+
+
+def _coarse(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """Rows rounded to `levels` steps of their largest magnitude (what the cache does with 127), in fp32."""
+    top = x.abs().amax(-1, keepdim=True).clamp(min=1e-30)
+    return (x / top * levels).round() / levels * top
+
+
+def test_rows_pack_within_half_a_step_and_keep_zero_and_nan_rows_apart():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 64, generator=g) * torch.logspace(-3, 2, 5)[None, :, None]  # rows of very different ranges
+    x[1, 2] = 0
+    x[2, 4, 7] = float("nan")
+    packed = pack_int8_rows(x)
+    assert packed.dtype == torch.int8 and packed.shape == (3, 5, 68)
+    back = unpack_int8_rows(packed)
+    scale = x.abs().amax(-1, keepdim=True) / 127
+    ok = torch.ones(3, 5, dtype=torch.bool)
+    ok[2, 4] = False
+    assert bool(((back - x).abs() <= scale / 2 * 1.0001 + 1e-12)[ok].all())
+    assert torch.equal(back[1, 2], torch.zeros(64))  # an all-zero row: zeros, not NaN
+    assert bool(back[2, 4].isnan().all()) and bool(back[2, :4].isfinite().all())  # a NaN row stays in its row
+
+
+@pytest.mark.parametrize("case", ["one query", "row mask", "prefill"])
+def test_attention_over_an_int8_cache_is_within_rounding(case):
+    g = torch.Generator().manual_seed(0)
+    T, L = (24, 64) if case == "prefill" else (1, 300)
+    q, k, v = (torch.randn(2, 16, n, 64, generator=g) for n in (T, L, L))
+    if case == "prefill":
+        mask = torch.ones(T, L, dtype=torch.bool).tril(L - T)[None, None]
+    elif case == "row mask":
+        mask = torch.zeros(2, 1, 1, L)
+        mask[1, ..., 200:] = float("-inf")
+    else:
+        mask = None
+    want = attend(q, k, v, mask)
+    got = attend(q, pack_int8_rows(k), pack_int8_rows(v), mask)
+    assert got.dtype == torch.float32 and _relative_error(got, want) < ATTENTION_BOUND
+    # The kernel computes exactly the dequantized cache's attention (up to float sums in another order).
+    exact = attend(q, unpack_int8_rows(pack_int8_rows(k)), unpack_int8_rows(pack_int8_rows(v)), mask)
+    assert _relative_error(got, exact) < 1e-5
+    # Negative controls: rows rounded to 5 bits, and values 5 % off, miss the bound.
+    assert _relative_error(attend(q, _coarse(k, 15), _coarse(v, 15), mask), want) > ATTENTION_BOUND
+    assert _relative_error(attend(q, pack_int8_rows(k), pack_int8_rows(v * 1.05), mask), want) > ATTENTION_BOUND
+
+
+def test_masked_keys_weigh_exactly_nothing_in_the_int8_kernel():
+    g = torch.Generator().manual_seed(2)
+    q, k, v = torch.randn(3, 4, 1, 64, generator=g), torch.randn(3, 4, 40, 64, generator=g), torch.randn(3, 4, 40, 64, generator=g)
+    kp, vp = pack_int8_rows(k), pack_int8_rows(v)
+    vp[2, :, 30:] = pack_int8_rows(torch.full((4, 10, 64), float("nan")))  # garbage past row 2's length
+    mask = torch.zeros(3, 1, 1, 40)
+    for b, n in enumerate((40, 23, 30)):
+        mask[b, ..., n:] = float("-inf")
+    op = torch.ops.musicgen_bridge.decode_attention
+    together = op(q, kp, vp, mask, 0.125)
+    for b, n in enumerate((40, 23, 30)):
+        assert torch.equal(together[b : b + 1], op(q[b : b + 1], kp[b : b + 1, :, :n], vp[b : b + 1, :, :n], None, 0.125))
+
+
+def _within(got):
+    cos, kl, top1 = LOGIT_BOUNDS
+    return got["cosine"] >= cos and got["kl"] <= kl and got["top1"] >= top1
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg, state = _state()
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 2048, (2, 4, 60), generator=g)
+    cond = torch.randn(2, 12, cfg.dim, generator=g)
+    cond[1] = 0
+    return cfg, state, tokens, cond
+
+
+def test_logits_with_an_int8_cache_stay_within_bounds_and_coarser_rows_do_not(tiny, monkeypatch):
+    cfg, state, tokens, cond = tiny
+    reference = build_lm(cfg, dict(state), CPU, torch.float32)
+    candidate = build_lm(cfg, dict(state), CPU, torch.float32)
+    candidate.kv_dtype = torch.int8  # the same weights: the cache alone differs
+    got = logit_agreement(reference, candidate, tokens, cond)
+    assert candidate.layers[0].attn.kv_cache.kv.dtype == torch.int8
+    assert _within(got), got
+    assert got["kl"] > 0, "the candidate computed exactly fp32: the int8 cache was not used"
+    # Negative control: the same cache with its rows first rounded to 5 bits.
+    update = KVCache.update
+
+    def coarse_update(self, input_pos, kv):
+        return update(self, input_pos, _coarse(kv.float(), 15) if self.kv.dtype == torch.int8 else kv)
+
+    monkeypatch.setattr(KVCache, "update", coarse_update)
+    assert not _within(logit_agreement(reference, candidate, tokens, cond))
+
+
+def test_integer_weights_get_the_int8_cache_and_its_bytes(tiny):
+    cfg, state = tiny[0], tiny[1]
+    lm = build_lm(cfg, dict(state), CPU, torch.int8)
+    assert narrow_kv_dtype("w8a8") == narrow_kv_dtype("int4") == narrow_kv_dtype("int8")
+    if not native.supports("decode_attention"):  # the text keys' bf16 kernel is missing: no int8 cache
+        assert lm.cache_dtype != torch.int8
+        return
+    assert lm.cache_dtype == torch.int8 and lm.cross_dtype == torch.bfloat16
+    assert narrow_kv_dtype("bfloat16") != torch.int8  # bf16 weights keep a bf16 (or fp32) cache
+    lm.setup_caches(2, 16)
+    assert lm.layers[0].attn.kv_cache.kv.shape == (2, 2, cfg.n_heads, 16, cfg.head_dim + 4)
+    # Per position: 2 (k, v) x heads x (head_dim int8 + a 4-byte scale), about half of bf16's 2 x dim x 2.
+    assert kv_bytes_per_row(lm, 10) == 2 * cfg.n_layers * cfg.n_heads * (cfg.head_dim + 4) * 10
+    cache = BatchCache(lm)
+    cache.ensure(rows=2, length=16, cross_len=5, used=0)
+    assert cache.kvs[0].shape[-1] == cfg.head_dim + 4 and cache.cross_k[0].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("dim", [128, 64], ids=["native kernel (head 32)", "unpacked (head 16)"])
+def test_traced_step_equals_eager_step_over_an_int8_cache(dim):
+    cfg, state = _state(dim=dim, seed=2)
+    traced, eager = (build_lm(cfg, dict(state), CPU, torch.int8) for _ in range(2))
+    for lm in (traced, eager):
+        lm.kv_dtype = torch.int8
+    step = traced_step(traced)
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randint(0, 2048, (2, 4, 20), generator=g)
+    cond = torch.randn(2, 6, cfg.dim, generator=g)
+    with torch.inference_mode():
+        for lm in (traced, eager):
+            lm.setup_caches(2, 24)
+            lm.set_condition(cond)
+            lm(lm.embed(tokens[..., :3]), torch.arange(3), kv_len=3)
+        for t in range(3, 20):
+            pos = torch.tensor([t])
+            got = step(traced.positioned(traced.embed(tokens[..., t : t + 1]), pos), pos, t + 1)
+            assert torch.equal(got, eager(eager.embed(tokens[..., t : t + 1]), pos, kv_len=t + 1)), t
+    assert torch.equal(traced.layers[0].attn.kv_cache.kv, eager.layers[0].attn.kv_cache.kv)
+    assert {key[2] for key in step.graphs} == {torch.int8}  # traced for the int8 cache
+
+
+def test_per_row_positions_write_only_their_int8_columns():
+    g = torch.Generator().manual_seed(1)
+    big = pack_int8_rows(torch.randn(2, 8, 4, 32, 16, generator=g))
+    before = big.clone()
+    cache = KVCache(1, 4, 32, 16, torch.int8, CPU)
+    cache.kv = big[:, 2:5]
+    pos = torch.tensor([[3], [31], [0]])
+    new = torch.randn(2, 3, 4, 1, 16, generator=g)
+    out = cache.update(pos, new)
+    assert out.data_ptr() == big[:, 2:5].data_ptr()
+    expect = before.clone()
+    for r, p in enumerate(pos[:, 0].tolist()):
+        expect[:, 2 + r, :, p] = pack_int8_rows(new[:, r, :, 0])
+    assert torch.equal(big, expect)
