@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from engine.assemble import build_lm
 from engine.devices import resolve_dtype
-from engine.lm import KVCache, LMConfig, MusicGenLM, attend
+from engine.lm import KVCache, LMConfig, MusicGenLM, attend, cache_row_width, pack_int8_rows
 from engine.steps import traced_step
 
 
@@ -71,8 +71,9 @@ def main() -> None:
     caches = {}
     for dt in kv_dtypes:
         caches[dt] = [KVCache(B, cfg.n_heads, a.max_len, cfg.head_dim, dt, lm.device) for _ in lm.layers]
-        for c in caches[dt]:
-            c.kv.copy_(torch.randn(c.kv.shape, generator=g))
+        for c in caches[dt]:  # random keys and values (an int8 cache: packed rows with their scales)
+            shape = (*c.kv.shape[:-1], cfg.head_dim)
+            c.kv.copy_(pack_int8_rows(torch.randn(shape, generator=g)) if dt == torch.int8 else torch.randn(shape, generator=g))
     step = traced_step(lm)
     tokens = torch.randint(0, cfg.card, (B, cfg.n_codebooks, 1), generator=g)
 
@@ -109,7 +110,8 @@ def main() -> None:
         best = [min(ms[(dt, c)]) for c in contexts]
         med = [statistics.median(ms[(dt, c)]) for c in contexts]
         ratio = statistics.median(x / y for x, y in zip(ms[(dt, contexts[-1])], ms[(dt, contexts[0])]))
-        mb = 2 * cfg.n_layers * B * cfg.dim * contexts[-1] * torch.empty(0, dtype=dt).element_size() / 1e6
+        width = cfg.n_heads * cache_row_width(cfg.head_dim, dt)
+        mb = 2 * cfg.n_layers * B * width * contexts[-1] * torch.empty(0, dtype=dt).element_size() / 1e6
         print(f"| {name(dt)} | " + " | ".join(f"{b:.1f} / {m:.1f}" for b, m in zip(best, med))
               + f" | {best[-1] / best[0]:.3f} | {ratio:.3f} | {mb:.0f} |")
 

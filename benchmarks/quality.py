@@ -1,7 +1,7 @@
 """Reduced precision against fp32 on musicgen-small's shape (random weights): per-step logits, teacher-forced.
 
-For bf16, int8, w8a8 and int4 weights (`--dtypes`, each with the KV cache it ships with: bf16 on CPUs with native bf16)
-and for the bf16 KV cache alone (fp32 weights; `--kv-cache`): mean cosine similarity of the logits, mean KL(p_fp32 || p) of their softmax (nats per
+For bf16, int8, w8a8 and int4 weights (`--dtypes`, each with the KV cache it ships with: int8 or bf16, `narrow_kv_dtype`)
+and for a KV cache alone (fp32 weights; `--kv-cache`, bf16 or int8): mean cosine similarity of the logits, mean KL(p_fp32 || p) of their softmax (nats per
 token) and top-1 agreement, over `--steps` steps of one fixed token sequence, both guidance rows, all codebooks.
 Then the text encoder: T5 (t5-base's shape) in bf16, as bf16 and int8 models load it, against fp32: cosine of
 its output states per token.
