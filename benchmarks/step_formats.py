@@ -26,7 +26,7 @@ import warnings
 import torch
 
 from benchmarks.step_weights import OneDNNW8A8
-from engine.assemble import bf16_kv_cache_fast
+from engine.assemble import narrow_kv_dtype
 from engine.lm import LMConfig, MusicGenLM
 import engine.lm
 from engine import hugepages, quantize
@@ -62,7 +62,7 @@ def make_lm(weights: str, cond: torch.Tensor, max_len: int) -> MusicGenLM:
             prepare_for_cpu(lm, "w8a8")
     else:
         prepare_for_cpu(lm, weights.removesuffix("-sdpa"))
-    lm.kv_dtype = torch.bfloat16 if bf16_kv_cache_fast() else None  # what assemble picks for narrow weights
+    lm.kv_dtype = narrow_kv_dtype("w8a8" if weights.startswith("w8a8") else weights, lm.cfg.head_dim)  # as assemble picks
     with _patched(hugepages, "_madvise", None) if weights == "w8a8-4k" else contextlib.nullcontext():
         lm.setup_caches(2, max_len)
     lm.set_condition(cond)

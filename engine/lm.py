@@ -112,6 +112,16 @@ def _native_decode(q: Tensor, k: Tensor, mask: Tensor | None) -> bool:
     return native.supports("decode_attention" if k.dtype == torch.bfloat16 else "decode_attention_int8")
 
 
+def _native_write(cache: Tensor, kv: Tensor) -> bool:
+    """`kv_write` (engine/native) takes this write: fp32 keys and values into a narrow CPU cache."""
+    if not (cache.device.type == "cpu" and kv.dtype == torch.float32 and cache.dtype in (torch.bfloat16, torch.int8)
+            and cache.stride(-1) == 1):
+        return False
+    from engine import native
+
+    return native.load()
+
+
 INT8_ROW_EXTRA = 4  # a packed int8 cache row: head_dim int8 values, then their fp32 scale
 
 
@@ -156,6 +166,8 @@ class KVCache(nn.Module):
     def update(self, input_pos: Tensor, kv: Tensor) -> Tensor:
         """Write kv [2, B, H, T, d] at positions `input_pos`: [T] for every row, or [B, T] one per row (a batch of
         streams), rounded to the cache's dtype; returns the whole cache."""
+        if _native_write(self.kv, kv):  # rounding and writing in one op
+            return torch.ops.musicgen_bridge.kv_write(self.kv, input_pos, kv)
         kv = pack_int8_rows(kv) if self.kv.dtype == torch.int8 else kv.to(self.kv.dtype)
         if input_pos.dim() == 1:
             return self.kv.index_copy_(3, input_pos, kv)

@@ -177,3 +177,12 @@ def test_per_row_positions_write_only_their_int8_columns():
     for r, p in enumerate(pos[:, 0].tolist()):
         expect[:, 2 + r, :, p] = pack_int8_rows(new[:, r, :, 0])
     assert torch.equal(big, expect)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.bfloat16])
+def test_the_native_write_refuses_a_position_outside_the_cache(dtype):
+    cache = KVCache(1, 2, 8, 32, dtype, CPU)
+    before = cache.kv.clone()
+    with pytest.raises(RuntimeError, match="position 8 outside the cache's 8"):
+        cache.update(torch.tensor([8]), torch.randn(2, 1, 2, 1, 32))
+    assert torch.equal(cache.kv, before)  # nothing written

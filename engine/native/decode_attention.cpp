@@ -253,6 +253,20 @@ __attribute__((target("avx512f,avx512bw"))) void attend_head_i8(const HeadI8& h,
   for (int64_t c = 0; c < parts; ++c) _mm512_storeu_ps(h.out + 16 * c, _mm512_mul_ps(_mm512_add_ps(out[0][c], out[1][c]), nv));
 }
 
+// One row of d values (`stride` apart) as kv_pack_int8 packs it: d int8 values, then the fp32 scale.
+inline void pack_row(const float* x, int64_t stride, int64_t d, int8_t* y) {
+  float top = 0.f;
+  bool bad = false;
+  for (int64_t j = 0; j < d; ++j) {
+    const float a = std::fabs(x[j * stride]);
+    bad |= !(a <= 3.4028235e38f);  // NaN or infinity
+    top = std::max(top, a);
+  }
+  const float s = bad ? NAN : top / 127.f, inv = top > 0.f && !bad ? 127.f / top : 0.f;
+  for (int64_t j = 0; j < d; ++j) y[j] = static_cast<int8_t>(std::nearbyint(x[j * stride] * inv));  // ties to even
+  std::memcpy(y + d, &s, 4);
+}
+
 }  // namespace
 
 
@@ -321,23 +335,50 @@ at::Tensor kv_pack_int8(const at::Tensor& kv_) {
   const float* src = kv.data_ptr<float>();
   int8_t* dst = out.data_ptr<int8_t>();
   at::parallel_for(0, rows, 256, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* x = src + r * d;
-      int8_t* y = dst + r * (d + 4);
-      float top = 0.f;
-      bool bad = false;
-      for (int64_t i = 0; i < d; ++i) {
-        const float a = std::fabs(x[i]);
-        bad |= !(a <= 3.4028235e38f);
-        top = std::max(top, a);
-      }
-      const float s = bad ? NAN : top / 127.f;
-      const float inv = top > 0.f && !bad ? 127.f / top : 0.f;
-      for (int64_t i = 0; i < d; ++i) y[i] = static_cast<int8_t>(std::nearbyint(x[i] * inv));
-      std::memcpy(y + d, &s, 4);
-    }
+    for (int64_t r = r0; r < r1; ++r) pack_row(src + r * d, 1, d, dst + r * (d + 4));
   });
   return out;
+}
+
+// Write new keys and values into the cache in place: kv [2, B, H, T, d] fp32 (any strides) at positions pos ([T]
+// for every row, or [B, T] one per row) of cache [2, B, H, L, w] (any strides, rows contiguous): bf16 rounded to
+// nearest even as torch's .to(bfloat16), fp32 copied, int8 packed as kv_pack_int8. One op per layer and step where
+// a pack, a cast and an index_copy_ were three. Returns the cache.
+at::Tensor kv_write(at::Tensor& cache, const at::Tensor& pos, const at::Tensor& kv) {
+  TORCH_CHECK(cache.dim() == 5 && kv.dim() == 5 && kv.scalar_type() == at::kFloat && cache.stride(4) == 1,
+              "kv_write: cache [2, B, H, L, w] with contiguous rows, kv [2, B, H, T, d] fp32");
+  const auto type = cache.scalar_type();
+  const int64_t B = kv.size(1), H = kv.size(2), T = kv.size(3), d = kv.size(4), L = cache.size(3);
+  TORCH_CHECK(type == at::kChar || type == at::kBFloat16 || type == at::kFloat, "kv_write: an int8, bf16 or fp32 cache");
+  TORCH_CHECK(cache.size(0) == 2 && kv.size(0) == 2 && cache.size(1) == B && cache.size(2) == H &&
+              cache.size(4) == d + (type == at::kChar ? 4 : 0), "kv_write: kv does not fit the cache");
+  TORCH_CHECK(pos.scalar_type() == at::kLong && ((pos.dim() == 1 && pos.size(0) == T) || (pos.dim() == 2 && pos.size(0) == B && pos.size(1) == T)),
+              "kv_write: positions [T] or [B, T] (int64)");
+  const at::Tensor p = pos.contiguous();
+  const int64_t* pp = p.data_ptr<int64_t>();
+  for (int64_t i = 0; i < p.numel(); ++i) TORCH_CHECK(pp[i] >= 0 && pp[i] < L, "kv_write: position ", pp[i], " outside the cache's ", L);
+  char* base = static_cast<char*>(cache.data_ptr());
+  const int64_t bytes = cache.element_size();
+  const float* src = kv.data_ptr<float>();
+  const auto ks = kv.strides();
+  for (int64_t i = 0; i < 2; ++i)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t t = 0; t < T; ++t) {
+          const int64_t at = p.dim() == 1 ? pp[t] : pp[b * T + t];
+          char* row = base + (i * cache.stride(0) + b * cache.stride(1) + h * cache.stride(2) + at * cache.stride(3)) * bytes;
+          const float* x = src + i * ks[0] + b * ks[1] + h * ks[2] + t * ks[3];
+          if (type == at::kChar) {
+            pack_row(x, ks[4], d, reinterpret_cast<int8_t*>(row));
+          } else if (type == at::kBFloat16) {
+            auto* y = reinterpret_cast<at::BFloat16*>(row);
+            for (int64_t j = 0; j < d; ++j) y[j] = static_cast<at::BFloat16>(x[j * ks[4]]);
+          } else {
+            auto* y = reinterpret_cast<float*>(row);
+            for (int64_t j = 0; j < d; ++j) y[j] = x[j * ks[4]];
+          }
+        }
+  return cache;
 }
 
 // kv_pack_int8 undone: [..., d + 4] int8 -> [..., d] fp32 (for the paths that attend over fp32: a prefill).
@@ -364,10 +405,12 @@ TORCH_LIBRARY_FRAGMENT(musicgen_bridge, m) {
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale) -> Tensor");
   m.def("kv_pack_int8(Tensor kv) -> Tensor");
   m.def("kv_unpack_int8(Tensor packed) -> Tensor");
+  m.def("kv_write(Tensor(a!) cache, Tensor pos, Tensor kv) -> Tensor(a!)");
 }
 
 TORCH_LIBRARY_IMPL(musicgen_bridge, CPU, m) {
   m.impl("decode_attention", &decode_attention);
   m.impl("kv_pack_int8", &kv_pack_int8);
   m.impl("kv_unpack_int8", &kv_unpack_int8);
+  m.impl("kv_write", &kv_write);
 }
