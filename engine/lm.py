@@ -70,7 +70,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     Keys and values narrower than the queries (a bf16 KV cache under fp32 activations, `MusicGenLM.kv_dtype`)
     go through SDPA in their own dtype: its CPU kernel reads bf16 keys and values at the memory's rate and
     accumulates in fp32, where a bf16 bmm copies the strided cache view before multiplying. The result comes
-    back in the queries' dtype."""
+    back in the queries' dtype. One query goes to the native decode kernel where it runs (`_native_decode`); the
+    packed int8 cache only there, or unpacked to the queries' dtype (a prefill)."""
     if k.dtype == torch.int8:  # the packed int8 cache (KVCache): the decode kernel reads it as it is
         if _native_decode(q, k, mask):
             mask = None if mask is None else mask.float()
