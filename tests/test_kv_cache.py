@@ -1,6 +1,6 @@
 """The bf16 KV cache (`MusicGenLM.kv_dtype`): which models get it and what it saves, attention over it within bf16
-rounding of the fp32 cache's, the LM's logits within bounds (with negative controls), and the traced step equal
-to the eager one over it.
+rounding of the fp32 cache's, the LM's logits within bounds (with negative controls); and for both narrow caches
+(the int8 one's own tests: tests/test_kv_cache_int8.py) the traced step equal to the eager one and per-row writes.
 
 Bounds, measured here (benchmarks/RESULTS.md, issue 11.3):
 - attention output, relative error (norm of the difference / norm of the fp32 result): bf16 keys and values
@@ -19,7 +19,7 @@ import torch
 
 from engine.assemble import bf16_kv_cache_fast, build_lm, lm_config, lm_state_from_hf
 from engine.batch_cache import BatchCache, kv_bytes_per_row
-from engine.lm import KVCache, attend
+from engine.lm import KVCache, attend, pack_int8_rows
 from engine.quantize import int4_supported, logit_agreement
 from engine.steps import traced_step
 from engine.tiny import tiny_config, tiny_reference_model
@@ -136,11 +136,17 @@ def test_the_logit_bounds_catch_a_broken_cache(tiny, broken, monkeypatch):
     assert not _within(got), got
 
 
-def test_traced_step_equals_eager_step_over_a_bf16_cache():
-    cfg, state = _state(dim=64, seed=2)
+NEEDS_AVX512 = pytest.mark.skipif(not torch.cpu._is_avx512_supported(), reason="the int8 cache's kernels need AVX-512")
+
+
+@pytest.mark.parametrize("dtype,dim", [(torch.bfloat16, 64),
+                                       pytest.param(torch.int8, 128, marks=NEEDS_AVX512, id="int8-native kernel (head 32)"),
+                                       pytest.param(torch.int8, 64, marks=NEEDS_AVX512, id="int8-unpacked (head 16)")])
+def test_traced_step_equals_eager_step_over_a_narrow_cache(dtype, dim):
+    cfg, state = _state(dim=dim, seed=2)
     traced, eager = (build_lm(cfg, dict(state), CPU, torch.int8) for _ in range(2))
     for lm in (traced, eager):
-        lm.kv_dtype = torch.bfloat16  # whatever this CPU's default: the path under test
+        lm.kv_dtype = dtype  # whatever this CPU's default: the path under test
     step = traced_step(traced)
     g = torch.Generator().manual_seed(3)
     tokens = torch.randint(0, 2048, (2, 4, 20), generator=g)
@@ -155,15 +161,20 @@ def test_traced_step_equals_eager_step_over_a_bf16_cache():
             got = step(traced.positioned(traced.embed(tokens[..., t : t + 1]), pos), pos, t + 1)
             assert torch.equal(got, eager(eager.embed(tokens[..., t : t + 1]), pos, kv_len=t + 1)), t
     assert torch.equal(traced.layers[0].attn.kv_cache.kv, eager.layers[0].attn.kv_cache.kv)
-    assert {key[2] for key in step.graphs} == {torch.bfloat16}  # traced for the bf16 cache
+    assert {key[2] for key in step.graphs} == {dtype}  # traced (not run eagerly) for this cache
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def _as_cache(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Keys or values as a cache of `dtype` stores them (an int8 cache: packed rows)."""
+    return pack_int8_rows(x) if dtype == torch.int8 else x.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, pytest.param(torch.int8, marks=NEEDS_AVX512)])
 def test_per_row_positions_write_only_their_columns(dtype):
     """A batch of streams writes one column per row at its own position into a view of a larger batch cache
     (`BatchCache.bind`): exactly those columns change, in this view and nowhere else."""
     g = torch.Generator().manual_seed(1)
-    big = torch.randn(2, 8, 4, 32, 16, generator=g).to(dtype)
+    big = _as_cache(torch.randn(2, 8, 4, 32, 16, generator=g), dtype)
     before = big.clone()
     cache = KVCache(1, 4, 32, 16, dtype, CPU)
     cache.kv = big[:, 2:5]  # rows 2..4 of the batch, as a bound view
@@ -173,5 +184,5 @@ def test_per_row_positions_write_only_their_columns(dtype):
     assert out.data_ptr() == big[:, 2:5].data_ptr()
     expect = before.clone()
     for r, p in enumerate(pos[:, 0].tolist()):
-        expect[:, 2 + r, :, p] = new[:, r, :, 0].to(dtype)
+        expect[:, 2 + r, :, p] = _as_cache(new[:, r, :, 0], dtype)
     assert torch.equal(big, expect)

@@ -1,6 +1,7 @@
 """The int8 KV cache (`MusicGenLM.kv_dtype = torch.int8`): each position's head packed as d int8 values and their
 fp32 scale (`pack_int8_rows`), read by the native decode kernel; which models get it, what it saves, attention and
-logits within bounds (with negative controls), the traced step equal to the eager one, per-row writes.
+logits within bounds (with negative controls), the native write. The traced step and per-row writes are tested
+for both narrow caches in tests/test_kv_cache.py.
 
 Bounds, measured here (benchmarks/RESULTS.md): rounding each row to 127 steps of its largest magnitude gives an
 attention output ~8.5e-3 from fp32's (relative norm; bf16 ~3e-3) and, teacher-forced on the tiny model of
@@ -19,7 +20,6 @@ from engine.assemble import build_lm, narrow_kv_dtype
 from engine.batch_cache import BatchCache, kv_bytes_per_row
 from engine.lm import KVCache, attend, pack_int8_rows, unpack_int8_rows
 from engine.quantize import logit_agreement
-from engine.steps import traced_step
 from tests.test_kv_cache import _relative_error, _state
 
 CPU = torch.device("cpu")
@@ -138,45 +138,6 @@ def test_integer_weights_get_the_int8_cache_and_its_bytes(tiny):
     cache = BatchCache(lm)
     cache.ensure(rows=2, length=16, cross_len=5, used=0)
     assert cache.kvs[0].shape[-1] == cfg.head_dim + 4 and cache.cross_k[0].dtype == torch.bfloat16
-
-
-@pytest.mark.parametrize("dim", [128, 64], ids=["native kernel (head 32)", "unpacked (head 16)"])
-def test_traced_step_equals_eager_step_over_an_int8_cache(dim):
-    cfg, state = _state(dim=dim, seed=2)
-    traced, eager = (build_lm(cfg, dict(state), CPU, torch.int8) for _ in range(2))
-    for lm in (traced, eager):
-        lm.kv_dtype = torch.int8
-    step = traced_step(traced)
-    g = torch.Generator().manual_seed(3)
-    tokens = torch.randint(0, 2048, (2, 4, 20), generator=g)
-    cond = torch.randn(2, 6, cfg.dim, generator=g)
-    with torch.inference_mode():
-        for lm in (traced, eager):
-            lm.setup_caches(2, 24)
-            lm.set_condition(cond)
-            lm(lm.embed(tokens[..., :3]), torch.arange(3), kv_len=3)
-        for t in range(3, 20):
-            pos = torch.tensor([t])
-            got = step(traced.positioned(traced.embed(tokens[..., t : t + 1]), pos), pos, t + 1)
-            assert torch.equal(got, eager(eager.embed(tokens[..., t : t + 1]), pos, kv_len=t + 1)), t
-    assert torch.equal(traced.layers[0].attn.kv_cache.kv, eager.layers[0].attn.kv_cache.kv)
-    assert {key[2] for key in step.graphs} == {torch.int8}  # traced for the int8 cache
-
-
-def test_per_row_positions_write_only_their_int8_columns():
-    g = torch.Generator().manual_seed(1)
-    big = pack_int8_rows(torch.randn(2, 8, 4, 32, 16, generator=g))
-    before = big.clone()
-    cache = KVCache(1, 4, 32, 16, torch.int8, CPU)
-    cache.kv = big[:, 2:5]
-    pos = torch.tensor([[3], [31], [0]])
-    new = torch.randn(2, 3, 4, 1, 16, generator=g)
-    out = cache.update(pos, new)
-    assert out.data_ptr() == big[:, 2:5].data_ptr()
-    expect = before.clone()
-    for r, p in enumerate(pos[:, 0].tolist()):
-        expect[:, 2 + r, :, p] = pack_int8_rows(new[:, r, :, 0])
-    assert torch.equal(big, expect)
 
 
 @pytest.mark.parametrize("dtype", [torch.int8, torch.bfloat16])

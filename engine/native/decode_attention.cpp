@@ -91,6 +91,22 @@ __attribute__((target("avx512f"))) float softmax_weights(float* scores, int64_t 
   return 1.f / _mm512_reduce_add_ps(total);
 }
 
+// A block of 16 keys' scores s (the first n live) at keys l..: plus the mask, stored, and folded into the running
+// maximum and NaN flags.
+__attribute__((target("avx512f"), always_inline)) inline void keep_scores(__m512 s, const float* mask, int64_t mask_step,
+                                                                         int64_t l, int64_t n, float* scores,
+                                                                         __m512& top16, __mmask16& nan16) {
+  const __mmask16 live = n == 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
+  if (mask) {
+    alignas(64) float m[16] = {};
+    for (int i = 0; i < n; ++i) m[i] = mask[(l + i) * mask_step];
+    s = _mm512_add_ps(s, _mm512_load_ps(m));
+  }
+  _mm512_mask_storeu_ps(scores + l, live, s);
+  nan16 |= _mm512_mask_cmp_ps_mask(live, s, s, _CMP_UNORD_Q);
+  top16 = _mm512_mask_max_ps(top16, live, top16, s);
+}
+
 // q . key for one key: 16 partial sums (bf16 products, fp32 sums).
 __attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) inline __m512 key_dot(const __m512bh* q, int64_t chunks,
                                                                                          const uint16_t* key) {
@@ -125,7 +141,6 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void attend_head(const He
   const __m512 scale16 = _mm512_set1_ps(scale);
   for (int64_t l = 0; l < L; l += 16) {
     const int64_t n = std::min<int64_t>(16, L - l);
-    const __mmask16 live = n == 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
     __m512 acc[16];
     for (int i = 0; i < 16; ++i) {
       const char* key = reinterpret_cast<const char*>(h.k + (l + i) * h.step);
@@ -133,14 +148,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void attend_head(const He
       acc[i] = i < n ? key_dot(q, chunks, h.k + (l + i) * h.step) : _mm512_setzero_ps();
     }
     __m512 s = _mm512_mul_ps(sum16(acc), scale16);
-    if (h.mask) {
-      alignas(64) float m[16] = {};
-      for (int i = 0; i < n; ++i) m[i] = h.mask[(l + i) * h.mask_step];
-      s = _mm512_add_ps(s, _mm512_load_ps(m));
-    }
-    _mm512_mask_storeu_ps(scores + l, live, s);
-    nan16 |= _mm512_mask_cmp_ps_mask(live, s, s, _CMP_UNORD_Q);
-    top16 = _mm512_mask_max_ps(top16, live, top16, s);
+    keep_scores(s, h.mask, h.mask_step, l, n, scores, top16, nan16);
   }
   const float top = _mm512_reduce_max_ps(top16);
   const bool nan = nan16 != 0;
@@ -211,7 +219,6 @@ __attribute__((target("avx512f,avx512bw"))) void attend_head_i8(const HeadI8& h,
   __mmask16 nan16 = 0;
   for (int64_t l = 0; l < L; l += 16) {
     const int64_t n = std::min<int64_t>(16, L - l);
-    const __mmask16 live = n == 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
     __m512 acc[16];
     alignas(64) float ks[16] = {};
     for (int i = 0; i < 16; ++i) {
@@ -223,14 +230,7 @@ __attribute__((target("avx512f,avx512bw"))) void attend_head_i8(const HeadI8& h,
       ks[i] = row_scale(key, d) * scale;
     }
     __m512 s = _mm512_mul_ps(sum16(acc), _mm512_load_ps(ks));
-    if (h.mask) {
-      alignas(64) float m[16] = {};
-      for (int i = 0; i < n; ++i) m[i] = h.mask[(l + i) * h.mask_step];
-      s = _mm512_add_ps(s, _mm512_load_ps(m));
-    }
-    _mm512_mask_storeu_ps(scores + l, live, s);
-    nan16 |= _mm512_mask_cmp_ps_mask(live, s, s, _CMP_UNORD_Q);
-    top16 = _mm512_mask_max_ps(top16, live, top16, s);
+    keep_scores(s, h.mask, h.mask_step, l, n, scores, top16, nan16);
   }
   const float norm = softmax_weights(scores, L, _mm512_reduce_max_ps(top16), nan16 != 0);
   if (norm != norm) {

@@ -25,20 +25,16 @@
 
 namespace {
 
+using musicgen_bridge::kBlock;
+using musicgen_bridge::kMinBytes;
 using musicgen_bridge::quantize_row;
 using musicgen_bridge::RowPrep;
+using musicgen_bridge::vnni512;
 
-constexpr int64_t kBlock = 64;  // output columns per block
 constexpr int64_t kStepBytes = 128;  // one k-step of a block: 64 columns x 4 inputs x 4 bits
 constexpr int64_t kScaleBytes = 256;  // a group's 64 fp16 scales and 64 fp16 offsets
 constexpr int64_t kPrefetch = 2048;  // bytes ahead of the loads, as in the w8a8 kernel
-constexpr int64_t kMinBytes = 64 * 1024;  // weights per thread at least (see the parallel_for)
 
-bool vnni512() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vnni");
-}
 
 // R rows (R <= 4) against one block of `groups` groups of G inputs. a: R rows of Kp int8; asum: R rows of
 // `groups` int32 group sums of a; y: R rows of N outputs, columns n0.. written.

@@ -16,6 +16,16 @@
 
 namespace musicgen_bridge {
 
+constexpr int64_t kBlock = 64;  // output columns per block of the integer kernels' packed weights
+constexpr int64_t kMinBytes = 64 * 1024;  // weights per thread at least (see their parallel_for)
+
+// The integer kernels' instructions: AVX-512 with VNNI dot products.
+inline bool vnni512() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vnni");
+}
+
 // How a row is prepared before it is rounded: optionally a LayerNorm (the one in front of this linear in the model)
 // and GELU (the one between fc1 and fc2), so those need no ops, and no passes over memory, of their own.
 struct RowPrep {

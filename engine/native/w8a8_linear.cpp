@@ -23,18 +23,14 @@
 
 namespace {
 
+using musicgen_bridge::kBlock;
+using musicgen_bridge::kMinBytes;
 using musicgen_bridge::quantize_row;
 using musicgen_bridge::RowPrep;
+using musicgen_bridge::vnni512;
 
-constexpr int64_t kBlock = 64;  // output columns per block
 constexpr int64_t kPrefetch = 2048;  // bytes ahead of the loads: a few k-steps, past the hardware prefetcher's start
-constexpr int64_t kMinBytes = 64 * 1024;  // weights per thread at least (see the parallel_for)
 
-bool vnni512() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vnni");
-}
 
 // R rows (R <= 4) against one block: acc[r][j] holds columns 16j..16j+15 of row r.
 template <int R>
