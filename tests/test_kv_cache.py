@@ -77,18 +77,28 @@ def _relative_error(got, want):
     return ((got.float() - want).norm() / want.norm()).item()
 
 
-@pytest.mark.parametrize("case", ["one query", "row mask", "prefill"])
-def test_attention_over_a_bf16_cache_is_within_rounding(case):
+ATTENTION_CASES = ["one query", "row mask", "prefill"]
+
+
+def attention_case(case: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """q, k, v [2, 16, T|L, 64] and the mask of one of `ATTENTION_CASES`: one query (no mask), a batch of streams
+    (row 1 shorter: its padded keys get -inf), a prefill (a causal boolean mask)."""
     g = torch.Generator().manual_seed(0)
     T, L = (24, 64) if case == "prefill" else (1, 300)
     q, k, v = (torch.randn(2, 16, n, 64, generator=g) for n in (T, L, L))
     if case == "prefill":
         mask = torch.ones(T, L, dtype=torch.bool).tril(L - T)[None, None]
-    elif case == "row mask":  # a batch of streams: row 1 is shorter, its padded keys get -inf
+    elif case == "row mask":
         mask = torch.zeros(2, 1, 1, L)
         mask[1, ..., 200:] = float("-inf")
     else:
         mask = None
+    return q, k, v, mask
+
+
+@pytest.mark.parametrize("case", ATTENTION_CASES)
+def test_attention_over_a_bf16_cache_is_within_rounding(case):
+    q, k, v, mask = attention_case(case)
     want = attend(q, k, v, mask)
     got = attend(q, k.bfloat16(), v.bfloat16(), mask)
     assert got.dtype == torch.float32 and _relative_error(got, want) < ATTENTION_BOUND
@@ -103,15 +113,22 @@ def _within(got):
     return got["cosine"] >= cos and got["kl"] <= kl and got["top1"] >= top1
 
 
-def test_logits_with_a_bf16_cache_stay_within_bounds(tiny):
+def cache_agreement(tiny, dtype: torch.dtype) -> tuple[dict[str, float], object, object]:
+    """Logits of the fp32 model over a `dtype` cache against the same model over the fp32 cache (the same weights:
+    the cache alone differs), teacher-forced; returns them with (reference, candidate)."""
     cfg, state, tokens, cond = tiny
     reference = build_lm(cfg, dict(state), CPU, torch.float32)
     candidate = build_lm(cfg, dict(state), CPU, torch.float32)
-    candidate.kv_dtype = torch.bfloat16  # the same weights: the cache alone differs
+    candidate.kv_dtype = dtype
     got = logit_agreement(reference, candidate, tokens, cond)
-    assert candidate.layers[0].attn.kv_cache.kv.dtype == torch.bfloat16
+    assert candidate.layers[0].attn.kv_cache.kv.dtype == dtype
+    assert got["kl"] > 0, f"the candidate computed exactly fp32: the {dtype} cache was not used"
+    return got, reference, candidate
+
+
+def test_logits_with_a_bf16_cache_stay_within_bounds(tiny):
+    got, _, _ = cache_agreement(tiny, torch.bfloat16)
     assert _within(got), got
-    assert got["kl"] > 0, "the candidate computed exactly fp32: the bf16 cache was not used"
 
 
 BROKEN = {

@@ -20,7 +20,8 @@ from engine.assemble import build_lm, narrow_kv_dtype
 from engine.batch_cache import BatchCache, kv_bytes_per_row
 from engine.lm import KVCache, attend, pack_int8_rows, unpack_int8_rows
 from engine.quantize import logit_agreement
-from tests.test_kv_cache import _relative_error, _state
+from tests.test_kv_cache import ATTENTION_CASES, _relative_error, attention_case, cache_agreement
+from tests.test_kv_cache import tiny  # noqa: F401 (the same tiny model, a fixture)
 
 CPU = torch.device("cpu")
 ATTENTION_BOUND = 2.5e-2
@@ -51,18 +52,9 @@ def test_rows_pack_within_half_a_step_and_keep_zero_and_nan_rows_apart():
     assert bool(back[2, 4].isnan().all()) and bool(back[2, :4].isfinite().all())  # a NaN row stays in its row
 
 
-@pytest.mark.parametrize("case", ["one query", "row mask", "prefill"])
+@pytest.mark.parametrize("case", ATTENTION_CASES)
 def test_attention_over_an_int8_cache_is_within_rounding(case):
-    g = torch.Generator().manual_seed(0)
-    T, L = (24, 64) if case == "prefill" else (1, 300)
-    q, k, v = (torch.randn(2, 16, n, 64, generator=g) for n in (T, L, L))
-    if case == "prefill":
-        mask = torch.ones(T, L, dtype=torch.bool).tril(L - T)[None, None]
-    elif case == "row mask":
-        mask = torch.zeros(2, 1, 1, L)
-        mask[1, ..., 200:] = float("-inf")
-    else:
-        mask = None
+    q, k, v, mask = attention_case(case)
     want = attend(q, k, v, mask)
     got = attend(q, pack_int8_rows(k), pack_int8_rows(v), mask)
     assert got.dtype == torch.float32 and _relative_error(got, want) < ATTENTION_BOUND
@@ -93,25 +85,9 @@ def _within(got):
     return got["cosine"] >= cos and got["kl"] <= kl and got["top1"] >= top1
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    cfg, state = _state()
-    g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, 2048, (2, 4, 60), generator=g)
-    cond = torch.randn(2, 12, cfg.dim, generator=g)
-    cond[1] = 0
-    return cfg, state, tokens, cond
-
-
 def test_logits_with_an_int8_cache_stay_within_bounds_and_coarser_rows_do_not(tiny, monkeypatch):
-    cfg, state, tokens, cond = tiny
-    reference = build_lm(cfg, dict(state), CPU, torch.float32)
-    candidate = build_lm(cfg, dict(state), CPU, torch.float32)
-    candidate.kv_dtype = torch.int8  # the same weights: the cache alone differs
-    got = logit_agreement(reference, candidate, tokens, cond)
-    assert candidate.layers[0].attn.kv_cache.kv.dtype == torch.int8
+    got, reference, candidate = cache_agreement(tiny, torch.int8)
     assert _within(got), got
-    assert got["kl"] > 0, "the candidate computed exactly fp32: the int8 cache was not used"
     # Negative control: the same cache with its rows first rounded to 5 bits.
     update = KVCache.update
 
@@ -119,7 +95,7 @@ def test_logits_with_an_int8_cache_stay_within_bounds_and_coarser_rows_do_not(ti
         return update(self, input_pos, _coarse(kv.float(), 15) if self.kv.dtype == torch.int8 else kv)
 
     monkeypatch.setattr(KVCache, "update", coarse_update)
-    assert not _within(logit_agreement(reference, candidate, tokens, cond))
+    assert not _within(logit_agreement(reference, candidate, tiny[2], tiny[3]))
 
 
 def test_integer_weights_get_the_int8_cache_and_its_bytes(tiny):
