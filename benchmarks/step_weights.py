@@ -19,7 +19,7 @@ per pass, so no matrix is reused within a pass and every weight comes from memor
 - `bandwidth`: a sum over 512 MB of fp32 (what `bench` reports as the machine's read bandwidth).
 - `bandwidth-2mb`: the same sum over a buffer on 2 MB pages (engine/hugepages.py), as the native rows' weights are.
 
-The native rows' weights lie in one buffer on 2 MB pages, as in the LM (`gather_native_weights`).
+The native rows' weights lie in one buffer on 2 MB pages, as in the LM (`gather_weights`).
 
 The rows run interleaved in every round, so a change in the host's load hits all of them alike; a round's figure
 is the best of `--passes`. Every round is printed, then the median round per row with its weight bytes, GB/s, and
@@ -40,7 +40,7 @@ import torch
 
 from engine.lm import LMConfig
 from engine.hugepages import huge_empty
-from engine.quantize import (FbgemmW8A8Linear, Int4Linear, _scripted, gather_native_weights, int4_linear, module_bytes,
+from engine.quantize import (FbgemmW8A8Linear, Int4Linear, _scripted, gather_weights, int4_linear, module_bytes,
                              quantize_rows, w8a8_linear)
 from engine.threads import in_own_thread
 
@@ -154,7 +154,7 @@ def build_rows(names: list[str], threads: int) -> dict[str, tuple[Callable[[], N
             make = {"ours-w8a8": w8a8_linear, "fbgemm-w8a8": FbgemmW8A8Linear, "onednn-w8a8": OneDNNW8A8,
                     "ours-int4": int4_linear, "torch-int4": lambda w: Int4Linear(w, 32)}[name]
             layers = [make(torch.randn(n, k, generator=g) * 0.02) for n, k in shapes]
-            gather_native_weights(torch.nn.ModuleList(layers))
+            gather_weights(torch.nn.ModuleList(layers))
             nbytes = sum(module_bytes(layer) for layer in layers)
             rows[name] = torch_pass(layers, inputs), nbytes
         elif name in ("ort-8bit", "ort-4bit"):

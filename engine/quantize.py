@@ -229,7 +229,7 @@ class NativeLinear(nn.Module):
     """What the project's linear kernels (engine/native) share: the LayerNorm in front of the linear and the GELU
     between fc1 and fc2 can be applied to the rows inside the op as it rounds them (`absorb_norm`, `absorb_gelu`;
     `fuse_into_native_linears` does it for the LM), and the packed weight can live in the LM's one buffer on 2 MB
-    pages (`gather_native_weights`)."""
+    pages (`gather_weights`)."""
 
     packed: Tensor
 
@@ -358,24 +358,27 @@ def fuse_into_native_linears(lm: nn.Module) -> int:
     return moved
 
 
-def gather_native_weights(lm: nn.Module) -> int:
-    """Move the native linears' packed weights into one buffer on 2 MB pages, in the order a step reads them
-    (engine/hugepages.py says why); each layer keeps a view. One matrix at a time, so memory grows by one matrix.
-    Returns the buffer's bytes (0 when there is nothing to gather)."""
+def gather_weights(lm: nn.Module) -> int:
+    """Move the weights a step streams into one buffer on 2 MB pages, in the order a step reads them
+    (engine/hugepages.py says why): the native linears' packed weights and the weight-only int8 linears' (the
+    output heads; every linear of an int8 model). Each layer keeps a view. One matrix at a time, so memory grows by
+    one matrix. Returns the buffer's bytes (0 when there is nothing to gather)."""
     from engine.hugepages import huge_empty
 
-    layers = [m for m in lm.modules() if isinstance(m, NativeLinear)]
-    total = sum(m.packed.numel() for m in layers)  # bytes: every packed weight is int8 or uint8
+    # modules() goes in the order the LM defines them: the layers', then the heads, as a step reads them
+    weights = [(m, "packed" if isinstance(m, NativeLinear) else "weight") for m in lm.modules()
+               if isinstance(m, (NativeLinear, Int8Linear))]
+    total = sum(getattr(m, name).numel() for m, name in weights)  # bytes: every such weight is int8 or uint8
     if not total:
         return 0
     arena = huge_empty((total,), torch.uint8)
     at = 0
-    for m in layers:
-        n = m.packed.numel()
-        view = arena[at : at + n].view(m.packed.dtype).view(m.packed.shape)
-        view.copy_(m.packed)
-        m.packed = view
-        at += n
+    for m, name in weights:
+        t = getattr(m, name)
+        view = arena[at : at + t.numel()].view(t.dtype).view(t.shape)
+        view.copy_(t)
+        setattr(m, name, view)
+        at += t.numel()
     return total
 
 
@@ -571,8 +574,8 @@ def _swap_linears(module: nn.Module, make) -> int:
 def prepare_for_cpu(lm: nn.Module, weights: str) -> nn.Module:
     """Swap the LM's linears for prepacked ones in `weights` format ("float32", "bfloat16", "int8", "w8a8" or
     "int4"), in place. w8a8 and int4 keep the output heads (and int4 any matrix the kernel's shape rules refuse)
-    in weight-only int8. On the native kernels (w8a8, int4) the norms and GELU move into the linears and the packed
-    weights into one buffer (`fuse_into_native_linears`, `gather_native_weights`).
+    in weight-only int8. On the native kernels (w8a8, int4) the norms and GELU move into the linears
+    (`fuse_into_native_linears`); the integer weights go into one buffer on 2 MB pages (`gather_weights`).
 
     The activations keep the LM's dtype (`lm.dtype`). Without oneDNN the fp32/bf16 linears stay plain `nn.Linear`s.
     """
@@ -584,9 +587,10 @@ def prepare_for_cpu(lm: nn.Module, weights: str) -> nn.Module:
             lm.heads = Int8Linear(heads.weight)
         n = _swap_linears(lm, int4_linear if weights == "int4" else w8a8_linear)
         log.debug("moved %d norms and GELUs into the native linears", fuse_into_native_linears(lm))
-        gather_native_weights(lm)
+        gather_weights(lm)
     elif weights == "int8":
         n = _swap_linears(lm, Int8Linear)
+        gather_weights(lm)
     elif not onednn_available():
         log.info("oneDNN prepacking is unavailable in this torch build: plain linears")
         return lm
