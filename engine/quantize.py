@@ -336,9 +336,10 @@ class FbgemmW8A8Linear(W8A8Linear):
 
 
 def fuse_into_native_linears(lm: nn.Module) -> int:
-    """Move each block's LayerNorms and its GELU into the native linears (`NativeLinear`) that read their output (norm1 into
-    attn.wqkv, norm_cross into cross.wq, norm2 into fc1, act into fc2), replacing them with `nn.Identity`: each norm
-    or GELU output feeds exactly that one linear in `engine.lm.Block`. Returns how many were moved."""
+    """Move each block's LayerNorms and its GELU into the native linears (`NativeLinear`) that read their output
+    (norm1 into attn.wqkv, norm_cross into cross.wq, norm2 into fc1, act into fc2), replacing them with
+    `nn.Identity`: each norm or GELU output feeds exactly that one linear in `engine.lm.Block`. Returns how many
+    were moved."""
     pairs = (("norm1", "attn.wqkv"), ("norm_cross", "cross.wq"), ("norm2", "fc1"))
     moved = 0
     for block in getattr(lm, "layers", []):
