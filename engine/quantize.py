@@ -38,6 +38,7 @@ from typing import List, Optional, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 log = logging.getLogger(__name__)
@@ -256,6 +257,33 @@ class NativeLinear(nn.Module):
         fused = (["layer norm"] if self.norm_weight is not None else []) + (["GELU"] if self.gelu else [])
         return f", {' and '.join(fused)} in front" if fused else ""
 
+    def widened(self) -> Tensor:
+        """The weight's transpose as bf16 [K, N] (from the packed bytes, each call)."""
+        raise NotImplementedError
+
+    def wide_forward(self, x: Tensor) -> Tensor:
+        """Many rows [M, K] fp32 at once (a prefill): the norm and GELU as torch ops, then a bf16 matmul against the
+        widened weight, which the CPU's matrix units (AMX) run faster than the integer kernel runs that many rows
+        (benchmarks/RESULTS.md); fp32 [M, N] out. The activations stay bf16 here, not rounded to int8."""
+        if self.norm_weight is not None:
+            x = F.layer_norm(x, (self.in_features,), self.norm_weight, self.norm_bias, self.eps)
+        if self.gelu:
+            x = F.gelu(x)
+        return (x.to(torch.bfloat16) @ self.widened()).float()
+
+
+WIDE_ROWS = 256  # rows from which a native linear widens its weight to bf16 (`NativeLinear.wide_forward`)
+
+
+def goes_wide(rows: int) -> bool:
+    """A call of `rows` rows takes `NativeLinear.wide_forward`: enough rows, AMX tiles and bf16 on this CPU, the
+    kernels built, and not inside the decode step's trace (a step has a few rows; this keeps the graph one path)."""
+    if rows < WIDE_ROWS or torch.jit.is_tracing():
+        return False
+    from engine import native
+
+    return native.supports("widen") and bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
 
 class NativeW8A8Linear(W8A8Linear, NativeLinear):
     """w8a8 on `torch.ops.musicgen_bridge.w8a8_linear`: the weight packed in 64-column blocks, the rows rounded
@@ -284,9 +312,15 @@ class NativeW8A8Linear(W8A8Linear, NativeLinear):
 
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
-        y = torch.ops.musicgen_bridge.w8a8_linear(x.reshape(-1, shape[-1]).float(), self.packed, self.colsum, self.wscale,
+        rows = x.reshape(-1, shape[-1]).float()
+        if goes_wide(rows.shape[0]):
+            return self.wide_forward(rows).view(*shape[:-1], self.out_features)
+        y = torch.ops.musicgen_bridge.w8a8_linear(rows, self.packed, self.colsum, self.wscale,
                                                   self.out_features, self.norm_weight, self.norm_bias, self.eps, self.gelu)
         return y.view(*shape[:-1], self.out_features)
+
+    def widened(self) -> Tensor:
+        return torch.ops.musicgen_bridge.w8a8_widen(self.packed, self.wscale)[: self.in_features, : self.out_features]
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self.fused_repr()
@@ -470,9 +504,15 @@ class NativeInt4Linear(NativeLinear):
 
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
-        y = torch.ops.musicgen_bridge.int4_linear(x.reshape(-1, shape[-1]).float(), self.packed, self.out_features,
+        rows = x.reshape(-1, shape[-1]).float()
+        if goes_wide(rows.shape[0]):
+            return self.wide_forward(rows).view(*shape[:-1], self.out_features)
+        y = torch.ops.musicgen_bridge.int4_linear(rows, self.packed, self.out_features,
                                                   self.group, self.norm_weight, self.norm_bias, self.eps, self.gelu)
         return y.view(*shape[:-1], self.out_features)
+
+    def widened(self) -> Tensor:
+        return torch.ops.musicgen_bridge.int4_widen(self.packed, self.group)[:, : self.out_features]
 
     def dequantized(self) -> Tensor:
         """The weight the kernel multiplies by, [N, K] fp32 (unpacked from the packed bytes)."""

@@ -399,3 +399,38 @@ def test_w8a8_model_moves_its_norms_and_gelu_into_the_native_linears(tiny, monke
     assert isinstance(unfused.layers[0].norm1, torch.nn.LayerNorm) and not unfused.layers[0].fc2.gelu
     agree = logit_agreement(unfused, lm, tiny[2][:, :, :20], tiny[3])
     assert agree["cosine"] > 0.9999 and agree["top1"] > 0.97
+
+
+needs_amx = pytest.mark.skipif(not (torch.cpu._is_avx512_bf16_supported() and torch.cpu._is_amx_tile_supported()),
+                               reason="the wide path needs AVX512_BF16 and AMX tiles")
+
+
+@needs_native
+@needs_amx
+@pytest.mark.parametrize("kind", ["w8a8", "int4"])
+def test_many_rows_go_wide_on_the_exactly_widened_weight(kind, monkeypatch):
+    """A prefill's many rows: the packed weight widened to bf16 (exactly its dequantized values, rounded), the norm
+    as a torch op, a bf16 matmul; a few rows stay on the integer kernel."""
+    g = torch.Generator().manual_seed(8)
+    w = torch.randn(130, 224, generator=g) * 0.05  # 130: not whole 64-column blocks
+    norm = torch.nn.LayerNorm(224)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5, generator=g)
+        norm.bias.uniform_(-0.2, 0.2, generator=g)
+    lin = NativeW8A8Linear(w) if kind == "w8a8" else NativeInt4Linear(w, 32)
+    lin.absorb_norm(norm)
+    assert torch.equal(lin.widened().t(), lin.dequantized().bfloat16())
+    x = torch.randn(300, 224, generator=g) * 3 + 1
+    with torch.no_grad():
+        expected = torch.nn.functional.linear(norm(x).bfloat16().float(), lin.dequantized().bfloat16().float())
+        wide = lin(x)
+        assert wide.shape == (300, 130) and wide.dtype == torch.float32
+        assert (wide - expected).abs().max() <= 1e-2 * expected.abs().max()
+        # The same rows on the integer kernel: other rounding (int8 rows), the same result within it.
+        monkeypatch.setattr("engine.quantize.WIDE_ROWS", 10**9)
+        narrow = lin(x)
+        assert not torch.equal(narrow, wide) and (narrow - wide).abs().max() <= 3e-2 * expected.abs().max()
+        # Negative control: the norm left out of the wide path misses by far.
+        monkeypatch.setattr("engine.quantize.WIDE_ROWS", 256)
+        lin.norm_weight = lin.norm_bias = None
+        assert (lin(x) - expected).abs().max() > 0.1 * expected.abs().max()

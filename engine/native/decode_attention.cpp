@@ -253,8 +253,29 @@ __attribute__((target("avx512f,avx512bw"))) void attend_head_i8(const HeadI8& h,
   for (int64_t c = 0; c < parts; ++c) _mm512_storeu_ps(h.out + 16 * c, _mm512_mul_ps(_mm512_add_ps(out[0][c], out[1][c]), nv));
 }
 
+// pack_row on AVX-512, for contiguous rows of a multiple of 16 values: the same numbers (cvtps rounds to nearest
+// even, as nearbyint does).
+__attribute__((target("avx512f,avx512bw"))) void pack_row16(const float* x, int64_t d, int8_t* y) {
+  __m512 top = _mm512_setzero_ps();
+  __mmask16 bad = 0;
+  const __m512 huge = _mm512_set1_ps(3.4028235e38f);
+  for (int64_t j = 0; j < d; j += 16) {
+    const __m512 a = _mm512_abs_ps(_mm512_loadu_ps(x + j));
+    bad |= _mm512_cmp_ps_mask(a, huge, _CMP_NLE_UQ);  // above the largest float, or NaN
+    top = _mm512_max_ps(top, a);
+  }
+  const float t = _mm512_reduce_max_ps(top);
+  const float s = bad ? NAN : t / 127.f, inv = t > 0.f && !bad ? 127.f / t : 0.f;
+  const __m512 iv = _mm512_set1_ps(inv);
+  for (int64_t j = 0; j < d; j += 16)
+    _mm512_mask_cvtepi32_storeu_epi8(y + j, 0xFFFF, _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + j), iv)));
+  std::memcpy(y + d, &s, 4);
+}
+
 // One row of d values (`stride` apart) as kv_pack_int8 packs it: d int8 values, then the fp32 scale.
 inline void pack_row(const float* x, int64_t stride, int64_t d, int8_t* y) {
+  static const bool avx512 = int8_dot();
+  if (stride == 1 && d % 16 == 0 && avx512) return pack_row16(x, d, y);
   float top = 0.f;
   bool bad = false;
   for (int64_t j = 0; j < d; ++j) {
@@ -361,23 +382,24 @@ at::Tensor kv_write(at::Tensor& cache, const at::Tensor& pos, const at::Tensor& 
   const int64_t bytes = cache.element_size();
   const float* src = kv.data_ptr<float>();
   const auto ks = kv.strides();
-  for (int64_t i = 0; i < 2; ++i)
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t h = 0; h < H; ++h)
-        for (int64_t t = 0; t < T; ++t) {
-          const int64_t at = p.dim() == 1 ? pp[t] : pp[b * T + t];
-          char* row = base + (i * cache.stride(0) + b * cache.stride(1) + h * cache.stride(2) + at * cache.stride(3)) * bytes;
-          const float* x = src + i * ks[0] + b * ks[1] + h * ks[2] + t * ks[3];
-          if (type == at::kChar) {
-            pack_row(x, ks[4], d, reinterpret_cast<int8_t*>(row));
-          } else if (type == at::kBFloat16) {
-            auto* y = reinterpret_cast<at::BFloat16*>(row);
-            for (int64_t j = 0; j < d; ++j) y[j] = static_cast<at::BFloat16>(x[j * ks[4]]);
-          } else {
-            auto* y = reinterpret_cast<float*>(row);
-            for (int64_t j = 0; j < d; ++j) y[j] = x[j * ks[4]];
-          }
-        }
+  // Rows split across the threads only for a prefill's thousands (a step writes 4 B H rows, on this thread).
+  at::parallel_for(0, 2 * B * H * T, 2048, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t t = r % T, h = (r / T) % H, b = (r / (T * H)) % B, i = r / (T * H * B);
+      const int64_t at = p.dim() == 1 ? pp[t] : pp[b * T + t];
+      char* row = base + (i * cache.stride(0) + b * cache.stride(1) + h * cache.stride(2) + at * cache.stride(3)) * bytes;
+      const float* x = src + i * ks[0] + b * ks[1] + h * ks[2] + t * ks[3];
+      if (type == at::kChar) {
+        pack_row(x, ks[4], d, reinterpret_cast<int8_t*>(row));
+      } else if (type == at::kBFloat16) {
+        auto* y = reinterpret_cast<at::BFloat16*>(row);
+        for (int64_t j = 0; j < d; ++j) y[j] = static_cast<at::BFloat16>(x[j * ks[4]]);
+      } else {
+        auto* y = reinterpret_cast<float*>(row);
+        for (int64_t j = 0; j < d; ++j) y[j] = x[j * ks[4]];
+      }
+    }
+  });
   return cache;
 }
 

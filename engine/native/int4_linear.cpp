@@ -99,6 +99,30 @@ void block_rows(int64_t R, const uint8_t* w, const int8_t* a, int64_t Kp, int64_
   }
 }
 
+// One group of one block into its 64 columns of the [K, N] bf16 transpose yt, rows k0.. (see int4_widen).
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void widen_group(const uint8_t* p, int64_t steps, uint16_t* yt,
+                                                                           int64_t N, int64_t k0) {
+  __m512 scale[4], offset[4];
+  for (int j = 0; j < 4; ++j) {
+    scale[j] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + steps * kStepBytes + 32 * j)));
+    offset[j] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + steps * kStepBytes + 128 + 32 * j)));
+  }
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  for (int64_t t = 0; t < steps; ++t) {
+    const __m512i lo_half = _mm512_loadu_si512(p + t * kStepBytes), hi_half = _mm512_loadu_si512(p + t * kStepBytes + 64);
+    const __m512i q[4] = {_mm512_and_si512(lo_half, low), _mm512_and_si512(_mm512_srli_epi16(lo_half, 4), low),
+                          _mm512_and_si512(hi_half, low), _mm512_and_si512(_mm512_srli_epi16(hi_half, 4), low)};
+    for (int j = 0; j < 4; ++j) {  // columns 16j..16j+15, inputs 4t..4t+3
+      alignas(64) uint8_t r[64];
+      _mm512_store_si512(r, musicgen_bridge::columns_to_rows(q[j]));
+      for (int i = 0; i < 4; ++i) {
+        const __m512i v = _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(r + 16 * i)));
+        musicgen_bridge::store_row16(v, scale[j], offset[j], yt + (k0 + 4 * t + i) * N + 16 * j);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 
@@ -157,11 +181,33 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, int64_t N,
   return y;
 }
 
+// The packed weight's transpose as bf16 [K, N] (lo + s q rounded to nearest even; N whole blocks, the padding
+// columns zero): for many rows at once (a prefill), where a bf16 matmul on the CPU's matrix units (AMX) beats this
+// kernel's dot products. The caller slices the padding off.
+at::Tensor int4_widen(const at::Tensor& packed, int64_t group) {
+  TORCH_CHECK(packed.dim() == 3 && packed.scalar_type() == at::kByte && packed.is_contiguous() && group > 0 && group % 4 == 0 &&
+              packed.size(2) == group / 4 * kStepBytes + kScaleBytes, "int4_widen takes a weight packed by pack_int4");
+  TORCH_CHECK(musicgen_bridge::widen_supported(), "int4_widen needs a CPU with AVX512_BF16");
+  const int64_t blocks = packed.size(0), groups = packed.size(1), K = groups * group, N = blocks * kBlock, steps = group / 4;
+  const int64_t group_bytes = steps * kStepBytes + kScaleBytes;
+  at::Tensor out = at::empty({K, N}, at::kBFloat16);
+  const uint8_t* src = packed.data_ptr<uint8_t>();
+  auto* yt = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t g = 0; g < groups; ++g)
+        widen_group(src + (b * groups + g) * group_bytes, steps, yt + b * kBlock, N, g * group);
+  });
+  return out;
+}
+
 TORCH_LIBRARY_FRAGMENT(musicgen_bridge, m) {
   m.def("int4_linear(Tensor x, Tensor packed, int n, int group, Tensor? norm_weight=None, Tensor? norm_bias=None, "
         "float eps=1e-5, bool gelu=False) -> Tensor");
+  m.def("int4_widen(Tensor packed, int group) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(musicgen_bridge, CPU, m) {
   m.impl("int4_linear", &int4_linear);
+  m.impl("int4_widen", &int4_widen);
 }

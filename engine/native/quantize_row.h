@@ -26,6 +26,30 @@ inline bool vnni512() {
          __builtin_cpu_supports("avx512vnni");
 }
 
+// The widening ops (a prefill's weights as bf16): AVX-512 with bf16 conversion.
+inline bool widen_supported() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512bf16");
+}
+
+// 16 columns x 4 inputs of bytes (each 32-bit lane one column's 4 inputs, as the packed layouts hold them) as the
+// inputs' rows: 4 x 16 bytes, input i's 16 columns at bytes 16i..16i+15. Signedness is the caller's.
+__attribute__((target("avx512f,avx512bw"))) inline __m512i columns_to_rows(__m512i v) {
+  // Within each 128-bit lane (4 columns): [c0 i0..i3, c1 ...] -> [i0: c0..c3, i1: c0..c3, ...]
+  const __m512i in_lane = _mm512_set4_epi32(0x0F0B0703, 0x0E0A0602, 0x0D090501, 0x0C080400);
+  const __m512i grouped = _mm512_shuffle_epi8(v, in_lane);
+  // Across the 4 lanes: input i's 4-byte pieces (one per lane) together.
+  const __m512i across = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+  return _mm512_permutexvar_epi32(across, grouped);
+}
+
+// Input i's 16 values (q, as int32 lanes) times the 16 columns' scales plus offsets, rounded to bf16, stored at y.
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) inline void store_row16(__m512i q, __m512 scale, __m512 offset,
+                                                                                 uint16_t* y) {
+  const __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), scale, offset);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(y), (__m256i)_mm512_cvtneps_pbh(v));
+}
+
 // How a row is prepared before it is rounded: optionally a LayerNorm (the one in front of this linear in the model)
 // and GELU (the one between fc1 and fc2), so those need no ops, and no passes over memory, of their own.
 struct RowPrep {

@@ -77,6 +77,23 @@ void block_rows(int64_t R, const int8_t* w, const uint8_t* q, int64_t Kp, float*
   }
 }
 
+// One block of the packed weight into its 64 columns of the [Kp, N] bf16 transpose yt (see w8a8_widen).
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void widen_block(const int8_t* w, int64_t steps, const float* ws,
+                                                                           uint16_t* yt, int64_t N) {
+  __m512 scale[4];
+  for (int j = 0; j < 4; ++j) scale[j] = _mm512_loadu_ps(ws + 16 * j);
+  for (int64_t t = 0; t < steps; ++t)
+    for (int j = 0; j < 4; ++j) {  // columns 16j..16j+15, inputs 4t..4t+3
+      const __m512i rows = musicgen_bridge::columns_to_rows(_mm512_loadu_si512(w + t * kBlock * 4 + 64 * j));
+      alignas(64) int8_t r[64];
+      _mm512_store_si512(r, rows);
+      for (int i = 0; i < 4; ++i) {
+        const __m512i q = _mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(r + 16 * i)));
+        musicgen_bridge::store_row16(q, scale[j], _mm512_setzero_ps(), yt + (4 * t + i) * N + 16 * j);
+      }
+    }
+}
+
 }  // namespace
 
 
@@ -141,13 +158,36 @@ at::Tensor w8a8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
   return y;
 }
 
+
+// The packed weight's transpose as bf16 [Kp, N] (q x wscale rounded to nearest even; Kp = K rounded up to 4, the
+// padding rows zero): for many rows at once (a prefill), where a bf16 matmul on the CPU's matrix units (AMX) beats
+// this kernel's dot products. The caller passes N padded to whole blocks and slices.
+at::Tensor w8a8_widen(const at::Tensor& packed, const at::Tensor& wscale) {
+  TORCH_CHECK(packed.dim() == 4 && packed.scalar_type() == at::kChar && packed.size(2) == kBlock && packed.size(3) == 4 &&
+              packed.is_contiguous() && wscale.scalar_type() == at::kFloat && wscale.numel() == packed.size(0) * kBlock,
+              "w8a8_widen takes a weight packed by w8a8_pack and its scales");
+  TORCH_CHECK(musicgen_bridge::widen_supported(), "w8a8_widen needs a CPU with AVX512_BF16");
+  const at::Tensor scales = wscale.contiguous();
+  const int64_t blocks = packed.size(0), steps = packed.size(1), N = blocks * kBlock;
+  at::Tensor out = at::empty({steps * 4, N}, at::kBFloat16);
+  const int8_t* w = packed.data_ptr<int8_t>();
+  const float* ws = scales.data_ptr<float>();
+  auto* yt = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) widen_block(w + b * steps * kBlock * 4, steps, ws + b * kBlock, yt + b * kBlock, N);
+  });
+  return out;
+}
+
 TORCH_LIBRARY(musicgen_bridge, m) {
   m.def("w8a8_pack(Tensor weight) -> Tensor");
+  m.def("w8a8_widen(Tensor packed, Tensor wscale) -> Tensor");
   m.def("w8a8_linear(Tensor x, Tensor packed, Tensor colsum, Tensor wscale, int n, Tensor? norm_weight=None, "
         "Tensor? norm_bias=None, float eps=1e-5, bool gelu=False) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(musicgen_bridge, CPU, m) {
   m.impl("w8a8_pack", &w8a8_pack);
+  m.impl("w8a8_widen", &w8a8_widen);
   m.impl("w8a8_linear", &w8a8_linear);
 }
