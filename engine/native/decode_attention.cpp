@@ -23,6 +23,7 @@
 #include <cstring>
 #include <vector>
 
+#include "quantize_row.h"
 #include "vec_math.h"
 
 namespace {
@@ -253,29 +254,13 @@ __attribute__((target("avx512f,avx512bw"))) void attend_head_i8(const HeadI8& h,
   for (int64_t c = 0; c < parts; ++c) _mm512_storeu_ps(h.out + 16 * c, _mm512_mul_ps(_mm512_add_ps(out[0][c], out[1][c]), nv));
 }
 
-// pack_row on AVX-512, for contiguous rows of a multiple of 16 values: the same numbers (cvtps rounds to nearest
-// even, as nearbyint does).
-__attribute__((target("avx512f,avx512bw"))) void pack_row16(const float* x, int64_t d, int8_t* y) {
-  __m512 top = _mm512_setzero_ps();
-  __mmask16 bad = 0;
-  const __m512 huge = _mm512_set1_ps(3.4028235e38f);
-  for (int64_t j = 0; j < d; j += 16) {
-    const __m512 a = _mm512_abs_ps(_mm512_loadu_ps(x + j));
-    bad |= _mm512_cmp_ps_mask(a, huge, _CMP_NLE_UQ);  // above the largest float, or NaN
-    top = _mm512_max_ps(top, a);
-  }
-  const float t = _mm512_reduce_max_ps(top);
-  const float s = bad ? NAN : t / 127.f, inv = t > 0.f && !bad ? 127.f / t : 0.f;
-  const __m512 iv = _mm512_set1_ps(inv);
-  for (int64_t j = 0; j < d; j += 16)
-    _mm512_mask_cvtepi32_storeu_epi8(y + j, 0xFFFF, _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + j), iv)));
-  std::memcpy(y + d, &s, 4);
-}
-
-// One row of d values (`stride` apart) as kv_pack_int8 packs it: d int8 values, then the fp32 scale.
 inline void pack_row(const float* x, int64_t stride, int64_t d, int8_t* y) {
   static const bool avx512 = int8_dot();
-  if (stride == 1 && d % 16 == 0 && avx512) return pack_row16(x, d, y);
+  if (stride == 1 && avx512) {  // the integer kernels' row rounding (quantize_row.h), its scale after the row
+    const float s = musicgen_bridge::quantize_row(x, d, d, musicgen_bridge::RowPrep{}, 0, nullptr, reinterpret_cast<uint8_t*>(y));
+    std::memcpy(y + d, &s, 4);
+    return;
+  }
   float top = 0.f;
   bool bad = false;
   for (int64_t j = 0; j < d; ++j) {
@@ -345,7 +330,7 @@ at::Tensor decode_attention(const at::Tensor& q_, const at::Tensor& k, const at:
 }
 
 // kv [..., d] fp32 -> [..., d + 4] int8: each row rounded to round(127 x / max|x|) and followed by its scale
-// max|x| / 127 as fp32 bytes (an all-zero row: zeros, scale 0; a row with a NaN or infinity: scale NaN).
+// max|x| / 127 as fp32 bytes (an all-zero row: zeros; a row with a NaN or infinity: scale NaN).
 at::Tensor kv_pack_int8(const at::Tensor& kv_) {
   TORCH_CHECK(kv_.scalar_type() == at::kFloat && kv_.dim() >= 1, "kv_pack_int8 takes fp32 rows");
   const at::Tensor kv = kv_.contiguous();
