@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from engine.polyphase import use_polyphase
+
 # facebook/encodec_32khz as transformers.EncodecConfig arguments: the codec inside every published MusicGen, and
 # the one description of it here (the bench checkpoint, the tiny test checkpoints and the Meta exports that name
 # it instead of shipping it all start from this).
@@ -69,6 +71,7 @@ class Codec:
     def __init__(self, encodec, channels: int, n_codebooks: int):
         self.model = encodec.eval()
         fold_weight_norm(self.model)
+        use_polyphase(self.model.decoder)
         self.channels = channels
         self.n_codebooks = n_codebooks  # over all channels
         self.sample_rate = int(encodec.config.sampling_rate)
