@@ -1,6 +1,6 @@
-"""What one streamed codec push costs on the full-size 32 kHz decoder (random weights), torch's transposed convs
-against the polyphase matmul the engine uses (engine/polyphase.py), in alternating rounds on one thread (the
-codec worker's budget), with the time split between the LSTM and the synthesis stage.
+"""What one streamed codec push costs on the full-size 32 kHz decoder (random weights): torch's modules, then
+with the polyphase transposed convs (engine/polyphase.py), then also the unrolled LSTM (engine/unrolled_lstm.py),
+as the engine runs it; alternating rounds on one thread (the codec worker's budget), with the LSTM's share.
 
     python benchmarks/codec_push.py [--frames 22] [--pushes 20] [--rounds 3] [--threads 1]
 
@@ -20,6 +20,7 @@ import torch
 from bridge.bench import random_codec
 from engine.codec import fold_weight_norm
 from engine.polyphase import use_polyphase
+from engine.unrolled_lstm import use_unrolled_lstm
 from engine.stream_decode import StreamingDecoder
 
 FRAME_RATE = 50
@@ -68,11 +69,14 @@ def main() -> None:
     fold_weight_norm(torch_convs)
     polyphase = copy.deepcopy(torch_convs)
     use_polyphase(polyphase.decoder)
+    unrolled = copy.deepcopy(polyphase)
+    use_unrolled_lstm(unrolled.decoder)
     codes = torch.randint(0, 2048, (4, (a.pushes + 3) * a.frames), generator=torch.Generator().manual_seed(1))
     print(f"{a.frames}-frame pushes, {a.pushes} per round, {a.threads} thread(s)")
     print("| round | variant | ms per push | LSTM share | codec s per s of audio |\n|---:|---|---:|---:|---:|")
     for r in range(a.rounds):
-        for name, codec in (("torch convs", torch_convs), ("polyphase", polyphase)):
+        for name, codec in (("torch", torch_convs), ("+ polyphase convs", polyphase),
+                             ("+ unrolled LSTM (engine)", unrolled)):
             ms, lstm = push_ms(codec, codes, a.frames, a.pushes)
             print(f"| {r + 1} | {name} | {ms:.1f} | {lstm:.0%} | {ms / 1000 / (a.frames / FRAME_RATE):.3f} |")
 

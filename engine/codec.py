@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from engine.polyphase import use_polyphase
+from engine.unrolled_lstm import use_unrolled_lstm
 
 # facebook/encodec_32khz as transformers.EncodecConfig arguments: the codec inside every published MusicGen, and
 # the one description of it here (the bench checkpoint, the tiny test checkpoints and the Meta exports that name
@@ -72,6 +73,7 @@ class Codec:
         self.model = encodec.eval()
         fold_weight_norm(self.model)
         use_polyphase(self.model.decoder)
+        use_unrolled_lstm(self.model.decoder)
         self.channels = channels
         self.n_codebooks = n_codebooks  # over all channels
         self.sample_rate = int(encodec.config.sampling_rate)
