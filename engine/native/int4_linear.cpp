@@ -33,7 +33,7 @@ using musicgen_bridge::vnni512;
 
 constexpr int64_t kStepBytes = 128;  // one k-step of a block: 64 columns x 4 inputs x 4 bits
 constexpr int64_t kScaleBytes = 256;  // a group's 64 fp16 scales and 64 fp16 offsets
-constexpr int64_t kPrefetch = 2048;  // bytes ahead of the loads, as in the w8a8 kernel
+constexpr int64_t kPrefetch = 16384;  // bytes ahead of the loads, into L2, as in the w8a8 kernel
 
 
 // R rows (R <= 4) against one block of `groups` groups of G inputs. a: R rows of Kp int8; asum: R rows of
@@ -55,11 +55,12 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void block_dot(const uint
       for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_setzero_si512();
     for (int64_t t = 0; t < steps; ++t) {
       const uint8_t* s = p + t * kStepBytes;
-      _mm_prefetch(reinterpret_cast<const char*>(s) + kPrefetch, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(s) + kPrefetch + 64, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(s) + kPrefetch, _MM_HINT_T1);
+      _mm_prefetch(reinterpret_cast<const char*>(s) + kPrefetch + 64, _MM_HINT_T1);
       const __m512i lo_half = _mm512_loadu_si512(s), hi_half = _mm512_loadu_si512(s + 64);
-      const __m512i wv[4] = {_mm512_and_si512(lo_half, low), _mm512_and_si512(_mm512_srli_epi16(lo_half, 4), low),
-                             _mm512_and_si512(hi_half, low), _mm512_and_si512(_mm512_srli_epi16(hi_half, 4), low)};
+      // High nibbles stay in place (16 q): no shift, the 1/16 goes into their scales below.
+      const __m512i wv[4] = {_mm512_and_si512(lo_half, low), _mm512_andnot_si512(low, lo_half),
+                             _mm512_and_si512(hi_half, low), _mm512_andnot_si512(low, hi_half)};
       for (int r = 0; r < R; ++r) {
         int32_t four;
         std::memcpy(&four, a + r * Kp + g * G + 4 * t, 4);
@@ -71,6 +72,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void block_dot(const uint
     __m512 scale[4], offset[4];
     for (int j = 0; j < 4; ++j) {
       scale[j] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + 32 * j)));
+      if (j & 1) scale[j] = _mm512_mul_ps(scale[j], _mm512_set1_ps(0.0625f));  // exact: a power of two
       offset[j] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + 128 + 32 * j)));
     }
     for (int r = 0; r < R; ++r) {

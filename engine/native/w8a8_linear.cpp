@@ -29,7 +29,9 @@ using musicgen_bridge::quantize_row;
 using musicgen_bridge::RowPrep;
 using musicgen_bridge::vnni512;
 
-constexpr int64_t kPrefetch = 2048;  // bytes ahead of the loads: a few k-steps, past the hardware prefetcher's start
+// Bytes ahead of the loads, into L2 (T1): far enough to keep more lines in flight than L1 has fill buffers for
+// (4-8 KB into L1 read less, benchmarks/RESULTS.md).
+constexpr int64_t kPrefetch = 16384;
 
 
 // R rows (R <= 4) against one block: acc[r][j] holds columns 16j..16j+15 of row r.
@@ -44,7 +46,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void block_dot(const int8
   const int64_t steps = Kp / 4;
   for (int64_t k = 0; k < steps; ++k) {
     const char* p = reinterpret_cast<const char*>(w + k * 256);
-    for (int j = 0; j < 4; ++j) _mm_prefetch(p + kPrefetch + 64 * j, _MM_HINT_T0);
+    for (int j = 0; j < 4; ++j) _mm_prefetch(p + kPrefetch + 64 * j, _MM_HINT_T1);
     __m512i wv[4];
     for (int j = 0; j < 4; ++j) wv[j] = _mm512_loadu_si512(p + 64 * j);
     for (int r = 0; r < R; ++r) {
