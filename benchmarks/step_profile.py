@@ -14,8 +14,12 @@ import time
 import torch
 
 from benchmarks.kv_context import build
+from engine.assemble import narrow_kv_dtype
 from engine.steps import decode_step
 from engine.threads import in_own_thread
+
+
+WEIGHTS = {"qint8": "w8a8"}  # --dtype's torch name -> the engine's weight format name
 
 
 def profile(lm, context: int, steps: int, rows: int = 20) -> None:
@@ -51,7 +55,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     lm = in_own_thread(build, getattr(torch, a.dtype))
-    lm.kv_dtype = torch.bfloat16 if a.dtype != "float32" else None  # what assemble picks for narrow weights
+    lm.kv_dtype = narrow_kv_dtype(WEIGHTS.get(a.dtype, a.dtype), lm.cfg.head_dim)  # the cache the engine picks
     in_own_thread(profile, lm, a.context, a.steps)
 
 

@@ -37,6 +37,7 @@ class BatchCache:
         self.cross_k: list[Tensor] = []
         self.cross_v: list[Tensor] = []
         self.cross_mask: Tensor | None = None
+        self._bound: dict[tuple, list[tuple]] = {}  # bind's views by rows
 
     @property
     def has_cross(self) -> bool:
@@ -70,6 +71,7 @@ class BatchCache:
                 mask[:used, :, :, : self.cross_len] = self.cross_mask[:used]
             self.cross_k, self.cross_v, self.cross_mask = ks, vs, mask
         self.rows, self.length, self.cross_len = R, L, S
+        self._bound = {}  # views of the old buffers
         # The LM's position table and causal mask (prefill) must cover every position a row can reach.
         if lm.max_len < L:
             lm.setup_caches(1, L)
@@ -101,23 +103,38 @@ class BatchCache:
         if self.cross_mask is not None:
             self.cross_mask[dst : dst + n] = self.cross_mask[src : src + n].clone()
 
+    def _views(self, start: int, stop: int, cross_len: int | None) -> list[tuple]:
+        """Per layer: (cache rows, text keys, text values, key mask) for `bind`, made once per range and kept
+        (a round binds the same rows each time; slicing 24 layers' buffers anew cost more than the bookkeeping)."""
+        key = (start, stop, cross_len)
+        views = self._bound.get(key)
+        if views is None:
+            S = self.cross_len if cross_len is None else cross_len
+            views = [(self.kvs[i][:, start:stop],
+                      *((self.cross_k[i][start:stop, :, :S], self.cross_v[i][start:stop, :, :S],
+                         self.cross_mask[start:stop] if cross_len is None else None) if self.has_cross else ()))
+                     for i in range(len(self.kvs))]
+            self._bound[key] = views
+        return views
+
     @contextlib.contextmanager
     def bind(self, start: int, stop: int, cross_len: int | None = None) -> Iterator[None]:
         """Point the LM's layers at rows [start, stop) for one call. `cross_len`: attend to that many text keys
         without a mask (one request's own prompt, as it would alone); None: all of them under the key mask."""
-        lm = self.lm
-        saved = [(l.attn.kv_cache.kv, *((l.cross.k, l.cross.v, l.cross.mask) if l.cross is not None else ())) for l in lm.layers]
+        targets = self.lm.attention_slots()
+        saved = [(kvc._buffers["kv"], *((c.k, c.v, c.mask) if c is not None else ())) for kvc, c in targets]
         try:
-            for i, layer in enumerate(lm.layers):
-                layer.attn.kv_cache.kv = self.kvs[i][:, start:stop]
-                if layer.cross is not None:
-                    S = self.cross_len if cross_len is None else cross_len
-                    layer.cross.k = self.cross_k[i][start:stop, :, :S]
-                    layer.cross.v = self.cross_v[i][start:stop, :, :S]
-                    layer.cross.mask = self.cross_mask[start:stop] if cross_len is None else None
+            _point(targets, self._views(start, stop, cross_len))
             yield
         finally:
-            for layer, (kv, *cross) in zip(lm.layers, saved):
-                layer.attn.kv_cache.kv = kv
-                if layer.cross is not None:
-                    layer.cross.k, layer.cross.v, layer.cross.mask = cross
+            _point(targets, saved)
+
+
+def _point(targets: list[tuple], views: list[tuple]) -> None:
+    """Each layer's (KV cache, cross-attention) set to `views` (from `BatchCache._views`). Straight into the
+    modules' dicts: what `nn.Module.__setattr__` ends up doing for an existing buffer and a plain attribute, without
+    its checks, which were most of a bind's cost (benchmarks/RESULTS.md)."""
+    for (kv_cache, cross), (kv, *text) in zip(targets, views):
+        kv_cache._buffers["kv"] = kv
+        if text:
+            cross.__dict__.update(k=text[0], v=text[1], mask=text[2])

@@ -268,6 +268,7 @@ class MusicGenLM(nn.Module):
         self.cfg = cfg
         self.embeddings = nn.ModuleList(nn.Embedding(cfg.card + 1, cfg.dim) for _ in range(cfg.n_codebooks))
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self._slots: list[tuple[KVCache, CrossAttention | None]] = []  # `attention_slots`
         self.out_norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         # One bias-free head per codebook, stacked [K * card, D]: all K heads are one matmul.
         self.heads = nn.Linear(cfg.dim, cfg.n_codebooks * cfg.card, bias=False)
@@ -304,11 +305,20 @@ class MusicGenLM(nn.Module):
     def device(self) -> torch.device:
         return self.out_norm.weight.device
 
+    def attention_slots(self) -> list[tuple[KVCache, CrossAttention | None]]:
+        """Each layer's KV cache module and cross-attention (None without text), listed once per `setup_caches`:
+        what a batch binds and the traced step reads every step, where looking them up through nn.Module's
+        attribute hooks cost ~0.1 ms a step."""
+        if not self._slots or self._slots[0][0] is not self.layers[0].attn.kv_cache:  # new caches, set by hand
+            self._slots = [(layer.attn.kv_cache, layer.cross) for layer in self.layers]
+        return self._slots
+
     def setup_caches(self, batch: int, max_len: int) -> None:
         """Allocate the KV cache for one generation (positions 0 .. max_len-1), reused across its windows."""
         kv = self.layers[0].attn.kv_cache
         if self.max_len == max_len and kv.k.shape[0] == batch and kv.kv.dtype == self.cache_dtype:
             return
+        self._slots = []  # would keep the old caches alive
         for layer in self.layers:
             layer.attn.kv_cache = KVCache(batch, self.cfg.n_heads, max_len, self.cfg.head_dim, self.cache_dtype, self.device)
         self.register_buffer("causal", torch.ones(max_len, max_len, dtype=torch.bool, device=self.device).tril(), persistent=False)

@@ -115,12 +115,13 @@ class TracedStep:
         lm = self.lm
         if self.lengths.numel() < kv_len:
             self.lengths = torch.empty(max(kv_len, lm.max_len), dtype=torch.uint8)
-        kvs = [layer.attn.kv_cache.kv for layer in lm.layers]
-        cross = [t for layer in lm.layers if layer.cross is not None for t in (layer.cross.k, layer.cross.v)]
+        slots = lm.attention_slots()
+        kvs = [kv_cache.kv for kv_cache, _ in slots]
+        cross = [t for _, c in slots if c is not None for t in (c.k, c.v)]
         # A model without cross-attention (melody) has no such inputs: the tracer refuses empty lists (and Nones).
         if not cross:
             return (h, input_pos, self.lengths[:kv_len], kvs)
-        mask = lm.layers[0].cross.mask  # a batch of streams' text key mask, shared by the layers
+        mask = slots[0][1].mask  # a batch of streams' text key mask, shared by the layers
         return (h, input_pos, self.lengths[:kv_len], kvs, cross) + (() if mask is None else (mask,))
 
     @torch.inference_mode()

@@ -203,3 +203,32 @@ def test_per_row_positions_write_only_their_columns(dtype):
     for r, p in enumerate(pos[:, 0].tolist()):
         expect[:, 2 + r, :, p] = _as_cache(new[:, r, :, 0], dtype)
     assert torch.equal(big, expect)
+
+
+def test_bind_points_at_the_rows_and_follows_new_buffers(tiny):
+    """`BatchCache.bind` keeps its views between rounds: after the buffers grow, or the LM makes new caches,
+    it must point at the new ones, and put back what was there before."""
+    lm = build_lm(tiny[0], dict(tiny[1]), CPU, torch.float32)
+    lm.setup_caches(2, 16)
+    own = lm.layers[-1].attn.kv_cache.kv
+    cache = BatchCache(lm)
+    cache.ensure(rows=4, length=16, cross_len=5, used=0)
+
+    def bound(start, stop, cross_len=None):
+        with cache.bind(start, stop, cross_len):
+            layer = lm.layers[-1]
+            return layer.attn.kv_cache.kv, layer.cross.k, layer.cross.mask
+
+    for _ in range(2):  # the second time from the kept views
+        kv, k, mask = bound(2, 4)
+        assert kv.data_ptr() == cache.kvs[-1][:, 2:4].data_ptr() and kv.shape[1] == 2
+        assert k.shape[0] == 2 and k.shape[2] == 5 and mask.shape[0] == 2
+    assert bound(0, 2, cross_len=3)[1].shape[2] == 3 and bound(0, 2, cross_len=3)[2] is None
+    assert lm.layers[-1].attn.kv_cache.kv is own  # put back
+    cache.ensure(rows=4, length=32, cross_len=5, used=4)  # new, longer buffers
+    kv, _, _ = bound(2, 4)
+    assert kv.shape[3] == 32 and kv.data_ptr() == cache.kvs[-1][:, 2:4].data_ptr()
+    lm.setup_caches(2, 24)  # new cache modules in the layers
+    kv, _, _ = bound(0, 2)
+    assert kv.data_ptr() == cache.kvs[-1].data_ptr()
+    assert lm.layers[-1].attn.kv_cache.kv.shape[3] == 24  # the new module got its own buffer back
