@@ -101,6 +101,26 @@ void block_rows(int64_t R, const uint8_t* w, const int8_t* a, int64_t Kp, int64_
   }
 }
 
+// The sums of a row's int8 values over each group of G (the offsets' term, lo * sum a).
+__attribute__((target("avx512f,avx512bw"))) void group_sums(const int8_t* a, int64_t groups, int64_t G, int32_t* out) {
+  if (G % 32 != 0) {
+    for (int64_t g = 0; g < groups; ++g) {
+      int32_t s = 0;
+      for (int64_t k = g * G; k < (g + 1) * G; ++k) s += a[k];
+      out[g] = s;
+    }
+    return;
+  }
+  const __m512i ones = _mm512_set1_epi16(1);
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512i acc = _mm512_setzero_si512();
+    for (int64_t k = g * G; k < (g + 1) * G; k += 32)
+      acc = _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_cvtepi8_epi16(_mm256_loadu_si256(
+                                                        reinterpret_cast<const __m256i*>(a + k))), ones));
+    out[g] = _mm512_reduce_add_epi32(acc);
+  }
+}
+
 // One group of one block into its 64 columns of the [K, N] bf16 transpose yt, rows k0.. (see int4_widen).
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) void widen_group(const uint8_t* p, int64_t steps, uint16_t* yt,
                                                                            int64_t N, int64_t k0) {
@@ -147,29 +167,17 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, int64_t N,
   at::Tensor nw, nb;
   const RowPrep prep = musicgen_bridge::row_prep(norm_weight, norm_bias, eps, gelu, K, "int4_linear", nw, nb);
   const at::Tensor rows = x.contiguous();
-  at::Tensor q = at::empty({M, K}, at::kChar);
-  at::Tensor rscale = at::empty({M}, at::kFloat);
-  at::Tensor asum = at::empty({M, groups}, at::kInt);
-  {
-    std::vector<float> tmp(K);
-    const float* xp = rows.data_ptr<float>();
-    float* rsp = rscale.data_ptr<float>();
-    int8_t* qp = q.data_ptr<int8_t>();
-    int32_t* sp = asum.data_ptr<int32_t>();
-    for (int64_t m = 0; m < M; ++m) {
-      rsp[m] = quantize_row(xp + m * K, K, K, prep, 0, tmp.data(), reinterpret_cast<uint8_t*>(qp + m * K));
-      for (int64_t g = 0; g < groups; ++g) {
-        int32_t s = 0;
-        for (int64_t k = g * group; k < (g + 1) * group; ++k) s += qp[m * K + k];
-        sp[m * groups + g] = s;
-      }
-    }
+  musicgen_bridge::RowScratch& scratch = musicgen_bridge::row_scratch(M, K, K, M * groups);
+  const float* xp = rows.data_ptr<float>();
+  int8_t* qp = reinterpret_cast<int8_t*>(scratch.rows.data());
+  int32_t* sp = scratch.sums.data();
+  for (int64_t m = 0; m < M; ++m) {
+    scratch.scales[m] = quantize_row(xp + m * K, K, K, prep, 0, scratch.tmp.data(), scratch.rows.data() + m * K);
+    group_sums(qp + m * K, groups, group, sp + m * groups);
   }
   at::Tensor y = at::empty({M, N}, at::kFloat);
   const uint8_t* w = packed.data_ptr<uint8_t>();
-  const int8_t* qp = q.data_ptr<int8_t>();
-  const int32_t* sp = asum.data_ptr<int32_t>();
-  const float* rs = rscale.data_ptr<float>();
+  const float* rs = scratch.scales.data();
   float* yp = y.data_ptr<float>();
   const int64_t block_bytes = groups * group_bytes;
   // As the w8a8 kernel: blocks split across the threads, at least kMinBytes of weights each.

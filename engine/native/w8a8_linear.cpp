@@ -130,21 +130,16 @@ at::Tensor w8a8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
   at::Tensor nw, nb;
   const RowPrep prep = musicgen_bridge::row_prep(norm_weight, norm_bias, eps, gelu, K, "w8a8_linear", nw, nb);
   const at::Tensor rows = x.contiguous(), sums = colsum.contiguous(), scales = wscale.contiguous();
-  at::Tensor q = at::empty({M, Kp}, at::kByte);
-  at::Tensor rscale = at::empty({M}, at::kFloat);
-  {
-    std::vector<float> tmp(K);
-    const float* xp = rows.data_ptr<float>();
-    float* rsp = rscale.data_ptr<float>();
-    uint8_t* qp = q.data_ptr<uint8_t>();
-    for (int64_t m = 0; m < M; ++m) rsp[m] = quantize_row(xp + m * K, K, Kp, prep, 128, tmp.data(), qp + m * Kp);
-  }
+  musicgen_bridge::RowScratch& scratch = musicgen_bridge::row_scratch(M, Kp, K, 0);
+  const float* xp = rows.data_ptr<float>();
+  for (int64_t m = 0; m < M; ++m)
+    scratch.scales[m] = quantize_row(xp + m * K, K, Kp, prep, 128, scratch.tmp.data(), scratch.rows.data() + m * Kp);
   at::Tensor y = at::empty({M, N}, at::kFloat);
   const int8_t* w = packed.data_ptr<int8_t>();
-  const uint8_t* qp = q.data_ptr<uint8_t>();
+  const uint8_t* qp = scratch.rows.data();
   const int32_t* cs = sums.data_ptr<int32_t>();
   const float* ws = scales.data_ptr<float>();
-  const float* rs = rscale.data_ptr<float>();
+  const float* rs = scratch.scales.data();
   float* yp = y.data_ptr<float>();
   // Blocks split across the threads; each block's weights are read once for up to 4 rows, again per 4 more rows
   // (then from cache: a block is 64 x K bytes). A thread takes at least kMinBytes of weights: smaller matrices run
