@@ -63,6 +63,12 @@ def sinusoids(positions: Tensor, dim: int) -> Tensor:
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
 
+def same_dtype(y: Tensor, x: Tensor) -> Tensor:
+    """y in x's dtype: linears may answer in a narrower one (engine/quantize.py). No op where it already is, so a
+    traced step has no node for it."""
+    return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     """softmax(q k^T / sqrt(d) + mask) v over [B, H, T|L, d]; `mask` is boolean (True = attend), additive
     (float, 0 or -inf, broadcastable to [B, H, T, L]: per-row lengths in a batch of streams) or None.
@@ -189,8 +195,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor, input_pos: Tensor, mask: Tensor | None, kv_len: int | None) -> Tensor:
         B, T, D = x.shape
-        # Linears may answer in a narrower dtype than the activations (engine/quantize.py): q, k, v are cast back.
-        qkv = self.wqkv(x).to(x.dtype).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = same_dtype(self.wqkv(x), x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         kv = self.kv_cache.update(input_pos, qkv[1:])
         if kv_len is not None:  # only the filled part of the cache takes part
             kv = kv[:, :, :, :kv_len]
@@ -234,7 +239,7 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, T, D = x.shape
-        q = self.wq(x).to(x.dtype).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        q = same_dtype(self.wq(x), x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         y = attend(q, self.k, self.v, self.mask)
         return self.wo(y.transpose(1, 2).reshape(B, T, D))
 

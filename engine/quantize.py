@@ -262,14 +262,19 @@ class NativeLinear(nn.Module):
         raise NotImplementedError
 
     def wide_forward(self, x: Tensor) -> Tensor:
-        """Many rows [M, K] fp32 at once (a prefill): the norm and GELU as torch ops, then a bf16 matmul against the
+        """Many rows [..., K] fp32 at once (a prefill): the norm and GELU as torch ops, then a bf16 matmul against the
         widened weight, which the CPU's matrix units (AMX) run faster than the integer kernel runs that many rows
-        (benchmarks/RESULTS.md); fp32 [M, N] out. The activations stay bf16 here, not rounded to int8."""
+        (benchmarks/RESULTS.md); fp32 [..., N] out. The activations stay bf16 here, not rounded to int8."""
         if self.norm_weight is not None:
             x = F.layer_norm(x, (self.in_features,), self.norm_weight, self.norm_bias, self.eps)
         if self.gelu:
             x = F.gelu(x)
         return (x.to(torch.bfloat16) @ self.widened()).float()
+
+
+def as_float(x: Tensor) -> Tensor:
+    """x in fp32; no op at all when it already is (a traced step then has no node for it)."""
+    return x if x.dtype == torch.float32 else x.float()
 
 
 WIDE_ROWS = 256  # rows from which a native linear widens its weight to bf16 (`NativeLinear.wide_forward`)
@@ -311,13 +316,11 @@ class NativeW8A8Linear(W8A8Linear, NativeLinear):
         self.register_buffer("wscale", wscale, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        shape = x.shape
-        rows = x.reshape(-1, shape[-1]).float()
-        if goes_wide(rows.shape[0]):
-            return self.wide_forward(rows).view(*shape[:-1], self.out_features)
-        y = torch.ops.musicgen_bridge.w8a8_linear(rows, self.packed, self.colsum, self.wscale,
-                                                  self.out_features, self.norm_weight, self.norm_bias, self.eps, self.gelu)
-        return y.view(*shape[:-1], self.out_features)
+        x = as_float(x)
+        if goes_wide(x.numel() // x.shape[-1]):
+            return self.wide_forward(x)
+        return torch.ops.musicgen_bridge.w8a8_linear(x, self.packed, self.colsum, self.wscale, self.out_features,
+                                                     self.norm_weight, self.norm_bias, self.eps, self.gelu)
 
     def widened(self) -> Tensor:
         return torch.ops.musicgen_bridge.w8a8_widen(self.packed, self.wscale)[: self.in_features, : self.out_features]
@@ -503,13 +506,11 @@ class NativeInt4Linear(NativeLinear):
         self.register_buffer("packed", pack_int4(q, scale, lo, self.group), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        shape = x.shape
-        rows = x.reshape(-1, shape[-1]).float()
-        if goes_wide(rows.shape[0]):
-            return self.wide_forward(rows).view(*shape[:-1], self.out_features)
-        y = torch.ops.musicgen_bridge.int4_linear(rows, self.packed, self.out_features,
-                                                  self.group, self.norm_weight, self.norm_bias, self.eps, self.gelu)
-        return y.view(*shape[:-1], self.out_features)
+        x = as_float(x)
+        if goes_wide(x.numel() // x.shape[-1]):
+            return self.wide_forward(x)
+        return torch.ops.musicgen_bridge.int4_linear(x, self.packed, self.out_features, self.group, self.norm_weight,
+                                                     self.norm_bias, self.eps, self.gelu)
 
     def widened(self) -> Tensor:
         return torch.ops.musicgen_bridge.int4_widen(self.packed, self.group)[:, : self.out_features]

@@ -242,6 +242,23 @@ def test_native_int4_row_does_not_depend_on_its_companions():
 
 @needs_native
 @pytest.mark.parametrize("kind", ["w8a8", "int4"])
+def test_native_linears_take_rows_of_any_leading_shape(kind):
+    """The ops take [..., K] (a step's [B, 1, D] without reshapes around them): the same rows give the same
+    outputs, bit for bit, whatever the shape they arrive in."""
+    g = torch.Generator().manual_seed(6)
+    w = torch.randn(80, 96, generator=g) * 0.05
+    lin = NativeW8A8Linear(w) if kind == "w8a8" else NativeInt4Linear(w, 32)
+    x = torch.randn(2, 3, 96, generator=g)
+    with torch.no_grad():
+        flat = lin(x.reshape(6, 96))
+        assert lin(x).shape == (2, 3, 80) and torch.equal(lin(x).reshape(6, 80), flat)
+        assert torch.equal(lin(x[0, 0]), flat[0])  # one row, no batch dims
+        assert torch.equal(lin(x.transpose(0, 1)).transpose(0, 1), lin(x))  # a strided view is read as its rows
+        assert lin(x.double()).dtype == torch.float32
+
+
+@needs_native
+@pytest.mark.parametrize("kind", ["w8a8", "int4"])
 def test_native_linears_apply_a_layer_norm_and_gelu_as_the_separate_ops_would(kind):
     g = torch.Generator().manual_seed(5)
     w = torch.randn(96, 224, generator=g) * 0.05

@@ -148,15 +148,15 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void widen_group(const ui
 }  // namespace
 
 
-// x [M, K] fp32 times the packed weight's transpose (engine.quantize.pack_int4's layout, `group` inputs per group):
-// [M, N] fp32. With norm_weight and norm_bias, the rows are layer-normed first (eps); with gelu, GELU'd first.
+// x [..., K] fp32 times the packed weight's transpose (engine.quantize.pack_int4's layout, `group` inputs per
+// group): [..., N] fp32. With norm_weight and norm_bias, the rows are layer-normed first (eps); with gelu, GELU'd first.
 at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, int64_t N, int64_t group,
                        const c10::optional<at::Tensor>& norm_weight, const c10::optional<at::Tensor>& norm_bias,
                        double eps, bool gelu) {
   TORCH_CHECK(vnni512(), "int4_linear needs a CPU with AVX-512 VNNI");
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "int4_linear takes fp32 [M, K] rows");
+  TORCH_CHECK(x.dim() >= 1 && x.scalar_type() == at::kFloat, "int4_linear takes fp32 [..., K] rows");
   TORCH_CHECK(group > 0 && group % 4 == 0, "int4_linear: groups of a multiple of 4 inputs, got ", group);
-  const int64_t M = x.size(0), K = x.size(1), groups = K / group;
+  const int64_t K = x.size(-1), M = K ? x.numel() / K : 0, groups = K / group;
   TORCH_CHECK(K % group == 0, "int4_linear: ", K, " inputs are not whole groups of ", group);
   const int64_t group_bytes = group / 4 * kStepBytes + kScaleBytes;
   TORCH_CHECK(packed.dim() == 3 && packed.scalar_type() == at::kByte && packed.size(1) == groups &&
@@ -175,7 +175,7 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, int64_t N,
     scratch.scales[m] = quantize_row(xp + m * K, K, K, prep, 0, scratch.tmp.data(), scratch.rows.data() + m * K);
     group_sums(qp + m * K, groups, group, sp + m * groups);
   }
-  at::Tensor y = at::empty({M, N}, at::kFloat);
+  at::Tensor y = at::empty(musicgen_bridge::out_shape(x, N), at::kFloat);
   const uint8_t* w = packed.data_ptr<uint8_t>();
   const float* rs = scratch.scales.data();
   float* yp = y.data_ptr<float>();

@@ -118,6 +118,14 @@ __attribute__((target("avx512f,avx512bw"))) inline float quantize_row(const floa
   return largest / 127.f;
 }
 
+// A linear's output shape: x's [..., K] with N in place of K (the op takes the rows of any leading shape, so the
+// traced step needs no reshapes around it).
+inline std::vector<int64_t> out_shape(const at::Tensor& x, int64_t N) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = N;
+  return shape;
+}
+
 // A call's rounded rows and their scratch, kept per calling thread and reused: allocating them afresh was a
 // measurable share of a decode step's fixed costs (144 calls a step). Valid until the thread's next call.
 struct RowScratch {

@@ -113,16 +113,16 @@ at::Tensor w8a8_pack(const at::Tensor& weight) {
   return out;
 }
 
-// x [M, K] fp32 times the packed weight's transpose: [M, N] fp32, y = (round(127 x / max|x|) . w) * max|x| / 127 * wscale.
+// x [..., K] fp32 times the packed weight's transpose: [..., N] fp32, y = (round(127 x / max|x|) . w) * max|x| / 127 * wscale.
 // With norm_weight and norm_bias, the rows are layer-normed first (eps); with gelu, GELU'd first.
 at::Tensor w8a8_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& colsum, const at::Tensor& wscale,
                        int64_t N, const c10::optional<at::Tensor>& norm_weight, const c10::optional<at::Tensor>& norm_bias,
                        double eps, bool gelu) {
   TORCH_CHECK(vnni512(), "w8a8_linear needs a CPU with AVX-512 VNNI");
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "w8a8_linear takes fp32 [M, K] rows");
+  TORCH_CHECK(x.dim() >= 1 && x.scalar_type() == at::kFloat, "w8a8_linear takes fp32 [..., K] rows");
   TORCH_CHECK(packed.dim() == 4 && packed.scalar_type() == at::kChar && packed.size(2) == kBlock && packed.size(3) == 4,
               "w8a8_linear takes a weight packed by w8a8_pack");
-  const int64_t blocks = packed.size(0), Kp = packed.size(1) * 4, M = x.size(0), K = x.size(1);
+  const int64_t blocks = packed.size(0), Kp = packed.size(1) * 4, K = x.size(-1), M = K ? x.numel() / K : 0;
   TORCH_CHECK((K + 3) / 4 * 4 == Kp, "w8a8_linear: rows of ", K, " values against a weight packed for ", Kp);
   TORCH_CHECK(N > (blocks - 1) * kBlock && N <= blocks * kBlock, "w8a8_linear: ", N, " outputs from ", blocks, " blocks");
   TORCH_CHECK(colsum.scalar_type() == at::kInt && colsum.numel() == blocks * kBlock && wscale.scalar_type() == at::kFloat &&
@@ -134,7 +134,7 @@ at::Tensor w8a8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
   const float* xp = rows.data_ptr<float>();
   for (int64_t m = 0; m < M; ++m)
     scratch.scales[m] = quantize_row(xp + m * K, K, Kp, prep, 128, scratch.tmp.data(), scratch.rows.data() + m * Kp);
-  at::Tensor y = at::empty({M, N}, at::kFloat);
+  at::Tensor y = at::empty(musicgen_bridge::out_shape(x, N), at::kFloat);
   const int8_t* w = packed.data_ptr<int8_t>();
   const uint8_t* qp = scratch.rows.data();
   const int32_t* cs = sums.data_ptr<int32_t>();
