@@ -18,9 +18,9 @@ import time
 import torch
 
 from bridge.bench import random_codec
-from engine.codec import fold_weight_norm
-from engine.polyphase import use_polyphase
-from engine.unrolled_lstm import use_unrolled_lstm
+from engine.codec import fold_weight_norm, swap_modules
+from engine.polyphase import PolyphaseConvTranspose1d, polyphase_fits
+from engine.unrolled_lstm import UnrolledLSTM, unrolled_fits
 from engine.stream_decode import StreamingDecoder
 
 FRAME_RATE = 50
@@ -68,9 +68,9 @@ def main() -> None:
     torch_convs = random_codec()
     fold_weight_norm(torch_convs)
     polyphase = copy.deepcopy(torch_convs)
-    use_polyphase(polyphase.decoder)
+    swap_modules(polyphase.decoder, polyphase_fits, PolyphaseConvTranspose1d)
     unrolled = copy.deepcopy(polyphase)
-    use_unrolled_lstm(unrolled.decoder)
+    swap_modules(unrolled.decoder, unrolled_fits, UnrolledLSTM)
     codes = torch.randint(0, 2048, (4, (a.pushes + 3) * a.frames), generator=torch.Generator().manual_seed(1))
     print(f"{a.frames}-frame pushes, {a.pushes} per round, {a.threads} thread(s)")
     print("| round | variant | ms per push | LSTM share | codec s per s of audio |\n|---:|---|---:|---:|---:|")

@@ -6,13 +6,14 @@ Stereo checkpoints code each channel on its own and interleave the codebooks [k0
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from engine.polyphase import use_polyphase
-from engine.unrolled_lstm import use_unrolled_lstm
+from engine.polyphase import PolyphaseConvTranspose1d, polyphase_fits
+from engine.unrolled_lstm import UnrolledLSTM, unrolled_fits
 
 # facebook/encodec_32khz as transformers.EncodecConfig arguments: the codec inside every published MusicGen, and
 # the one description of it here (the bench checkpoint, the tiny test checkpoints and the Meta exports that name
@@ -68,12 +69,25 @@ def fold_weight_norm(module: torch.nn.Module) -> int:
     return folded
 
 
+def swap_modules(root: torch.nn.Module, fits: Callable[[torch.nn.Module], bool],
+                 make: Callable[[torch.nn.Module], torch.nn.Module]) -> int:
+    """Replace, in place, every submodule under `root` that `fits` with `make(it)` (the decoder's faster
+    equivalents: engine/polyphase.py, engine/unrolled_lstm.py); returns how many."""
+    swapped = 0
+    for parent in list(root.modules()):
+        for name, child in list(parent.named_children()):
+            if fits(child):
+                setattr(parent, name, make(child))
+                swapped += 1
+    return swapped
+
+
 class Codec:
     def __init__(self, encodec, channels: int, n_codebooks: int):
         self.model = encodec.eval()
         fold_weight_norm(self.model)
-        use_polyphase(self.model.decoder)
-        use_unrolled_lstm(self.model.decoder)
+        swap_modules(self.model.decoder, polyphase_fits, PolyphaseConvTranspose1d)
+        swap_modules(self.model.decoder, unrolled_fits, UnrolledLSTM)
         self.channels = channels
         self.n_codebooks = n_codebooks  # over all channels
         self.sample_rate = int(encodec.config.sampling_rate)

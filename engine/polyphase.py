@@ -47,14 +47,3 @@ def polyphase_fits(conv: nn.Module) -> bool:
             and conv.dilation == (1,) and conv.output_padding == (0,) and conv.kernel_size[0] == 2 * conv.stride[0]
             and not torch.nn.utils.parametrize.is_parametrized(conv))
 
-
-def use_polyphase(module: nn.Module) -> int:
-    """Swap every fitting `nn.ConvTranspose1d` under `module` (weights already folded, engine.codec) for its
-    polyphase matmul, in place; returns how many."""
-    swapped = 0
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if polyphase_fits(child):
-                setattr(parent, name, PolyphaseConvTranspose1d(child))
-                swapped += 1
-    return swapped

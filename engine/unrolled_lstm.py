@@ -59,13 +59,3 @@ def unrolled_fits(lstm: nn.Module) -> bool:
     return (type(lstm) is nn.LSTM and not lstm.bidirectional and not lstm.batch_first and lstm.bias
             and lstm.proj_size == 0)
 
-
-def use_unrolled_lstm(module: nn.Module) -> int:
-    """Swap every fitting `nn.LSTM` under `module` for its unrolled loop, in place; returns how many."""
-    swapped = 0
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if unrolled_fits(child):
-                setattr(parent, name, UnrolledLSTM(child))
-                swapped += 1
-    return swapped

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from engine.codec import Codec, fold_weight_norm
-from engine.polyphase import PolyphaseConvTranspose1d, polyphase_fits, use_polyphase
+from engine.codec import Codec, fold_weight_norm, swap_modules
+from engine.polyphase import PolyphaseConvTranspose1d, polyphase_fits
 from tests.test_stream_decode import MIN_SNR_DB, one_shot, snr_db, stream, tiny_codec
 from engine.stream_decode import StreamingDecoder
 
@@ -60,7 +60,7 @@ def test_codec_decodes_as_before():
     codec = tiny_codec()
     reference = copy.deepcopy(codec)
     fold_weight_norm(codec)
-    assert use_polyphase(codec.decoder) == 4  # one per upsampling ratio
+    assert swap_modules(codec.decoder, polyphase_fits, PolyphaseConvTranspose1d) == 4  # one per upsampling ratio
     assert not any(isinstance(m, nn.ConvTranspose1d) for m in codec.modules())
     codes = torch.randint(0, 2048, (4, 37), generator=torch.Generator().manual_seed(3))
     want = one_shot(reference, codes, 1)

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from engine.codec import Codec
-from engine.unrolled_lstm import UnrolledLSTM, unrolled_fits, use_unrolled_lstm
+from engine.codec import Codec, swap_modules
+from engine.unrolled_lstm import UnrolledLSTM, unrolled_fits
 from tests.test_stream_decode import MIN_SNR_DB, one_shot, snr_db, stream, tiny_codec
 from engine.stream_decode import StreamingDecoder
 
@@ -49,7 +49,7 @@ def test_only_plain_lstms_fit():
 def test_codec_decodes_as_before():
     reference = tiny_codec()
     codec = tiny_codec()
-    assert use_unrolled_lstm(codec.decoder) == 1
+    assert swap_modules(codec.decoder, unrolled_fits, UnrolledLSTM) == 1
     codes = torch.randint(0, 2048, (4, 41), generator=torch.Generator().manual_seed(5))
     want = one_shot(reference, codes, 1)
     assert snr_db(one_shot(codec, codes, 1), want) >= MIN_SNR_DB
