@@ -78,15 +78,12 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     accumulates in fp32, where a bf16 bmm copies the strided cache view before multiplying. The result comes
     back in the queries' dtype. One query goes to the native decode kernel where it runs (`_native_decode`); the
     packed int8 cache only there, or unpacked to the queries' dtype (a prefill)."""
-    if k.dtype == torch.int8:  # the packed int8 cache (KVCache): the decode kernel reads it as it is
-        if _native_decode(q, k, mask):
-            mask = None if mask is None else mask.float()
-            return torch.ops.musicgen_bridge.decode_attention(q, k, v, mask, 1.0 / math.sqrt(q.shape[-1]))
-        k, v = unpack_int8_rows(k).to(q.dtype), unpack_int8_rows(v).to(q.dtype)  # a prefill: attend in q's dtype
+    if _native_decode(q, k, mask):  # one query against a bf16 or packed int8 cache: the project's kernel
+        mask = None if mask is None else mask.float()
+        return torch.ops.musicgen_bridge.decode_attention(q, k, v, mask, 1.0 / math.sqrt(q.shape[-1]))
+    if k.dtype == torch.int8:  # the packed int8 cache (KVCache) in a prefill: attend in q's dtype
+        k, v = unpack_int8_rows(k).to(q.dtype), unpack_int8_rows(v).to(q.dtype)
     if k.dtype != q.dtype:
-        if _native_decode(q, k, mask):  # one query against the bf16 cache: the project's kernel reads it faster
-            mask = None if mask is None else mask.float()
-            return torch.ops.musicgen_bridge.decode_attention(q, k, v, mask, 1.0 / math.sqrt(q.shape[-1]))
         if mask is not None and mask.is_floating_point():
             mask = mask.to(k.dtype)  # 0 and -inf are exact in bf16
         return F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask).to(q.dtype)
