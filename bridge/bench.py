@@ -63,42 +63,48 @@ def random_codec(seed: int = 0):
     return codec
 
 
-def small_shape_config(n_layers: int = 24):
-    """transformers' MusicgenConfig of musicgen-small: its decoder shape, t5-base's shape (12 layers, 768 wide,
-    32128 tokens; the test tokenizer uses a few of them), the real codec. Full size, so that memory is a real
-    checkpoint's."""
+# The published decoders' shapes (hidden size, layers, heads, ffn width); both use t5-base and the 32 kHz codec.
+SHAPES = {"small": (1024, 24, 16, 4096), "medium": (1536, 48, 24, 6144)}
+
+
+def small_shape_config(n_layers: int | None = None, shape: str = "small"):
+    """transformers' MusicgenConfig of musicgen-small (or `shape`): its decoder shape, t5-base's shape (12 layers,
+    768 wide, 32128 tokens; the test tokenizer uses a few of them), the real codec. Full size, so that memory is a
+    real checkpoint's."""
     from transformers import MusicgenConfig, MusicgenDecoderConfig, T5Config
 
     from engine.codec import musicgen_codec_config
 
+    hidden, layers, heads, ffn = SHAPES[shape]
     t5 = T5Config(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12,
                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-    decoder = MusicgenDecoderConfig(vocab_size=2048, hidden_size=1024, num_hidden_layers=n_layers, num_attention_heads=16,
-                                    ffn_dim=4096, num_codebooks=4, max_position_embeddings=2048, audio_channels=1)
+    decoder = MusicgenDecoderConfig(vocab_size=2048, hidden_size=hidden, num_hidden_layers=n_layers or layers,
+                                    num_attention_heads=heads, ffn_dim=ffn, num_codebooks=4,
+                                    max_position_embeddings=2048, audio_channels=1)
     return MusicgenConfig(text_encoder=t5.to_dict(), audio_encoder=musicgen_codec_config().to_dict(), decoder=decoder.to_dict())
 
 
-def small_shape_model(n_layers: int = 24, seed: int = 0):
-    """transformers' model of the small shape with random weights (fp32)."""
+def small_shape_model(n_layers: int | None = None, seed: int = 0, shape: str = "small"):
+    """transformers' model of the small shape (or `shape`) with random weights (fp32)."""
     import torch
     from transformers import MusicgenForConditionalGeneration
 
     torch.manual_seed(seed)
-    model = MusicgenForConditionalGeneration(small_shape_config(n_layers)).eval()
+    model = MusicgenForConditionalGeneration(small_shape_config(n_layers, shape)).eval()
     spread_codebooks(model.audio_encoder)
     return model
 
 
-def ensure_checkpoint(folder: Path) -> Path:
-    """The small-shape checkpoint in Hugging Face format (written once; about 2.4 GB)."""
+def ensure_checkpoint(folder: Path, shape: str = "small") -> Path:
+    """The checkpoint of `shape` in Hugging Face format (written once; about 2.4 GB small, 7 GB medium)."""
     folder = Path(folder)
     if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
         return folder
     from engine.tiny import tiny_tokenizer
 
-    print(f"writing the small-shape checkpoint to {folder} (once) ...", file=sys.stderr, flush=True)
+    print(f"writing the {shape}-shape checkpoint to {folder} (once) ...", file=sys.stderr, flush=True)
     tmp = folder.with_name(folder.name + ".partial")
-    small_shape_model().save_pretrained(tmp)
+    small_shape_model(shape=shape).save_pretrained(tmp)
     tiny_tokenizer().save_pretrained(tmp)
     tmp.rename(folder)
     return folder
@@ -151,18 +157,35 @@ def step_bytes(lm, batch: int, context: float) -> int:
     return weights + kv + cross
 
 
-def read_bandwidth_gbs(mb: int = 512, repeats: int = 7) -> float:
-    """The machine's streaming read rate with this process's torch threads: best of `repeats` sums over a
-    `mb`-MB fp32 tensor (far larger than any cache), in GB/s."""
+def read_bandwidth_gbs(mb: int = 512, repeats: int = 7, device: str = "cpu") -> float:
+    """The machine's streaming read rate with this process's torch threads (or the GPU's memory, on `device`):
+    best of `repeats` sums over a `mb`-MB fp32 tensor (far larger than any cache), in GB/s."""
     import torch
 
-    x = torch.ones(mb * 2**20 // 4)
+    x = torch.ones(mb * 2**20 // 4, device=device)
     best = float("inf")
     for _ in range(repeats):
+        sync(device)
         t0 = time.perf_counter()
         x.sum()
+        sync(device)
         best = min(best, time.perf_counter() - t0)
     return x.numel() * 4 / best / 1e9
+
+
+def sync(device) -> None:
+    """Wait for the GPU's queued work, so that a wall-clock interval covers it (nothing to do on CPU)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def gpu_peak_mb(device) -> float | None:
+    """The GPU memory torch's allocator held at most, in MB (None on CPU)."""
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 1e6 if torch.device(device).type == "cuda" else None
 
 
 # ---------------------------------------------------------------------------------------------- workers
@@ -172,7 +195,7 @@ def _settings():
     return SamplingSettings(top_k=250, cfg=3.0, temperature=1.0, seed=1234)
 
 
-def worker_ours(folder: Path, dtype: str, steps: int) -> dict:
+def worker_ours(folder: Path, dtype: str, steps: int, device: str = "cpu") -> dict:
     import torch
 
     from bridge.model_loading import load_model
@@ -182,7 +205,7 @@ def worker_ours(folder: Path, dtype: str, steps: int) -> dict:
 
     base = rss_mb()
     t0 = time.perf_counter()
-    model = load_model(str(folder), device="cpu", dtype=dtype)
+    model = load_model(str(folder), device=device, dtype=dtype)
     warm_up(model)  # as `serve` does before it says ready: tracing the step is part of loading
     load_s, loaded = time.perf_counter() - t0, rss_mb()
 
@@ -197,8 +220,10 @@ def worker_ours(folder: Path, dtype: str, steps: int) -> dict:
     frames = steps - model.pattern.max_delay
     t0 = time.perf_counter()
     stream = open_stream(model, PROMPT, _settings(), frames=frames)
+    sync(device)
     t1 = time.perf_counter()
     stream.run()
+    sync(device)
     gen_s = time.perf_counter() - t1
     batch = 2  # guidance on: [cond; uncond]
     return {
@@ -206,53 +231,58 @@ def worker_ours(folder: Path, dtype: str, steps: int) -> dict:
         "step_mb": step_bytes(model.lm, batch, context=stream.steps / 2) / 1e6,
         "steps": stream.steps, "steps_per_s": stream.steps / gen_s, "cond_s": t1 - t0, "ttfa_s": ttfa,
         "load_s": load_s, "rss_base_mb": base, "rss_loaded_mb": loaded, "peak_rss_mb": peak_rss_mb(),
-        "lm_mb": lm_bytes(model.lm) / 1e6, "threads": torch.get_num_threads(),
+        "lm_mb": lm_bytes(model.lm) / 1e6, "threads": torch.get_num_threads(), "gpu_peak_mb": gpu_peak_mb(device),
+        "step_mode": getattr(stream, "step_mode", None),
     }
 
 
-def worker_transformers(folder: Path, dtype: str, steps: int) -> dict:
+def worker_transformers(folder: Path, dtype: str, steps: int, device: str = "cpu") -> dict:
     import torch
     from transformers import AutoTokenizer, MusicgenForConditionalGeneration
 
     base = rss_mb()
     t0 = time.perf_counter()
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-    model = MusicgenForConditionalGeneration.from_pretrained(str(folder), dtype=torch_dtype).eval()
+    model = MusicgenForConditionalGeneration.from_pretrained(str(folder), dtype=torch_dtype).eval().to(device)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    inputs = lambda: tokenizer([PROMPT], return_tensors="pt").to(device)  # noqa: E731
     load_s, loaded = time.perf_counter() - t0, rss_mb()
     kw = dict(do_sample=True, top_k=250, guidance_scale=3.0)
     with torch.inference_mode():
         # Time to first audio: `generate` hands nothing out before its end, so the earliest audio is a 1 s request
         # (50 frames + 3 delay steps) decoded whole. Also the warm-up.
         t0 = time.perf_counter()
-        model.generate(**tokenizer([PROMPT], return_tensors="pt"), **kw, max_new_tokens=FRAME_RATE + 3)
+        model.generate(**inputs(), **kw, max_new_tokens=FRAME_RATE + 3)
+        sync(device)
         ttfa = time.perf_counter() - t0
         decode = model.audio_encoder.decode
         model.audio_encoder.decode = lambda codes, *a, **k: decode(codes[..., :1], *a, **k)  # steps only, no codec
         torch.manual_seed(0)
+        sync(device)
         t0 = time.perf_counter()
-        model.generate(**tokenizer([PROMPT], return_tensors="pt"), **kw, max_new_tokens=steps)
+        model.generate(**inputs(), **kw, max_new_tokens=steps)
+        sync(device)
         gen_s = time.perf_counter() - t0
     return {
         "steps": steps, "steps_per_s": steps / gen_s, "ttfa_s": ttfa, "load_s": load_s,
         "rss_base_mb": base, "rss_loaded_mb": loaded, "peak_rss_mb": peak_rss_mb(), "lm_mb": None,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "gpu_peak_mb": gpu_peak_mb(device),
     }
 
 
-def worker_decode(chunks: int) -> dict:
+def worker_decode(chunks: int, device: str = "cpu") -> dict:
     """Streaming EnCodec decode of 1 s chunks on the full-size codec (benchmarks/stream_decode.py's setup)."""
     import torch
 
     from engine.stream_decode import StreamingDecoder
 
-    codec = random_codec()
+    codec = random_codec().to(device)
     codes = torch.randint(0, 2048, (4, chunks * FRAME_RATE), generator=torch.Generator().manual_seed(1))
     decoder = StreamingDecoder(codec, 1)
     times = []
     for i in range(0, codes.shape[1], FRAME_RATE):
         t0 = time.perf_counter()
-        decoder.push(codes[:, i : i + FRAME_RATE])
+        decoder.push(codes[:, i : i + FRAME_RATE])  # returns audio on the CPU: the GPU's work is done
         times.append(time.perf_counter() - t0)
     steady = times[1:] or times
     return {"ms_per_chunk": statistics.median(steady) * 1e3, "first_chunk_ms": times[0] * 1e3, "chunks": len(times),
@@ -265,28 +295,30 @@ def _worker_main(argv: list[str]) -> int:
     p.add_argument("--folder", type=Path)
     p.add_argument("--steps", type=int)
     p.add_argument("--threads", type=int)
+    p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(a.threads)
     logging.basicConfig(level=logging.WARNING)
     if a.row == "bandwidth":
-        out = {"gb_s": read_bandwidth_gbs(), "threads": torch.get_num_threads()}
+        mb = 4096 if a.device.startswith("cuda") else 512  # far past the GPU's 60 MB of L2 too
+        out = {"gb_s": read_bandwidth_gbs(mb, device=a.device), "threads": torch.get_num_threads()}
     elif a.row == "decode":
-        out = worker_decode(max(3, a.steps // FRAME_RATE))
+        out = worker_decode(max(3, a.steps // FRAME_RATE), a.device)
     else:
         who, dt = a.row.split("-")
         fn = worker_ours if who == "ours" else worker_transformers
-        out = fn(a.folder, DTYPES[dt], a.steps)
+        out = fn(a.folder, DTYPES[dt], a.steps, a.device)
     print("BENCH-RESULT " + json.dumps(out), flush=True)
     return 0
 
 
 # ------------------------------------------------------------------------------------------------ driver
-def run_row(row: str, folder: Path, steps: int, threads: int, timeout: float = 1800) -> dict:
+def run_row(row: str, folder: Path, steps: int, threads: int, timeout: float = 1800, device: str = "cpu") -> dict:
     """One row in a fresh subprocess (so its peak RSS is its own); returns the worker's figures."""
     cmd = [sys.executable, "-m", "bridge.bench", "--worker", row, "--folder", str(folder), "--steps", str(steps),
-           "--threads", str(threads)]
+           "--threads", str(threads), "--device", str(device)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
                           cwd=str(Path(__file__).resolve().parents[1]))
@@ -296,7 +328,13 @@ def run_row(row: str, folder: Path, steps: int, threads: int, timeout: float = 1
     raise RuntimeError(f"bench row {row} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
 
 
-def machine() -> str:
+def machine(device: str = "cpu") -> str:
+    """The CPU's name, cores and vector extensions; and the GPU's name when `device` is a CUDA device."""
+    gpu = ""
+    if device.startswith("cuda"):
+        import torch
+
+        gpu = f"; GPU {torch.cuda.get_device_name(torch.device(device))}"
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
         name = next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
@@ -306,18 +344,20 @@ def machine() -> str:
         name = platform.processor() or platform.machine()
     flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
     extra = [f for f in ("avx512_bf16", "amx_bf16", "avx512_vnni") if f in flags]
-    return f"{name}, {os.cpu_count()} cores" + (f" ({', '.join(extra)})" if extra else "")
+    return f"{name}, {os.cpu_count()} cores" + (f" ({', '.join(extra)})" if extra else "") + gpu
 
 
 def format_table(results: dict[str, dict], auto: str | None = None) -> str:
     """The figures as markdown; `auto` (a dtype name) marks the row `--dtype auto` runs."""
     bandwidth = results.get("bandwidth", {}).get("gb_s")
+    gpu = any(r.get("gpu_peak_mb") for r in results.values())
     lines = []
     if bandwidth:
-        lines += [f"read bandwidth: {bandwidth:.1f} GB/s (sum over 512 MB fp32, best of 7, same threads)", ""]
+        over = "the GPU's memory, 4096 MB fp32" if gpu else "512 MB fp32"
+        lines += [f"read bandwidth: {bandwidth:.1f} GB/s (sum over {over}, best of 7, same threads)", ""]
     lines += ["| row | steps/s | real-time factor | time to first audio (s) | peak RSS (MB) | LM weights+KV (MB) "
-              "| MB read/step | effective GB/s | of bandwidth |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| MB read/step | effective GB/s | of bandwidth |" + (" GPU peak (MB) |" if gpu else ""),
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if gpu else "")]
     for row, r in results.items():
         if row in ("decode", "bandwidth"):
             continue
@@ -332,7 +372,7 @@ def format_table(results: dict[str, dict], auto: str | None = None) -> str:
         else:
             traffic = "- | - | -"
         lines.append(f"| {name} | {r['steps_per_s']:.1f} | {r['steps_per_s'] / FRAME_RATE:.2f} | {r['ttfa_s']:.2f} | "
-                     f"{r['peak_rss_mb']:.0f} | {lm} | {traffic} |")
+                     f"{r['peak_rss_mb']:.0f} | {lm} | {traffic} |" + (f" {r.get('gpu_peak_mb') or 0:.0f} |" if gpu else ""))
     if "decode" in results:
         d = results["decode"]
         lines += ["", "| streaming decode (full-size EnCodec, 1 s chunks) | ms per chunk | first chunk ms | holdback ms | peak RSS (MB) |",
@@ -348,7 +388,11 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"comma-separated, from: {', '.join(ROWS)} (default: {', '.join(DEFAULT_ROWS)})")
     p.add_argument("--steps", type=int, default=250, help="decoder steps per row (default 250 = 5 s of audio)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where the small-shape checkpoint is kept")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help=f"where the random checkpoint is kept (default {DEFAULT_CACHE}, or -medium beside it)")
+    p.add_argument("--shape", choices=tuple(SHAPES), default="small",
+                   help="the published decoder shape the random checkpoint takes (default small)")
+    p.add_argument("--device", default="auto", help="auto (cuda, then cpu), cpu or cuda: where every row runs")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     p.add_argument("--jam", action="store_true", help="instead: a 60 s jam through the OSC server, as the device "
                    "drives it (bridge/jam_bench.py): chunks late, real-time factor, first bar, steps/s")
@@ -365,7 +409,23 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def cache_dir(args: argparse.Namespace) -> Path:
+    """--cache-dir, else the default folder of --shape's checkpoint."""
+    if args.cache_dir is not None:
+        return args.cache_dir
+    return DEFAULT_CACHE if args.shape == "small" else DEFAULT_CACHE.with_name(f"bench-{args.shape}-t5base")
+
+
 def run_bench(args: argparse.Namespace) -> int:
+    from engine.devices import resolve_device
+    from engine.errors import UserError
+
+    try:
+        args.device = str(resolve_device(args.device))
+    except UserError as e:
+        print(e, file=sys.stderr)
+        return 2
+    args.cache_dir = cache_dir(args)
     if args.jam:
         from bridge.jam_bench import run_jam_command
 
@@ -381,20 +441,22 @@ def run_bench(args: argparse.Namespace) -> int:
         print("--steps must be at least 8", file=sys.stderr)
         return 2
     threads = args.threads or os.cpu_count() or 1
-    folder = ensure_checkpoint(args.cache_dir) if any(r not in ("decode", "bandwidth") for r in rows) else args.cache_dir
-    print(f"machine: {machine()}; {threads} threads; {args.steps} steps per row; small shape, random weights, guidance on",
-          flush=True)
+    needs_model = any(r not in ("decode", "bandwidth") for r in rows)
+    folder = ensure_checkpoint(args.cache_dir, args.shape) if needs_model else args.cache_dir
+    print(f"machine: {machine(args.device)}; {threads} threads; {args.steps} steps per row; {args.shape} shape, "
+          "random weights, guidance on", flush=True)
     results = {}
     for row in rows:
         print(f"  {row} ...", file=sys.stderr, flush=True)
-        results[row] = run_row(row, folder, args.steps, threads)
+        results[row] = run_row(row, folder, args.steps, threads, device=args.device)
     import torch
 
     from engine.devices import auto_dtype, dtype_name
 
-    print(format_table(results, auto=dtype_name(auto_dtype(torch.device("cpu"))[0])))
+    print(format_table(results, auto=dtype_name(auto_dtype(torch.device(args.device))[0])))
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "threads": threads, "steps": args.steps, "rows": results}, indent=1))
+        args.json.write_text(json.dumps({"machine": machine(args.device), "threads": threads, "steps": args.steps,
+                                         "shape": args.shape, "device": args.device, "rows": results}, indent=1))
     return 0
 
 
@@ -412,11 +474,11 @@ def _run_streams(args: argparse.Namespace) -> int:
         return 2
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
-    folder = ensure_checkpoint(args.cache_dir)
-    print(f"machine: {machine()}; {threads} threads; {args.steps} steps per stream; small shape, random weights, "
-          "guidance on", flush=True)
+    folder = ensure_checkpoint(args.cache_dir, args.shape)
+    print(f"machine: {machine(args.device)}; {threads} threads; {args.steps} steps per stream; {args.shape} shape, "
+          "random weights, guidance on", flush=True)
     run_streams_bench(folder, counts, DTYPES.get(args.streams_dtype, args.streams_dtype), args.steps, args.rounds,
-                      out=lambda line: print(line, flush=True))
+                      out=lambda line: print(line, flush=True), device=args.device)
     return 0
 
 

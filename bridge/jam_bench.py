@@ -155,12 +155,14 @@ def run_jam_command(args) -> int:
     """The `bench --jam` entry: the small-shape checkpoint unless --model names one."""
     from .bench import ensure_checkpoint, machine
 
-    model = args.model or str(ensure_checkpoint(args.cache_dir))
-    label = Path(model).name if args.model else "small shape, random weights"
-    print(f"machine: {machine()}; jam of {args.jam_seconds:g} s at {BPM:g} bpm {NUMERATOR}/{DENOMINATOR}, 1-bar "
+    shape = getattr(args, "shape", "small")
+    device = getattr(args, "device", "cpu")
+    model = args.model or str(ensure_checkpoint(args.cache_dir, shape))
+    label = Path(model).name if args.model else f"{shape} shape, random weights"
+    print(f"machine: {machine(device)}; jam of {args.jam_seconds:g} s at {BPM:g} bpm {NUMERATOR}/{DENOMINATOR}, 1-bar "
           "chunks, through the OSC server", flush=True)
     result = run_jam_bench(model, args.jam_seconds, dtype=args.jam_dtype or getattr(args, "dtype", None),
-                           threads=args.threads, time_limit=args.jam_time_limit)
+                           threads=args.threads, time_limit=args.jam_time_limit, device=device)
     print(format_jam(result, label))
     if not result["complete"]:
         print(f"(stopped at the time limit, {args.jam_time_limit:g} s, after {result['audio_s']:g} s of audio)")

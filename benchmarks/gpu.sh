@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The GPU measurements (issue 11, item 8) in one run, most important first, each step under its own time limit and
+# all of them under one deadline, so that a slow or failing step still leaves the others' figures:
+#   small shape: read bandwidth, transformers' bf16 `generate`, ours (bf16, CUDA graphs), the streaming decode;
+#   a 30 s jam through the OSC server; the CUDA-only tests; medium shape: transformers against ours; streams at once.
+# Usage: bash benchmarks/gpu.sh OUT_DIR [DEADLINE_S]   (python3 with torch and the project's packages on the path)
+set -u
+out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR [DEADLINE_S]}
+deadline=$(( $(date +%s) + ${2:-480} ))
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+py=${PYTHON:-python3}
+device=${DEVICE:-cuda}  # DEVICE=cpu tries the script out on a machine without a GPU
+
+step() {  # step NAME SECONDS COMMAND...: run under min(SECONDS, time to the deadline), log to OUT/NAME.log
+    local name=$1 limit=$2 left start rc
+    shift 2
+    left=$(( deadline - $(date +%s) ))
+    (( left < limit )) && limit=$left
+    if (( limit < 20 )); then echo "=== $name skipped: the deadline is near"; return; fi
+    echo "=== $name (limit ${limit} s): $*"
+    start=$(date +%s)
+    timeout "$limit" "$@" >"$out/$name.log" 2>&1
+    rc=$?
+    grep -v "^\s*$" "$out/$name.log" | tail -n 25
+    echo "=== $name rc=$rc in $(( $(date +%s) - start )) s"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
+$py -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+step small 200 $py -m bridge.bench --device "$device" --shape small --rows bandwidth,hf-bf16,ours-bf16,decode --steps 500 \
+    --cache-dir /tmp/ckpt-small --json "$out/small.json"
+step jam 120 $py -m bridge.bench --jam --device "$device" --jam-seconds 30 --cache-dir /tmp/ckpt-small
+step gpu-tests 90 $py -m pytest -q -p no:cacheprovider -m gpu tests/test_speed_paths.py
+step medium 200 $py -m bridge.bench --device "$device" --shape medium --rows hf-bf16,ours-bf16 --steps 500 \
+    --cache-dir /tmp/ckpt-medium --json "$out/medium.json"
+step streams 90 $py -m bridge.bench --device "$device" --streams 1,4,16 --steps 200 --rounds 1 --cache-dir /tmp/ckpt-small
