@@ -363,7 +363,9 @@ class MusicGenLM(nn.Module):
         """Additive mask [B, 1, 1, kv_len] for one column per row at `input_pos` [B, 1]: row b attends to cache
         positions 0 .. input_pos[b] (its own length), whatever the longest row's `kv_len`."""
         keys = torch.arange(kv_len, device=input_pos.device)
-        return torch.where(keys > input_pos.view(-1, 1, 1, 1), float("-inf"), 0.0)
+        # In the activations' dtype: SDPA on CUDA wants the mask in the queries' (0 and -inf are exact in any).
+        mask = torch.zeros(input_pos.shape[0], 1, 1, kv_len, dtype=self.act_dtype, device=input_pos.device)
+        return mask.masked_fill_(keys > input_pos.view(-1, 1, 1, 1), float("-inf"))
 
     def positioned(self, h: Tensor, input_pos: Tensor) -> Tensor:
         """Embedded inputs [B, T, D] plus the position table rows of `input_pos` ([T] or [B, T]), in `act_dtype`."""

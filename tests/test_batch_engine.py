@@ -291,3 +291,40 @@ def test_shared_prefill_needs_the_copied_rows(mono_model, monkeypatch):
     frames = codes[0].shape[1]
     same = [torch.equal(c, alone(mono_model, spec.prompt, SamplingSettings(seed=60 + i, top_k=50), frames)) for i, c in enumerate(codes)]
     assert sorted(same) == [False, True]  # the take that ran the prefill is right, the one that copied it is not
+
+
+def test_row_mask_is_in_the_activations_dtype():
+    """The batch's per-row key mask comes in the activations' dtype: SDPA on CUDA refuses an fp32 mask beside bf16
+    queries (it did, on the first GPU run of the batch engine)."""
+    from tests.test_speed_paths import _tiny_lm
+
+    lm = _tiny_lm()
+    lm.out_norm.to(torch.bfloat16)  # what names the activations' dtype: bf16, as on a GPU
+    mask = lm.row_mask(torch.tensor([[2], [4]]), 6)
+    assert mask.dtype == torch.bfloat16 == lm.act_dtype
+    assert mask[:, 0, 0].tolist() == [[0, 0, 0, float("-inf"), float("-inf"), float("-inf")],
+                                      [0, 0, 0, 0, 0, float("-inf")]]
+
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_batched_streams_run_on_cuda_in_half_precision(tiny_mono, dtype):
+    from engine.checkpoint import load_model
+
+    model = load_model(str(tiny_mono[0]), device="cuda", dtype=dtype)
+    engine = BatchEngine(model)
+    try:
+        together = batched(engine, REQUESTS)
+        assert engine.stats.rows / engine.stats.rounds > 2  # the requests did share decoder steps
+    finally:
+        engine.close()
+    for (prompt, settings, frames), codes in zip(REQUESTS, together):
+        assert codes.shape == (model.pattern.n_codebooks, frames) and codes.min() >= 0 and codes.max() < 2048, prompt
+    # The greedy request alone, in the same precision: the same codes until rounding parts the two runs, which
+    # in a 2-layer model takes more than a few frames.
+    prompt, settings, frames = REQUESTS[2]
+    assert torch.equal(together[2][:, :4].cpu(), alone(model, prompt, settings, frames)[:, :4].cpu())
