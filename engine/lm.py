@@ -21,6 +21,7 @@ D model width, H heads, L cache length.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from engine.hugepages import huge_zeros
 
@@ -97,9 +99,21 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         bias, beta = (_NO_BIAS.to(q.dtype), 0) if mask is None else (mask.to(q.dtype).expand(B, H, 1, L).reshape(B * H, 1, L), 1)
         scores = torch.baddbmm(bias, q.reshape(B * H, 1, d), k.reshape(B * H, L, d).transpose(1, 2), beta=beta, alpha=1.0 / math.sqrt(d))
         return torch.bmm(torch.softmax(scores, dim=-1), v.reshape(B * H, L, d)).view(B, H, 1, d)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    with _sdpa_backends(q):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
+def _sdpa_backends(q: Tensor):
+    """Outside a CUDA graph's capture, CUDA SDPA skips cuDNN's kernel: cuDNN builds a plan for each new key length,
+    and an eager step's length grows by one every step (the batching engine's steps, a prefill), which cost tens
+    of ms a step the first time each length came (benchmarks/RESULTS.md). A captured step has one shape: cuDNN's
+    kernel is the fastest there."""
+    if q.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+        return contextlib.nullcontext()
+    return sdpa_kernel(_EAGER_CUDA_BACKENDS)
+
+
+_EAGER_CUDA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 _NO_BIAS = torch.zeros(1, 1, 1)  # baddbmm's added term, ignored with beta=0
 
 

@@ -328,3 +328,24 @@ def test_batched_streams_run_on_cuda_in_half_precision(tiny_mono, dtype):
     # in a 2-layer model takes more than a few frames.
     prompt, settings, frames = REQUESTS[2]
     assert torch.equal(together[2][:, :4].cpu(), alone(model, prompt, settings, frames)[:, :4].cpu())
+
+
+def test_eager_cuda_attention_skips_cudnn_but_a_capture_keeps_it(monkeypatch):
+    """cuDNN's SDPA plans per key length: eager CUDA steps (lengths grow every step) leave it out; a CUDA graph's
+    capture (one shape) and CPU steps keep torch's own choice. Checked through the backends each case enables."""
+    from torch.nn.attention import SDPBackend
+
+    from engine import lm as lm_module
+
+    class Query:
+        def __init__(self, kind):
+            self.device = torch.device(kind)
+
+    assert isinstance(lm_module._sdpa_backends(Query("cpu")), type(lm_module.contextlib.nullcontext()))
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert isinstance(lm_module._sdpa_backends(Query("cuda")), type(lm_module.contextlib.nullcontext()))
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    with lm_module._sdpa_backends(Query("cuda")):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.mem_efficient_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
+    assert SDPBackend.CUDNN_ATTENTION not in lm_module._EAGER_CUDA_BACKENDS
