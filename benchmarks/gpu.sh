@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU measurements (issue 11, item 8) in one run, most important first, each step under its own time limit and
 # all of them under one deadline, so that a slow or failing step still leaves the others' figures:
-#   small: musicgen-small's shape: read bandwidth, transformers' bf16 `generate`, ours (bf16, CUDA graphs), decode;
+#   small: musicgen-small's shape: read bandwidth, transformers' bf16 `generate` (as is, and without cuDNN's
+#   attention), ours (bf16, CUDA graphs), the streaming decode;
 #   jam: a 30 s jam through the OSC server; gpu-tests: the CUDA-only tests; medium: transformers against ours;
 #   streams: 1, 4 and 16 streams at once on the batching engine; profile: where a decode step's time goes.
 # Usage: bash benchmarks/gpu.sh OUT_DIR [DEADLINE_S [STEP...]]  (python3 with torch and the project's packages)
@@ -32,7 +33,7 @@ step() {  # step NAME SECONDS COMMAND...: run under min(SECONDS, time to the dea
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
 $py -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-step small 200 $py -m bridge.bench --device "$device" --shape small --rows bandwidth,hf-bf16,ours-bf16,decode --steps 500 \
+step small 200 $py -m bridge.bench --device "$device" --shape small --rows bandwidth,hf-bf16,hf-bf16-nocudnn,ours-bf16,decode --steps 500 \
     --cache-dir /tmp/ckpt-small --json "$out/small.json"
 step jam 120 $py -m bridge.bench --jam --device "$device" --jam-seconds 30 --cache-dir /tmp/ckpt-small
 step gpu-tests 90 $py -m pytest -q -p no:cacheprovider -m gpu tests/test_speed_paths.py tests/test_batch_engine.py

@@ -6,7 +6,8 @@ random weights, so it needs no download. The checkpoint is written once, in Hugg
 the published one, to a cache folder; every row then loads it in a fresh subprocess, so that the peak RSS of a
 row is what that configuration costs from disk to the last step.
 
-Rows: the machine's read bandwidth, transformers' `generate` (fp32, bf16), ours (fp32, bf16, int8, w8a8, int4, and
+Rows: the machine's read bandwidth, transformers' `generate` (fp32, bf16; and bf16 without cuDNN's attention,
+`hf-bf16-nocudnn`, for GPUs), ours (fp32, bf16, int8, w8a8, int4, and
 `auto` = what `--dtype auto` picks), and the streaming EnCodec decode.
 Columns: decoder steps per second (50 steps = 1 s of audio), real-time factor (steps/s / 50; above 1 keeps up),
 time to first audio (ours: until the first 1 s chunk is out of a streaming session; transformers: generation
@@ -32,7 +33,7 @@ from pathlib import Path
 
 
 FRAME_RATE = 50
-ROWS = ("bandwidth", "hf-fp32", "hf-bf16", "ours-fp32", "ours-bf16", "ours-int8", "ours-w8a8", "ours-int4", "ours-auto",
+ROWS = ("bandwidth", "hf-fp32", "hf-bf16", "hf-bf16-nocudnn", "ours-fp32", "ours-bf16", "ours-int8", "ours-w8a8", "ours-int4", "ours-auto",
         "decode")
 DEFAULT_ROWS = ("bandwidth", "hf-fp32", "hf-bf16", "ours-fp32", "ours-bf16", "ours-int8", "ours-w8a8", "ours-int4", "decode")
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8", "w8a8": "w8a8", "int4": "int4", "auto": "auto"}
@@ -236,8 +237,13 @@ def worker_ours(folder: Path, dtype: str, steps: int, device: str = "cpu") -> di
     }
 
 
-def worker_transformers(folder: Path, dtype: str, steps: int, device: str = "cpu") -> dict:
+def worker_transformers(folder: Path, dtype: str, steps: int, device: str = "cpu", no_cudnn: bool = False) -> dict:
+    """transformers' `generate`; `no_cudnn`: with cuDNN's SDPA left out (on CUDA it plans again for every new key
+    length, which a growing cache meets every step: the row shows what transformers does without that cost)."""
+    import contextlib
+
     import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from transformers import AutoTokenizer, MusicgenForConditionalGeneration
 
     base = rss_mb()
@@ -248,7 +254,8 @@ def worker_transformers(folder: Path, dtype: str, steps: int, device: str = "cpu
     inputs = lambda: tokenizer([PROMPT], return_tensors="pt").to(device)  # noqa: E731
     load_s, loaded = time.perf_counter() - t0, rss_mb()
     kw = dict(do_sample=True, top_k=250, guidance_scale=3.0)
-    with torch.inference_mode():
+    backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    with torch.inference_mode(), sdpa_kernel(backends) if no_cudnn else contextlib.nullcontext():
         # Time to first audio: `generate` hands nothing out before its end, so the earliest audio is a 1 s request
         # (50 frames + 3 delay steps) decoded whole. Also the warm-up.
         t0 = time.perf_counter()
@@ -307,9 +314,11 @@ def _worker_main(argv: list[str]) -> int:
     elif a.row == "decode":
         out = worker_decode(max(3, a.steps // FRAME_RATE), a.device)
     else:
-        who, dt = a.row.split("-")
-        fn = worker_ours if who == "ours" else worker_transformers
-        out = fn(a.folder, DTYPES[dt], a.steps, a.device)
+        who, dt, *variant = a.row.split("-")
+        if who == "ours":
+            out = worker_ours(a.folder, DTYPES[dt], a.steps, a.device)
+        else:
+            out = worker_transformers(a.folder, DTYPES[dt], a.steps, a.device, no_cudnn=variant == ["nocudnn"])
     print("BENCH-RESULT " + json.dumps(out), flush=True)
     return 0
 

@@ -61,3 +61,41 @@ def test_step_bytes_counts_the_weights_a_step_reads_and_the_filled_cache(tiny_mo
 
 def test_read_bandwidth_is_a_plausible_rate():
     assert 0.1 < read_bandwidth_gbs(mb=64, repeats=2) < 10_000
+
+
+@pytest.mark.parametrize("no_cudnn", [False, True])
+def test_transformers_row_without_cudnn_attention_runs_generate_with_it_off(tiny_mono, monkeypatch, no_cudnn):
+    from transformers import MusicgenForConditionalGeneration
+
+    from bridge.bench import worker_transformers
+
+    seen = []
+    generate = MusicgenForConditionalGeneration.generate
+
+    def recording(self, *a, **k):
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return generate(self, *a, **k)
+
+    monkeypatch.setattr(MusicgenForConditionalGeneration, "generate", recording)
+    got = worker_transformers(tiny_mono[0], "float32", steps=8, no_cudnn=no_cudnn)
+    assert got["steps"] == 8 and got["steps_per_s"] > 0
+    assert seen == [not no_cudnn] * 2  # the time-to-first-audio call and the timed one
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # restored afterwards
+
+
+def test_medium_shape_is_the_published_decoder():
+    from bridge.bench import small_shape_config
+
+    d = small_shape_config(shape="medium").decoder
+    assert (d.hidden_size, d.num_hidden_layers, d.num_attention_heads, d.ffn_dim) == (1536, 48, 24, 6144)
+    d = small_shape_config().decoder
+    assert (d.hidden_size, d.num_hidden_layers, d.num_attention_heads, d.ffn_dim) == (1024, 24, 16, 4096)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer where no GPU is visible")
+def test_bench_on_a_missing_gpu_is_one_clear_line_and_exit_2(capsys):
+    from bridge.bench import main
+
+    assert main(["--device", "cuda", "--rows", "bandwidth"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no CUDA GPU" in err and "--device cpu" in err
