@@ -30,6 +30,7 @@ from typing import Callable, Iterator
 import torch
 
 from engine.batch_cache import BatchCache, kv_bytes_per_row
+from engine.batch_graph import batch_decode_step
 from engine.batched_stream import BatchedStream
 from engine.codec_worker import CodecWorker
 from engine.generate import open_stream
@@ -94,9 +95,8 @@ class BatchEngine:
         self.row_bytes = kv_bytes_per_row(lm, self.full_len)
         self.max_rows = max(2, max_rows if max_rows is not None else rows_from_memory(model))
         self.capacity = self.max_rows // 2
-        mode = resolve_step_mode(step_mode, lm.device)
-        self.step_mode = "eager" if mode == "graph" else mode  # a CUDA graph would pin the batch's shape
-        self.decode = decode_step(lm, self.step_mode)
+        self.step_mode = resolve_step_mode(step_mode, lm.device)
+        self.decode = batch_decode_step(lm, self.step_mode)  # CUDA: a graph per row bucket (engine/batch_graph.py)
         self.cache = BatchCache(lm)
         self.stats = BatchStats()
         self.codec = CodecWorker()  # every stream's codec pushes, batched where streams are cut alike
@@ -125,10 +125,12 @@ class BatchEngine:
             return 0.0
         self.cache.ensure(self.max_rows, 8, 1, 0)
         buckets = sorted({min(self.max_rows, 1 << (n - 1).bit_length()) for n in range(2, self.max_rows + 1)})
+        # CUDA graphs are captured on the buffers a round binds, which this tiny cache is not: warm up eagerly.
+        decode = decode_step(lm, "eager") if self.step_mode == "graph" else self.decode
         for B in buckets:
             tokens = torch.full((B, K, 1), lm.cfg.special_token, device=lm.device)
             with self.cache.bind(0, B):
-                self.decode(tokens, torch.zeros(B, 1, dtype=torch.long, device=lm.device), 1)
+                decode(tokens, torch.zeros(B, 1, dtype=torch.long, device=lm.device), 1)
         self.cache.release()
         return time.perf_counter() - t0
 

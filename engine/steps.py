@@ -199,6 +199,6 @@ class GraphedStep:
                 self._run()
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):  # other threads may use the GPU meanwhile
             self.logits = self._run()
         self.key = self._key()

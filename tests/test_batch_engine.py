@@ -312,16 +312,20 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_batched_streams_run_on_cuda_in_half_precision(tiny_mono, dtype):
+@pytest.mark.parametrize("mode", ["graph", "eager"])
+def test_batched_streams_run_on_cuda_in_half_precision(tiny_mono, dtype, mode):
     from engine.checkpoint import load_model
 
     model = load_model(str(tiny_mono[0]), device="cuda", dtype=dtype)
-    engine = BatchEngine(model)
+    engine = BatchEngine(model, step_mode=mode)
     try:
         together = batched(engine, REQUESTS)
         assert engine.stats.rows / engine.stats.rounds > 2  # the requests did share decoder steps
     finally:
         engine.close()
+    if mode == "graph":  # the rounds ran as captured graphs, not the eager fallback
+        step = model.lm.compiled_steps["batch-graph"]
+        assert not step.failed and step.graphs
     for (prompt, settings, frames), codes in zip(REQUESTS, together):
         assert codes.shape == (model.pattern.n_codebooks, frames) and codes.min() >= 0 and codes.max() < 2048, prompt
     # The greedy request alone, in the same precision: the same codes until rounding parts the two runs, which
@@ -349,3 +353,87 @@ def test_eager_cuda_attention_skips_cudnn_but_a_capture_keeps_it(monkeypatch):
         assert not torch.backends.cuda.cudnn_sdp_enabled()
         assert torch.backends.cuda.mem_efficient_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
     assert SDPBackend.CUDNN_ATTENTION not in lm_module._EAGER_CUDA_BACKENDS
+
+
+@pytest.fixture
+def faked_cuda_graphs(monkeypatch):
+    """CUDA's graph, stream and capture calls replaced by plain re-execution, so that `BatchGraphedStep`'s logic
+    runs on CPU. Like a real graph, a replay reads the static inputs and the cache buffers bound when it was
+    captured, whatever is bound now (so a graph kept past its buffers shows). Yields the captures made."""
+    import contextlib
+
+    from engine.batch_cache import _point
+    from engine.batch_graph import BatchGraphedStep
+
+    captures = []
+
+    def bound(lm):
+        return [(kvc._buffers["kv"], *((c.k, c.v, c.mask) if c is not None else ())) for kvc, c in lm.attention_slots()]
+
+    class FakeGraph:
+        def replay(self):
+            step, c, buffers = self.owner
+            now = bound(step.lm)
+            _point(step.lm.attention_slots(), buffers)
+            try:
+                c.logits.copy_(step._run(c.tokens, c.input_pos))
+            finally:
+                _point(step.lm.attention_slots(), now)
+
+    class FakeStream:
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", lambda g, **kw: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", FakeStream)
+    original = BatchGraphedStep._capture
+
+    def capture(self, *a):
+        c = original(self, *a)
+        c.graph.owner = (self, c, bound(self.lm))
+        captures.append(c)
+        return c
+
+    monkeypatch.setattr(BatchGraphedStep, "_capture", capture)
+    yield captures
+
+
+def test_batch_graphs_give_the_eager_batch_codes(mono_model, faked_cuda_graphs):
+    """The graphed batch step (whole cache under per-row masks, one graph per row bucket, captured again when the
+    cache grows) samples what the eager step (each round narrowed to its longest row) samples."""
+    mono_model.lm.compiled_steps.pop("batch-graph", None)
+    runs = {}
+    for mode in ("eager", "graph"):
+        engine = BatchEngine(mono_model, step_mode=mode)
+        try:
+            runs[mode] = batched(engine, REQUESTS)
+            assert engine.stats.rows / engine.stats.rounds > 2
+        finally:
+            engine.close()
+    for (prompt, _, _), a, b in zip(REQUESTS, runs["eager"], runs["graph"]):
+        assert torch.equal(a, b), prompt
+    step = mono_model.lm.compiled_steps.pop("batch-graph")
+    assert not step.failed and {c.key[0] for c in faked_cuda_graphs} >= {2, 4, 8}  # buckets of 1, 2 and 4 requests
+
+
+def test_a_failed_batch_capture_stays_eager_and_warns(mono_model, monkeypatch, caplog):
+    from engine.batch_graph import BatchGraphedStep
+
+    def broken(self, *a):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(BatchGraphedStep, "_capture", broken)
+    mono_model.lm.compiled_steps.pop("batch-graph", None)
+    prompt, settings, frames = REQUESTS[2]
+    engine = BatchEngine(mono_model, step_mode="graph")
+    try:
+        with caplog.at_level("WARNING"):
+            codes = engine.token_stream(prompt, settings, frames=frames).run().clone()
+    finally:
+        engine.close()
+    assert torch.equal(codes, alone(mono_model, prompt, settings, frames))
+    assert sum("runs eagerly" in r.message for r in caplog.records) == 1
+    assert mono_model.lm.compiled_steps.pop("batch-graph").failed
