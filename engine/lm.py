@@ -105,9 +105,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
 
 def _sdpa_backends(q: Tensor):
     """Outside a CUDA graph's capture, CUDA SDPA skips cuDNN's kernel: cuDNN builds a plan for each new key length,
-    and an eager step's length grows by one every step (the batching engine's steps, a prefill), which cost tens
-    of ms a step the first time each length came (benchmarks/RESULTS.md). A captured step has one shape: cuDNN's
-    kernel is the fastest there."""
+    and an eager step's length grows by one every step (the batching engine's steps, a prefill): planning made
+    those steps several times slower (benchmarks/RESULTS.md). A captured step has one shape, and keeps cuDNN."""
     if q.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
         return contextlib.nullcontext()
     return sdpa_kernel(_EAGER_CUDA_BACKENDS)
