@@ -360,10 +360,9 @@ def faked_cuda_graphs(monkeypatch):
     """CUDA's graph, stream and capture calls replaced by plain re-execution, so that `BatchGraphedStep`'s logic
     runs on CPU. Like a real graph, a replay reads the static inputs and the cache buffers bound when it was
     captured, whatever is bound now (so a graph kept past its buffers shows). Yields the captures made."""
-    import contextlib
-
     from engine.batch_cache import _point
     from engine.batch_graph import BatchGraphedStep
+    from tests.fake_cuda import fake_cuda_graph_calls
 
     captures = []
 
@@ -380,15 +379,7 @@ def faked_cuda_graphs(monkeypatch):
             finally:
                 _point(step.lm.attention_slots(), now)
 
-    class FakeStream:
-        def wait_stream(self, other):
-            pass
-
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
-    monkeypatch.setattr(torch.cuda, "graph", lambda g, **kw: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "current_stream", FakeStream)
+    fake_cuda_graph_calls(monkeypatch, FakeGraph)
     original = BatchGraphedStep._capture
 
     def capture(self, *a):

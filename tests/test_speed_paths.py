@@ -212,9 +212,8 @@ def test_graphed_step_logic_with_faked_cuda_graphs(monkeypatch):
     """A logic test, not a CUDA test: GraphedStep's static buffers and re-capture rules, with torch.cuda's graph,
     stream and capture calls faked by plain re-execution (a replay must compute from the static buffers exactly
     what the eager step computes). The real graphs are checked by the GPU tests at the end of this file."""
-    import contextlib
-
     from engine.steps import GraphedStep, graphed_step
+    from tests.fake_cuda import fake_cuda_graph_calls
 
     captures = []
 
@@ -222,15 +221,7 @@ def test_graphed_step_logic_with_faked_cuda_graphs(monkeypatch):
         def replay(self):
             captures[-1].logits.copy_(captures[-1]._run())
 
-    class FakeStream:
-        def wait_stream(self, other):
-            pass
-
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
-    monkeypatch.setattr(torch.cuda, "graph", lambda g, **kw: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "current_stream", FakeStream)
+    fake_cuda_graph_calls(monkeypatch, FakeGraph)
     original = GraphedStep._capture
     monkeypatch.setattr(GraphedStep, "_capture", lambda self, *a: (captures.append(self), original(self, *a))[1])
 
