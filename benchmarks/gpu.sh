@@ -4,13 +4,15 @@
 #   small: musicgen-small's shape: read bandwidth, transformers' bf16 `generate` (as is, and without cuDNN's
 #   attention), ours (bf16, CUDA graphs), the streaming decode;
 #   jam: a 30 s jam through the OSC server; gpu-tests: the CUDA-only tests; medium: transformers against ours;
-#   streams: 1, 4 and 16 streams at once on the batching engine; profile: where a decode step's time goes.
+#   streams: 1, 4 and 16 streams at once on the batching engine (its rounds as CUDA graphs; streams-eager: without);
+#   profile: where a decode step's time goes.
 # Usage: bash benchmarks/gpu.sh OUT_DIR [DEADLINE_S [STEP...]]  (python3 with torch and the project's packages)
+# Each step's output goes to OUT_DIR/STEP.log (seven files: with a log of the whole run, the device tool's eight).
 set -u
 out=${1:?usage: bash benchmarks/gpu.sh OUT_DIR [DEADLINE_S [STEP...]]}
 deadline=$(( $(date +%s) + ${2:-480} ))
 shift $(( $# < 2 ? $# : 2 ))
-wanted=${*:-small jam gpu-tests medium streams profile}
+wanted=${*:-small jam gpu-tests medium streams streams-eager profile}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 py=${PYTHON:-python3}
@@ -34,10 +36,12 @@ step() {  # step NAME SECONDS COMMAND...: run under min(SECONDS, time to the dea
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
 $py -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 step small 200 $py -m bridge.bench --device "$device" --shape small --rows bandwidth,hf-bf16,hf-bf16-nocudnn,ours-bf16,decode --steps 500 \
-    --cache-dir /tmp/ckpt-small --json "$out/small.json"
+    --cache-dir /tmp/ckpt-small
 step jam 120 $py -m bridge.bench --jam --device "$device" --jam-seconds 30 --cache-dir /tmp/ckpt-small
 step gpu-tests 90 $py -m pytest -q -p no:cacheprovider -m gpu tests/test_speed_paths.py tests/test_batch_engine.py
 step medium 200 $py -m bridge.bench --device "$device" --shape medium --rows hf-bf16,ours-bf16 --steps 500 \
-    --cache-dir /tmp/ckpt-medium --json "$out/medium.json"
+    --cache-dir /tmp/ckpt-medium
 step streams 90 $py -m bridge.bench --device "$device" --streams 1,4,16 --steps 200 --rounds 1 --cache-dir /tmp/ckpt-small
+step streams-eager 90 $py -m bridge.bench --device "$device" --streams 1,4,16 --steps 200 --rounds 1 \
+    --cache-dir /tmp/ckpt-small --step-mode eager
 step profile 90 $py benchmarks/gpu_step_profile.py --cache-dir /tmp/ckpt-small

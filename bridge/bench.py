@@ -414,6 +414,8 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
                    help="instead: streams at once on the batching engine (bridge/bench_streams.py), in --streams-dtype")
     p.add_argument("--streams-dtype", default="auto", help="weights for --streams (default auto, as serve)")
     p.add_argument("--rounds", type=int, default=3, help="--streams: rounds of 1 vs 4 requests and takes")
+    p.add_argument("--step-mode", choices=("auto", "eager", "traced", "graph"), default="auto",
+                   help="--streams: how the batch's rounds run (default auto: CUDA graphs on a GPU, traced on CPU)")
     p.set_defaults(func=run_bench)
     return p
 
@@ -487,7 +489,7 @@ def _run_streams(args: argparse.Namespace) -> int:
     print(f"machine: {machine(args.device)}; {threads} threads; {args.steps} steps per stream; {args.shape} shape, "
           "random weights, guidance on", flush=True)
     run_streams_bench(folder, counts, DTYPES.get(args.streams_dtype, args.streams_dtype), args.steps, args.rounds,
-                      out=lambda line: print(line, flush=True), device=args.device)
+                      out=lambda line: print(line, flush=True), device=args.device, step_mode=args.step_mode)
     return 0
 
 

@@ -63,7 +63,7 @@ def _takes(engine, spec, n: int) -> float:
 
 
 def run_streams_bench(folder: Path, counts: list[int], dtype: str, steps: int, rounds: int, bars: int = 2,
-                      out=print, device: str = "cpu") -> None:
+                      out=print, device: str = "cpu", step_mode: str = "auto") -> None:
     """Print (with `out`) each table line as it is measured: on a busy machine a run is long."""
     from engine.bars import Tempo
     from engine.batch_cache import kv_bytes_per_row
@@ -75,8 +75,8 @@ def run_streams_bench(folder: Path, counts: list[int], dtype: str, steps: int, r
 
     model = load_model(str(folder), device=device, dtype=dtype)
     in_own_thread(warm_up, model)  # not on this thread: it would keep an OpenMP team beside the engine's
-    engine = BatchEngine(model, max_rows=2 * max(counts + [4]))
-    out(f"dtype {dtype}; KV cache per row: {kv_bytes_per_row(model.lm, engine.full_len) / 1e6:.1f} MB at a full "
+    engine = BatchEngine(model, max_rows=2 * max(counts + [4]), step_mode=step_mode)
+    out(f"dtype {dtype}, {engine.step_mode} steps; KV cache per row: {kv_bytes_per_row(model.lm, engine.full_len) / 1e6:.1f} MB at a full "
              f"{model.max_seconds:.0f} s window ({kv_bytes_per_row(model.lm, 1) / 1e3:.0f} kB per position); "
              f"row cap from memory on this machine now: {rows_from_memory(model)} rows")
     try:
