@@ -99,3 +99,14 @@ def test_bench_on_a_missing_gpu_is_one_clear_line_and_exit_2(capsys):
     assert main(["--device", "cuda", "--rows", "bandwidth"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no CUDA GPU" in err and "--device cpu" in err
+
+
+@pytest.mark.parametrize("mode,named", [("eager", "eager steps"), ("auto", "traced steps")])
+def test_streams_bench_runs_the_batch_in_the_step_mode_asked(tiny_mono, mode, named):
+    from bridge.bench_streams import run_streams_bench
+
+    lines = []
+    run_streams_bench(tiny_mono[0], [1, 2], "float32", steps=12, rounds=0, out=lines.append, step_mode=mode)
+    assert named in lines[0]
+    rows = [l for l in lines if l.startswith("| 1 |") or l.startswith("| 2 |")]
+    assert len(rows) == 2 and all(float(r.split("|")[2]) > 0 for r in rows)  # steps/s measured for 1 and 2 streams
