@@ -1,8 +1,8 @@
 """`musicgen-bridge bench`: how fast generation runs here, ours against transformers' `generate`.
 
 Everything runs on a model of musicgen-small's shape (decoder: dim 1024, 24 layers, 16 heads, ffn 4096,
-4 codebooks; the full-size 32 kHz EnCodec; a one-layer T5 of width 768, since T5 runs once per request) with
-random weights, so it needs no download. The checkpoint is written once, in Hugging Face format and fp32 like
+4 codebooks; `--shape medium`: 1536, 48, 24, 6144; the full-size 32 kHz EnCodec; t5-base's shape) with random
+weights, so it needs no download, on `--device` (a GPU when there is one). The checkpoint is written once, in Hugging Face format and fp32 like
 the published one, to a cache folder; every row then loads it in a fresh subprocess, so that the peak RSS of a
 row is what that configuration costs from disk to the last step.
 
@@ -33,8 +33,8 @@ from pathlib import Path
 
 
 FRAME_RATE = 50
-ROWS = ("bandwidth", "hf-fp32", "hf-bf16", "hf-bf16-nocudnn", "ours-fp32", "ours-bf16", "ours-int8", "ours-w8a8", "ours-int4", "ours-auto",
-        "decode")
+ROWS = ("bandwidth", "hf-fp32", "hf-bf16", "hf-bf16-nocudnn", "ours-fp32", "ours-bf16", "ours-int8", "ours-w8a8",
+        "ours-int4", "ours-auto", "decode")
 DEFAULT_ROWS = ("bandwidth", "hf-fp32", "hf-bf16", "ours-fp32", "ours-bf16", "ours-int8", "ours-w8a8", "ours-int4", "decode")
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8", "w8a8": "w8a8", "int4": "int4", "auto": "auto"}
 PROMPT = "warm lo fi hip hop with soft drums and piano 90 bpm"
