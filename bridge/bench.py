@@ -36,6 +36,8 @@ FRAME_RATE = 50
 ROWS = ("bandwidth", "hf-fp32", "hf-bf16", "hf-bf16-nocudnn", "ours-fp32", "ours-bf16", "ours-int8", "ours-w8a8",
         "ours-int4", "ours-auto", "decode")
 DEFAULT_ROWS = ("bandwidth", "hf-fp32", "hf-bf16", "ours-fp32", "ours-bf16", "ours-int8", "ours-w8a8", "ours-int4", "decode")
+GPU_DEFAULT_ROWS = ("bandwidth", "hf-bf16", "hf-bf16-nocudnn", "ours-fp32", "ours-bf16", "decode")
+CPU_ONLY_ROWS = ("ours-int8", "ours-w8a8", "ours-int4")  # the integer formats run on CPU kernels
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8", "w8a8": "w8a8", "int4": "int4", "auto": "auto"}
 PROMPT = "warm lo fi hip hop with soft drums and piano 90 bpm"
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "musicgen-bridge" / "bench-small-t5base"
@@ -393,8 +395,9 @@ def format_table(results: dict[str, dict], auto: str | None = None) -> str:
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("bench", help="measure generation speed and memory on this machine (no download)",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", default=",".join(DEFAULT_ROWS),
-                   help=f"comma-separated, from: {', '.join(ROWS)} (default: {', '.join(DEFAULT_ROWS)})")
+    p.add_argument("--rows", default=None,
+                   help=f"comma-separated, from: {', '.join(ROWS)} (default on CPU: {', '.join(DEFAULT_ROWS)}; "
+                        f"on a GPU: {', '.join(GPU_DEFAULT_ROWS)})")
     p.add_argument("--steps", type=int, default=250, help="decoder steps per row (default 250 = 5 s of audio)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--cache-dir", type=Path, default=None,
@@ -443,10 +446,15 @@ def run_bench(args: argparse.Namespace) -> int:
         return run_jam_command(args)
     if args.streams:
         return _run_streams(args)
-    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    gpu = args.device.startswith("cuda")
+    rows = [r.strip() for r in (args.rows or ",".join(GPU_DEFAULT_ROWS if gpu else DEFAULT_ROWS)).split(",") if r.strip()]
     bad = [r for r in rows if r not in ROWS]
     if bad:
         print(f"unknown row(s) {', '.join(bad)}: choose from {', '.join(ROWS)}", file=sys.stderr)
+        return 2
+    cpu_only = [r for r in rows if gpu and r in CPU_ONLY_ROWS]
+    if cpu_only:
+        print(f"row(s) {', '.join(cpu_only)} run on CPU only: leave them out, or use --device cpu", file=sys.stderr)
         return 2
     if args.steps < 8:
         print("--steps must be at least 8", file=sys.stderr)

@@ -110,3 +110,25 @@ def test_streams_bench_runs_the_batch_in_the_step_mode_asked(tiny_mono, mode, na
     assert named in lines[0]
     rows = [l for l in lines if l.startswith("| 1 |") or l.startswith("| 2 |")]
     assert len(rows) == 2 and all(float(r.split("|")[2]) > 0 for r in rows)  # steps/s measured for 1 and 2 streams
+
+
+def test_bench_picks_rows_for_the_device_and_refuses_cpu_only_rows_on_a_gpu(monkeypatch, capsys):
+    """On a GPU the default rows leave out the CPU-only integer formats, and asking for one is one clear line and
+    exit 2 before anything runs (a GPU is faked: the device resolves to cuda, the rows are recorded, not run)."""
+    import bridge.bench as bench
+    import engine.devices
+
+    monkeypatch.setattr(engine.devices, "resolve_device", lambda name: torch.device("cuda"))
+    ran = []
+    monkeypatch.setattr(bench, "run_row", lambda row, *a, **k: ran.append(row) or {"gb_s": 1.0})
+    monkeypatch.setattr(bench, "ensure_checkpoint", lambda folder, shape="small": folder)
+    monkeypatch.setattr(bench, "machine", lambda device="cpu": "a fake GPU machine")
+    monkeypatch.setattr(bench, "format_table", lambda results, auto=None: "table")
+    monkeypatch.setattr(engine.devices, "auto_dtype", lambda device: (torch.bfloat16, "fake"))
+    assert bench.main(["--device", "cuda", "--cache-dir", "/nonexistent"]) == 0
+    assert ran == list(bench.GPU_DEFAULT_ROWS)
+    capsys.readouterr()  # the first run's progress lines
+    assert bench.main(["--device", "cuda", "--rows", "ours-bf16,ours-w8a8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "ours-w8a8" in err and "--device cpu" in err
+    assert ran == list(bench.GPU_DEFAULT_ROWS)  # nothing more ran
