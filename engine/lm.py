@@ -22,6 +22,7 @@ D model width, H heads, L cache length.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import math
 from dataclasses import dataclass
@@ -104,15 +105,27 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
 
 
 def _sdpa_backends(q: Tensor):
-    """Outside a CUDA graph's capture, CUDA SDPA skips cuDNN's kernel: cuDNN builds a plan for each new key length,
-    and an eager step's length grows by one every step (the batching engine's steps, a prefill): planning made
-    those steps several times slower (benchmarks/RESULTS.md). A captured step has one shape, and keeps cuDNN."""
-    if q.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+    """CUDA SDPA skips cuDNN's kernel unless `static_shapes` says otherwise: cuDNN builds a plan for each new key
+    length, and an eager step's length grows by one every step (the batching engine's steps, a prefill): planning
+    made those steps several times slower (benchmarks/RESULTS.md)."""
+    if q.device.type != "cuda" or _STATIC_SHAPES.get():
         return contextlib.nullcontext()
     return sdpa_kernel(_EAGER_CUDA_BACKENDS)
 
 
 _EAGER_CUDA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+_STATIC_SHAPES = contextvars.ContextVar("static_shapes", default=False)
+
+
+@contextlib.contextmanager
+def static_shapes():
+    """On this thread, attention runs at one shape again and again (a CUDA graph's warm-up and capture): cuDNN's
+    SDPA may take it, planning once in the warm-up for every replay."""
+    token = _STATIC_SHAPES.set(True)
+    try:
+        yield
+    finally:
+        _STATIC_SHAPES.reset(token)
 _NO_BIAS = torch.zeros(1, 1, 1)  # baddbmm's added term, ignored with beta=0
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from engine.lm import MusicGenLM
+from engine.lm import MusicGenLM, static_shapes
 
 log = logging.getLogger(__name__)
 
@@ -192,13 +192,14 @@ class GraphedStep:
         self.tokens, self.input_pos = tokens.clone(), input_pos.clone()
         # Warm up on a side stream (allocator and kernel selection), as torch.cuda.graphs asks. The warm-up runs
         # write this step's own keys and values at this step's position, so running it is harmless.
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._run()
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):  # other threads may use the GPU meanwhile
-            self.logits = self._run()
+        with static_shapes():  # one shape: cuDNN's attention may plan in the warm-up and serve the replays
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._run()
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):  # other threads may use the GPU
+                self.logits = self._run()
         self.key = self._key()

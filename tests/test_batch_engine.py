@@ -334,9 +334,10 @@ def test_batched_streams_run_on_cuda_in_half_precision(tiny_mono, dtype, mode):
     assert torch.equal(together[2][:, :4].cpu(), alone(model, prompt, settings, frames)[:, :4].cpu())
 
 
-def test_eager_cuda_attention_skips_cudnn_but_a_capture_keeps_it(monkeypatch):
+def test_eager_cuda_attention_skips_cudnn_but_a_capture_keeps_it():
     """cuDNN's SDPA plans per key length: eager CUDA steps (lengths grow every step) leave it out; a CUDA graph's
-    capture (one shape) and CPU steps keep torch's own choice. Checked through the backends each case enables."""
+    warm-up and capture (`static_shapes`: one shape) and CPU steps keep torch's own choice. Checked through the
+    backends each case enables."""
     from torch.nn.attention import SDPBackend
 
     from engine import lm as lm_module
@@ -345,10 +346,15 @@ def test_eager_cuda_attention_skips_cudnn_but_a_capture_keeps_it(monkeypatch):
         def __init__(self, kind):
             self.device = torch.device(kind)
 
-    assert isinstance(lm_module._sdpa_backends(Query("cpu")), type(lm_module.contextlib.nullcontext()))
-    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
-    assert isinstance(lm_module._sdpa_backends(Query("cuda")), type(lm_module.contextlib.nullcontext()))
-    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    nothing = type(lm_module.contextlib.nullcontext())
+    assert isinstance(lm_module._sdpa_backends(Query("cpu")), nothing)
+    with lm_module.static_shapes():
+        assert isinstance(lm_module._sdpa_backends(Query("cuda")), nothing)
+        seen = []  # another thread's eager steps are not static
+        t = threading.Thread(target=lambda: seen.append(lm_module._sdpa_backends(Query("cuda"))))
+        t.start()
+        t.join()
+        assert not isinstance(seen[0], nothing)
     with lm_module._sdpa_backends(Query("cuda")):
         assert not torch.backends.cuda.cudnn_sdp_enabled()
         assert torch.backends.cuda.mem_efficient_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
@@ -379,7 +385,7 @@ def faked_cuda_graphs(monkeypatch):
             finally:
                 _point(step.lm.attention_slots(), now)
 
-    fake_cuda_graph_calls(monkeypatch, FakeGraph)
+    static = fake_cuda_graph_calls(monkeypatch, FakeGraph)
     original = BatchGraphedStep._capture
 
     def capture(self, *a):
@@ -390,6 +396,7 @@ def faked_cuda_graphs(monkeypatch):
 
     monkeypatch.setattr(BatchGraphedStep, "_capture", capture)
     yield captures
+    assert static and all(static)  # every capture ran under static_shapes
 
 
 def test_batch_graphs_give_the_eager_batch_codes(mono_model, faked_cuda_graphs):
