@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.lm import MusicGenLM, static_shapes
-from engine.steps import Step, decode_step, resolve_step_mode
+from engine.lm import MusicGenLM
+from engine.steps import Step, capture_graph, decode_step, resolve_step_mode
 
 log = logging.getLogger(__name__)
 
@@ -80,20 +80,9 @@ class BatchGraphedStep:
 
     def _capture(self, key: tuple, tokens: Tensor, input_pos: Tensor) -> _Captured:
         tokens, input_pos = tokens.clone(), input_pos.clone()
-        with static_shapes():  # one shape: cuDNN's attention may plan in the warm-up and serve the replays
-            # Warm up on a side stream, as torch.cuda.graphs asks. The runs write each row's keys and values at its
-            # own position, which this round's replay writes again: harmless.
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    self._run(tokens, input_pos)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            # thread_local: the codec worker and joining requests' text encoders use the GPU from other threads
-            # meanwhile; the default ("global") would fail their calls while this thread captures.
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                logits = self._run(tokens, input_pos)
+        # The warm-up runs write each row's keys and values at its own position, which the round's replay writes
+        # again: harmless.
+        graph, logits = capture_graph(lambda: self._run(tokens, input_pos))
         return _Captured(key, graph, tokens, input_pos, logits)
 
 

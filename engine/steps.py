@@ -190,16 +190,26 @@ class GraphedStep:
 
     def _capture(self, tokens: Tensor, input_pos: Tensor) -> None:
         self.tokens, self.input_pos = tokens.clone(), input_pos.clone()
-        # Warm up on a side stream (allocator and kernel selection), as torch.cuda.graphs asks. The warm-up runs
-        # write this step's own keys and values at this step's position, so running it is harmless.
-        with static_shapes():  # one shape: cuDNN's attention may plan in the warm-up and serve the replays
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    self._run()
-            torch.cuda.current_stream().wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):  # other threads may use the GPU
-                self.logits = self._run()
+        # The warm-up runs write this step's own keys and values at this step's position: harmless.
+        self.graph, self.logits = capture_graph(self._run)
         self.key = self._key()
+
+
+def capture_graph(run: Callable[[], Tensor]) -> tuple["torch.cuda.CUDAGraph", Tensor]:
+    """`run` (which must be harmless to run again) captured as a CUDA graph, and the output its replays write.
+
+    Two warm-up runs on a side stream first (allocator and kernel selection), as torch.cuda.graphs asks. Both the
+    warm-up and the capture run under `static_shapes`: one shape, so cuDNN's attention may plan in the warm-up and
+    serve the replays. thread_local: other threads (the codec worker, a joining request's T5) use the GPU
+    meanwhile, which the default mode ("global") would make fail."""
+    with static_shapes():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                run()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            out = run()
+    return graph, out
