@@ -177,6 +177,9 @@ class Jam:
                 lost_tries += 1
                 continue
             try:
+                # An engine that steps on its own (and may run ahead while the jam waits) says how long its steps
+                # took, from nothing at the stream's start; otherwise reading a chunk times them.
+                mark = (0, 0.0)
                 while True:
                     t0, steps0 = time.perf_counter(), stream.steps
                     try:
@@ -194,7 +197,12 @@ class Jam:
                         lost_tries += 1
                         break
                     lost_tries = 0
-                    self.meter.add(stream.steps - steps0, time.perf_counter() - t0)
+                    now = (stream.steps, stream.busy_seconds)
+                    if now[1] is not None:
+                        self.meter.add(now[0] - mark[0], now[1] - mark[1])
+                    else:
+                        self.meter.add(now[0] - steps0, time.perf_counter() - t0)
+                    mark = now
                     if self.seed is None and stream.seed is not None:
                         self.seed = stream.seed
                         log.info("%s at %s bpm %d/%d: %r, seed %d", self.name, format_bpm(self.tempo.bpm),

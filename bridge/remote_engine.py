@@ -80,6 +80,10 @@ class RemoteStream:
     def steps(self) -> int:
         return self._steps
 
+    @property
+    def busy_seconds(self) -> float | None:
+        return None  # the wire carries steps only: the time to read a chunk times them
+
     def _control(self, kind: str) -> None:
         with self._lock:
             if kind == "cancel":

@@ -2,7 +2,8 @@
 
 Each layer keeps one self-attention buffer [2, R, H, L, d] and, for text models, cross-attention keys and values
 [R, H, S, d] with an additive key mask [R, 1, 1, S] (prompts of different lengths are padded to one S; padded keys
-get -inf). A request owns a contiguous run of rows (2 with guidance: [cond; uncond]); rows stay packed from row 0,
+get -inf). Where the LM folds cross-attention (`MusicGenLM.can_fold`), also the folded rows [R, H, S, D + 4] of
+the requests that fold theirs, which rows those serve, and which attend through the projections (CrossAttention). A request owns a contiguous run of rows (2 with guidance: [cond; uncond]); rows stay packed from row 0,
 so a batched step runs on views of the first rows and a leaving request's hole is filled by moving the last one.
 
 `bind(lm, start, stop)` points the LM's layers at views of rows [start, stop) for one call, so `MusicGenLM.forward`
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor
 
 from engine.hugepages import huge_zeros
-from engine.lm import MusicGenLM, cache_row_width
+from engine.lm import CROSS_STATE, MusicGenLM, cache_row_width, prompt_rows
 
 
 def kv_bytes_per_row(lm: MusicGenLM, length: int) -> int:
@@ -37,6 +38,11 @@ class BatchCache:
         self.cross_k: list[Tensor] = []
         self.cross_v: list[Tensor] = []
         self.cross_mask: Tensor | None = None
+        self.cross_p: list[Tensor] = []  # folded rows (CrossAttention), where the LM folds
+        self.cross_u: list[Tensor] = []
+        self.folded_rows: Tensor | None = None  # [R] bool: rows the folded rows serve (a folded request's prompt)
+        self.std_rows: Tensor | None = None  # [R, 1, 1]: 1 for the rows of requests that do not fold, else 0
+        self._folds: list[bool] = []  # per row: its request folds (a Python copy, for bind)
         self._bound: dict[tuple, list[tuple]] = {}  # bind's views by rows
 
     @property
@@ -44,7 +50,7 @@ class BatchCache:
         return self.lm.cfg.cross_attention
 
     def nbytes(self) -> int:
-        n = sum(t.numel() * t.element_size() for t in self.kvs + self.cross_k + self.cross_v)
+        n = sum(t.numel() * t.element_size() for t in self.kvs + self.cross_k + self.cross_v + self.cross_p + self.cross_u)
         return n + (0 if self.cross_mask is None else self.cross_mask.numel() * self.cross_mask.element_size())
 
     def ensure(self, rows: int, length: int, cross_len: int, used: int) -> None:
@@ -70,6 +76,17 @@ class BatchCache:
             if self.cross_mask is not None:
                 mask[:used, :, :, : self.cross_len] = self.cross_mask[:used]
             self.cross_k, self.cross_v, self.cross_mask = ks, vs, mask
+            if lm.can_fold():
+                width = cache_row_width(cfg.dim, torch.int8)
+                ps = [torch.zeros(R, cfg.n_heads, S, width, dtype=torch.int8, device=dev) for _ in range(cfg.n_layers)]
+                us = [torch.zeros_like(p) for p in ps]
+                for new, old in zip(ps + us, self.cross_p + self.cross_u):
+                    new[:used, :, : self.cross_len] = old[:used]
+                folded, std = torch.zeros(R, dtype=torch.bool, device=dev), torch.zeros(R, 1, 1, dtype=dt, device=dev)
+                if self.folded_rows is not None:
+                    folded[:used], std[:used] = self.folded_rows[:used], self.std_rows[:used]
+                self.cross_p, self.cross_u, self.folded_rows, self.std_rows = ps, us, folded, std
+                self._folds = self._folds[:used] + [False] * (R - used)
         self.rows, self.length, self.cross_len = R, L, S
         self._bound = {}  # views of the old buffers
         # The LM's position table and causal mask (prefill) must cover every position a row can reach.
@@ -81,38 +98,61 @@ class BatchCache:
         self.__init__(self.lm)
 
     @torch.inference_mode()
-    def set_condition(self, row: int, cross: Tensor) -> None:
-        """Cross-attention keys and values for rows [row, row + B) from projected text states [B, S, D]."""
+    def set_condition(self, row: int, cross: Tensor, fold: bool | None = None) -> None:
+        """Cross-attention keys and values for rows [row, row + B) from one request's projected text states
+        [B, S, D], and its folded rows where the LM folds that request's (`MusicGenLM.folds_cross`; `fold` says
+        instead, where the LM can fold at all)."""
         B, S = cross.shape[0], cross.shape[1]
-        for layer, K, V in zip(self.lm.layers, self.cross_k, self.cross_v):
-            k, v = layer.cross.keys_values(cross.to(self.lm.act_dtype))
-            K[row : row + B, :, :S] = k
-            V[row : row + B, :, :S] = v
-            K[row : row + B, :, S:] = 0
-            V[row : row + B, :, S:] = 0
+        cross = cross.to(self.lm.act_dtype)
+        live = prompt_rows(cross)
+        folds = bool(self.cross_p) and (self.lm.folds_cross(int(live.sum()), S) if fold is None else fold)
+        for i, layer in enumerate(self.lm.layers):
+            k, v = layer.cross.keys_values(cross)
+            for buf, x in ((self.cross_k[i], k), (self.cross_v[i], v)) + (
+                    ((self.cross_p[i], None), (self.cross_u[i], None)) if self.cross_p else ()):
+                buf[row : row + B, :, S:] = 0
+                if x is not None:
+                    buf[row : row + B, :, :S] = x
+            if folds:
+                p, u = layer.cross.folded(k, v)
+                self.cross_p[i][row : row + B, :, :S] = p
+                self.cross_u[i][row : row + B, :, :S] = u
         self.cross_mask[row : row + B] = float("-inf")
         self.cross_mask[row : row + B, :, :, :S] = 0
+        if self.cross_p:
+            self.folded_rows[row : row + B] = live & folds
+            self.std_rows[row : row + B] = 0.0 if folds else 1.0
+            self._folds[row : row + B] = [folds] * B
 
     def move(self, src: int, dst: int, n: int, length: int) -> None:
         """Copy rows [src, src + n), their first `length` positions, to [dst, dst + n) (filling the hole left by a
         request that went). Cloned first: the two ranges may overlap."""
         for kv in self.kvs:
             kv[:, dst : dst + n, :, :length] = kv[:, src : src + n, :, :length].clone()
-        for t in self.cross_k + self.cross_v:
+        for t in self.cross_k + self.cross_v + self.cross_p + self.cross_u:
             t[dst : dst + n] = t[src : src + n].clone()
-        if self.cross_mask is not None:
-            self.cross_mask[dst : dst + n] = self.cross_mask[src : src + n].clone()
+        for t in (self.cross_mask, self.folded_rows, self.std_rows):
+            if t is not None:
+                t[dst : dst + n] = t[src : src + n].clone()
+        self._folds[dst : dst + n] = self._folds[src : src + n]
 
     def _views(self, start: int, stop: int, cross_len: int | None) -> list[tuple]:
         """Per layer: (cache rows, text keys, text values, key mask) for `bind`, made once per range and kept
         (a round binds the same rows each time; slicing 24 layers' buffers anew cost more than the bookkeeping)."""
-        key = (start, stop, cross_len)
+        folds = tuple(self._folds[start:stop])
+        key = (start, stop, cross_len, folds)
         views = self._bound.get(key)
         if views is None:
             S = self.cross_len if cross_len is None else cross_len
+            # Folded rows where any request folds; the rows that do not fold attend through the projections.
+            fold = any(folds)
             views = [(self.kvs[i][:, start:stop],
                       *((self.cross_k[i][start:stop, :, :S], self.cross_v[i][start:stop, :, :S],
-                         self.cross_mask[start:stop] if cross_len is None else None) if self.has_cross else ()))
+                         self.cross_mask[start:stop] if cross_len is None else None,
+                         *((self.cross_p[i][start:stop, :, :S], self.cross_u[i][start:stop, :, :S],
+                            self.folded_rows[start:stop], None if all(folds) else self.std_rows[start:stop])
+                           if fold else (None, None, None, None)))
+                        if self.has_cross else ()))
                      for i in range(len(self.kvs))]
             self._bound[key] = views
         return views
@@ -122,7 +162,7 @@ class BatchCache:
         """Point the LM's layers at rows [start, stop) for one call. `cross_len`: attend to that many text keys
         without a mask (one request's own prompt, as it would alone); None: all of them under the key mask."""
         targets = self.lm.attention_slots()
-        saved = [(kvc._buffers["kv"], *((c.k, c.v, c.mask) if c is not None else ())) for kvc, c in targets]
+        saved = [(kvc._buffers["kv"], *((getattr(c, n) for n in CROSS_STATE) if c is not None else ())) for kvc, c in targets]
         try:
             _point(targets, self._views(start, stop, cross_len))
             yield
@@ -137,4 +177,4 @@ def _point(targets: list[tuple], views: list[tuple]) -> None:
     for (kv_cache, cross), (kv, *text) in zip(targets, views):
         kv_cache._buffers["kv"] = kv
         if text:
-            cross.__dict__.update(k=text[0], v=text[1], mask=text[2])
+            cross.__dict__.update(zip(CROSS_STATE, text))

@@ -127,10 +127,16 @@ class BatchEngine:
         buckets = sorted({min(self.max_rows, 1 << (n - 1).bit_length()) for n in range(2, self.max_rows + 1)})
         # CUDA graphs are captured on the buffers a round binds, which this tiny cache is not: warm up eagerly.
         decode = decode_step(lm, "eager") if self.step_mode == "graph" else self.decode
+        # Each bucket's step as requests that fold their cross-attention take it (the usual: a prompt of tens of
+        # tokens, `MusicGenLM.folds_cross`), then as requests that do not, and (where the LM folds) both at once.
+        folds = [True, False, None] if self.cache.cross_p else [False]
         for B in buckets:
             tokens = torch.full((B, K, 1), lm.cfg.special_token, device=lm.device)
-            with self.cache.bind(0, B):
-                decode(tokens, torch.zeros(B, 1, dtype=torch.long, device=lm.device), 1)
+            for fold in folds:
+                if lm.cfg.cross_attention:
+                    self._warm_condition(B, fold)
+                with self.cache.bind(0, B):
+                    decode(tokens, torch.zeros(B, 1, dtype=torch.long, device=lm.device), 1)
         self.cache.release()
         return time.perf_counter() - t0
 
@@ -186,6 +192,7 @@ class BatchEngine:
     def _loop(self) -> None:
         self.threads.idle()  # the budget, on this thread: warm-up and steps run here
         while True:
+            started = time.perf_counter()  # a round's time counts from here: the scheduling around it is its cost too
             with self._cv:
                 if self._closed:
                     self._shut_down()
@@ -209,12 +216,20 @@ class BatchEngine:
                         fut.set_exception(e)
                 continue
             try:
-                self._round(ready)
+                self._round(ready, started)
             except Exception as e:  # noqa: BLE001 - the requests in this round fail, the engine goes on
                 log.exception("batched step failed")
                 for s in ready:
                     s.fail(e)
                     s.released = True
+
+    def _warm_condition(self, rows: int, fold: bool | None) -> None:
+        """Guided one-key prompts on the warm-up's `rows`: all folded (True), none (False), or alternating (None)."""
+        lm = self.model.lm
+        cond = torch.zeros(2, 1, lm.cfg.dim, device=lm.device)
+        cond[0] = 1.0  # a prompt, then guidance's null condition
+        for row in range(0, rows, 2):
+            self.cache.set_condition(row, cond, fold=bool(fold or (fold is None and row % 4 == 0)))
 
     def _shut_down(self) -> None:
         for s in self.active + [w[2] for w in self.waiting]:
@@ -276,7 +291,7 @@ class BatchEngine:
         return None
 
     @torch.inference_mode()
-    def _round(self, ready: list[BatchedStream]) -> None:
+    def _round(self, ready: list[BatchedStream], started: float) -> None:
         lm = self.model.lm
         self.threads.step()  # a thread fewer while a codec push or a tempo lock runs beside (engine/threads.py)
         for s in ready:  # prefills first, each on its own rows as it would run alone
@@ -298,6 +313,8 @@ class BatchEngine:
                 s.take(inp, logits)
                 self.stats.prefills += 1
                 self.stats.prefill_seconds += time.perf_counter() - t0
+                s.busy_seconds += time.perf_counter() - started
+                started = time.perf_counter()
         stepping = {id(s) for s in ready if s.wants_step() and not s.cursor.prefill_due}
         if not stepping:
             return
@@ -332,6 +349,9 @@ class BatchEngine:
         for s, inp in inputs:
             s.kv_used = inp.kv_len
             s.take(inp, logits[s.slot : s.slot + s.rows])
+        took = time.perf_counter() - started
+        for s, _ in inputs:
+            s.busy_seconds += took
         self.stats.rounds += 1
         self.stats.rows += B
         self.stats.step_seconds += time.perf_counter() - t0

@@ -59,6 +59,9 @@ class BatchedStream:
         self.released = False  # the consumer is gone: the scheduler drops the request
         self.last_logits: Tensor | None = None
         self.prefilled: tuple | None = None  # (input, logits, window) of its latest prefill, for takes to share
+        # Seconds of the scheduler's rounds this request took part in (its prefills, the steps it advanced in): its
+        # rate is steps / busy_seconds, whether or not it ran ahead of its reader meanwhile.
+        self.busy_seconds = 0.0
         self._cv = threading.Condition()
         self._settled = 0  # new frames settled by the scheduler
         self._consumed = 0  # new frames handed to the consumer

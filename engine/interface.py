@@ -78,6 +78,13 @@ class EngineStream(Protocol):
         """Decoder steps this stream has taken so far."""
         ...
 
+    @property
+    def busy_seconds(self) -> float | None:
+        """Seconds the engine has spent taking those steps, where it takes them on its own (a batching engine runs
+        ahead of the reader); None where it steps only while the stream is read, so that reading a chunk times
+        them."""
+        ...
+
 
 class Engine(Protocol):
     """Makes streams. `capacity` is how many streams it advances at once; more wait inside `open`'s stream until

@@ -152,6 +152,7 @@ def _native_write(cache: Tensor, kv: Tensor) -> bool:
     return native.load()
 
 
+FOLDED_MAX_DIM = 2048  # the widest row the native folded cross-attention takes (engine/native/decode_attention.cpp)
 INT8_ROW_EXTRA = 4  # a packed int8 cache row: head_dim int8 values, then their fp32 scale
 
 
@@ -231,7 +232,15 @@ class CrossAttention(nn.Module):
     """Attention to the projected text states. No key mask for one stream, as Meta's code: the null condition is
     all zeros, so its keys and values are zero and it contributes nothing (the same as Hugging Face's masked
     version). A batch of streams pads prompts of different lengths to one S: zero keys are not neutral under
-    softmax (they score 0, not -inf), so the batch sets `mask`, an additive key mask [B, 1, 1, S]."""
+    softmax (they score 0, not -inf), so the batch sets `mask`, an additive key mask [B, 1, 1, S].
+
+    Folded (`folded`; one query per row, on CPU): the query and output projections move into the text, p[h, s] =
+    wq_h^T k[h, s] / sqrt(d) and u[h, s] = wo_h v[h, s], so a step's cross-attention is sum_h softmax(x p_h) u_h.
+    A step then reads S x H x 2 rows of the model's width per row with a prompt, where `wq` and `wo` are two
+    D x D matrices: for a prompt of tens of tokens, a fraction of the bytes (`MusicGenLM.folds_cross` decides,
+    per request, so a request computes alike alone or in a batch). Only `live` rows are folded: the null
+    condition reads nothing. In a batch, the rows of requests that are not folded have `std_rows` 1 (else 0) and
+    attend as above."""
 
     def __init__(self, cfg: LMConfig):
         super().__init__()
@@ -242,6 +251,12 @@ class CrossAttention(nn.Module):
         self.k: Tensor | None = None
         self.v: Tensor | None = None
         self.mask: Tensor | None = None
+        # The folded form (None: not folded): packed int8 rows [B, H, S, D + 4], the rows it serves [B] bool, and
+        # in a batch with requests that are not folded, the rows that attend as above [B, 1, 1] (else None).
+        self.p: Tensor | None = None
+        self.u: Tensor | None = None
+        self.live: Tensor | None = None
+        self.std_rows: Tensor | None = None
 
     def keys_values(self, cond: Tensor) -> tuple[Tensor, Tensor]:
         """Projected text states [B, S, D] -> keys, values [B, H, S, d] (views of one projection)."""
@@ -249,9 +264,13 @@ class CrossAttention(nn.Module):
         k, v = self.wkv(cond).to(cond.dtype).view(B, S, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return k, v
 
-    def set_condition(self, cond: Tensor, dtype: torch.dtype | None = None) -> None:
-        """Keys and values from projected text states [B, S, D], stored in `dtype` (default: the states')."""
+    def set_condition(self, cond: Tensor, dtype: torch.dtype | None = None,
+                      folded: tuple[tuple[Tensor, Tensor], Tensor] | None = None) -> None:
+        """Keys and values from projected text states [B, S, D], stored in `dtype` (default: the states'), and the
+        folded form ((p, u), live rows) when given (`MusicGenLM.fold_condition`)."""
         k, v = self.keys_values(cond)
+        self.p, self.u, self.live = (*folded[0], folded[1]) if folded is not None else (None, None, None)
+        self.std_rows = None
         if dtype is not None:
             k, v = k.to(dtype), v.to(dtype)
         if self.k is not None and self.k.shape == k.shape and self.k.dtype == k.dtype and self.k.device == k.device:
@@ -261,10 +280,51 @@ class CrossAttention(nn.Module):
         else:
             self.k, self.v = k.contiguous(), v.contiguous()
 
+    def folded(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values [B, H, S, d] -> the folded rows p, u [B, H, S, D + 4] (packed int8, `pack_int8_rows`)."""
+        H, d = self.n_heads, self.head_dim
+        wq, wo = linear_weight(self.wq), linear_weight(self.wo)  # [D, D] fp32: out x in
+        D = wq.shape[1]
+        p = torch.einsum("bhsd,hdD->bhsD", k.float(), wq.view(H, d, D)) * (1.0 / math.sqrt(d))
+        u = torch.einsum("bhsd,Dhd->bhsD", v.float(), wo.view(D, H, d))
+        return pack_int8_rows(p), pack_int8_rows(u)
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.p is None or x.shape[1] != 1:
+            return self.projected(x)
+        norm = getattr(self.wq, "norm_weight", None)  # a LayerNorm the native linear took in (fuse_into_native_linears)
+        normed = x if norm is None else F.layer_norm(x, (x.shape[-1],), norm, self.wq.norm_bias, self.wq.eps)
+        y = torch.ops.musicgen_bridge.cross_attention_folded(normed, self.p, self.u, self.mask, self.live)
+        # Rows not folded: exactly their own result (times 1, plus the op's exact zero); folded rows: plus 0.
+        return y if self.std_rows is None else y + self.projected(x) * self.std_rows
+
+    def projected(self, x: Tensor) -> Tensor:
+        """The cross-attention through the projections, as the model defines it."""
         q = same_dtype(self.wq(x), x).unflatten(-1, (self.n_heads, self.head_dim)).transpose(1, 2)
         y = attend(q, self.k, self.v, self.mask)
         return self.wo(y.transpose(1, 2).flatten(2))
+
+
+CROSS_STATE = ("k", "v", "mask", "p", "u", "live", "std_rows")  # what a CrossAttention attends with, per call
+
+
+def prompt_rows(cond: Tensor) -> Tensor:
+    """The rows of projected text states [B, S, D] that carry a prompt ([B] bool): guidance's null condition is
+    all zeros."""
+    return cond.flatten(1).ne(0).any(1)
+
+
+def linear_weight(linear: nn.Module) -> Tensor:
+    """The weight a linear multiplies by, [out, in] fp32: a quantized one's (engine/quantize.py) dequantized."""
+    if hasattr(linear, "dequantized"):
+        return linear.dequantized()
+    w = linear.weight
+    return (w.to_dense() if w.is_mkldnn else w).float()
+
+
+def linear_bytes(linear: nn.Module) -> int:
+    """What a linear's call reads: its parameters' and buffers' bytes."""
+    return sum(t.numel() * t.element_size() for t in (*linear.parameters(), *linear.buffers()))
 
 
 class Block(nn.Module):
@@ -355,9 +415,43 @@ class MusicGenLM(nn.Module):
 
     @torch.inference_mode()
     def set_condition(self, cond: Tensor) -> None:
-        """Cross-attention keys/values for the whole generation, from projected text states [B, S, D]."""
-        for layer in self.layers:
-            layer.cross.set_condition(cond.to(self.act_dtype), self.cross_dtype)
+        """Cross-attention keys/values for the whole generation, from projected text states [B, S, D], folded
+        (CrossAttention) where `folds_cross` says so. A row of zeros is guidance's null condition."""
+        cond = cond.to(self.act_dtype)
+        folded = self.fold_condition(cond)
+        for i, layer in enumerate(self.layers):
+            layer.cross.set_condition(cond, self.cross_dtype, None if folded is None else (folded[0][i], folded[1]))
+
+    @torch.inference_mode()
+    def fold_condition(self, cond: Tensor) -> tuple[list[tuple[Tensor, Tensor]], Tensor] | None:
+        """One request's folded cross-attention: every layer's rows (p, u) for its projected text states [B, S, D],
+        and its rows with a prompt ([B] bool; a row of zeros is guidance's null condition); None where
+        `folds_cross` says no."""
+        cond = cond.to(self.act_dtype)
+        live = prompt_rows(cond)
+        if not self.folds_cross(int(live.sum()), cond.shape[1]):
+            return None
+        return [layer.cross.folded(*layer.cross.keys_values(cond)) for layer in self.layers], live
+
+    def can_fold(self) -> bool:
+        """The folded cross-attention runs here: CPU, fp32 activations, the narrow weights' int8 KV cache, the
+        native kernel, a width it takes."""
+        if not (self.cfg.cross_attention and self.kv_dtype == torch.int8 and self.act_dtype == torch.float32
+                and self.device.type == "cpu" and self.cfg.dim % 32 == 0 and self.cfg.dim <= FOLDED_MAX_DIM):
+            return False
+        from engine import native
+
+        return native.supports("decode_attention_int8")
+
+    def folds_cross(self, live_rows: int, keys: int) -> bool:
+        """Whether a request with `live_rows` rows with a prompt of `keys` text keys folds its cross-attention:
+        where it can, and when its folded rows are fewer bytes than the query and output projections they replace.
+        A property of the request alone, so its codes do not depend on the company it keeps in a batch."""
+        if not self.can_fold():
+            return False
+        cross = self.layers[0].cross
+        folded = live_rows * keys * self.cfg.n_heads * 2 * (self.cfg.dim + INT8_ROW_EXTRA)
+        return folded < linear_bytes(cross.wq) + linear_bytes(cross.wo)
 
     def embed(self, tokens: Tensor) -> Tensor:
         """[B, K, T] codes (special = card) -> [B, T, D]: the sum of the codebooks' embeddings."""

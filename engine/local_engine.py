@@ -52,6 +52,11 @@ class SessionStream:
         session = self._session
         return session.steps if session is not None else 0
 
+    @property
+    def busy_seconds(self) -> float | None:
+        session = self._session
+        return session.busy_seconds if session is not None else None
+
     def _open_session(self, **extra) -> StreamSession:
         """The spec's session (`extra`: StreamSession's own options), with any cancel or stop already asked."""
         if self._cancelled.is_set():

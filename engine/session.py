@@ -206,6 +206,11 @@ class StreamSession:
     def steps(self) -> int:
         return self.stream.steps
 
+    @property
+    def busy_seconds(self) -> float | None:
+        """The token stream's own stepping time where it steps on its own (`BatchedStream`), else None."""
+        return getattr(self.stream, "busy_seconds", None)
+
     def _end(self, j: int) -> int:
         """Where chunk j ends (samples of new audio)."""
         end = self._boundary(j + 1)

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from engine.lm import MusicGenLM, static_shapes
+from engine.lm import CROSS_STATE, MusicGenLM, static_shapes
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,19 @@ class _StepGraph(nn.Module):
         self.lm = lm
 
     def forward(self, h: Tensor, input_pos: Tensor, lengths: Tensor, kvs: list[Tensor], cross: list[Tensor] | None = None,
-                cross_mask: Tensor | None = None) -> Tensor:
+                cross_mask: Tensor | None = None, live: Tensor | None = None, std_rows: Tensor | None = None) -> Tensor:
+        """`cross`: per layer the text keys and values (k, v); with `live`, the folded rows (p, u) instead; with
+        `std_rows` too, both (k, v, p, u) (see CrossAttention)."""
         lm = self.lm
-        saved = [(l.attn.kv_cache.kv, *((l.cross.k, l.cross.v, l.cross.mask) if l.cross is not None else ())) for l in lm.layers]
+        names = CROSS_INPUTS[(live is not None) + (std_rows is not None)]
+        per = len(names)
+        saved = [(l.attn.kv_cache.kv, *((getattr(l.cross, n) for n in CROSS_STATE) if l.cross is not None else ())) for l in lm.layers]
         try:
             for i, layer in enumerate(lm.layers):
                 layer.attn.kv_cache.kv = kvs[i]
                 if layer.cross is not None:
-                    layer.cross.k, layer.cross.v, layer.cross.mask = cross[2 * i], cross[2 * i + 1], cross_mask
+                    layer.cross.__dict__.update(p=None, live=live, std_rows=std_rows, mask=cross_mask)
+                    layer.cross.__dict__.update(zip(names, cross[per * i : per * (i + 1)]))
             # A batch of streams (input_pos [B, 1]): each row attends to its own length.
             mask = lm.row_mask(input_pos, lengths.shape[0]) if input_pos.dim() == 2 else None
             return lm.layers_and_heads(h, input_pos, mask, lengths.shape[0])
@@ -92,7 +97,10 @@ class _StepGraph(nn.Module):
             for layer, (kv, *c) in zip(lm.layers, saved):
                 layer.attn.kv_cache.kv = kv
                 if layer.cross is not None:
-                    layer.cross.k, layer.cross.v, layer.cross.mask = c
+                    layer.cross.__dict__.update(zip(CROSS_STATE, c))
+
+
+CROSS_INPUTS = (("k", "v"), ("p", "u"), ("k", "v", "p", "u"))  # per layer: projected, folded, both
 
 
 class TracedStep:
@@ -109,6 +117,7 @@ class TracedStep:
         self.lm = lm
         self.graphs: dict[tuple, torch.jit.ScriptModule] = {}
         self.lengths = torch.empty(0)
+        self.zero_mask = torch.empty(0)
         self.failed = False
 
     def _inputs(self, h: Tensor, input_pos: Tensor, kv_len: int) -> tuple:
@@ -117,12 +126,26 @@ class TracedStep:
             self.lengths = torch.empty(max(kv_len, lm.max_len), dtype=torch.uint8)
         slots = lm.attention_slots()
         kvs = [kv_cache.kv for kv_cache, _ in slots]
-        cross = [t for _, c in slots if c is not None for t in (c.k, c.v)]
         # A model without cross-attention (melody) has no such inputs: the tracer refuses empty lists (and Nones).
-        if not cross:
+        if slots[0][1] is None:
             return (h, input_pos, self.lengths[:kv_len], kvs)
-        mask = slots[0][1].mask  # a batch of streams' text key mask, shared by the layers
-        return (h, input_pos, self.lengths[:kv_len], kvs, cross) + (() if mask is None else (mask,))
+        first = slots[0][1]
+        mask = first.mask  # a batch of streams' text key mask, shared by the layers
+        if first.p is None:
+            cross = [t for _, c in slots for t in (c.k, c.v)]
+            return (h, input_pos, self.lengths[:kv_len], kvs, cross) + (() if mask is None else (mask,))
+        # Folded (CrossAttention): a mask (zeros for one stream), the folded rows, and the rows attending as defined.
+        if mask is None:
+            mask = self._zero_mask(first.p.shape[0], first.p.shape[2])
+        names = CROSS_INPUTS[1 + (first.std_rows is not None)]
+        cross = [getattr(c, n) for _, c in slots for n in names]
+        return (h, input_pos, self.lengths[:kv_len], kvs, cross, mask, first.live) + \
+            (() if first.std_rows is None else (first.std_rows,))
+
+    def _zero_mask(self, rows: int, keys: int) -> Tensor:
+        if self.zero_mask.shape != (rows, 1, 1, keys):
+            self.zero_mask = torch.zeros(rows, 1, 1, keys)
+        return self.zero_mask
 
     @torch.inference_mode()
     def __call__(self, h: Tensor, input_pos: Tensor, kv_len: int) -> Tensor:

@@ -39,6 +39,7 @@ class CounterStream:
         self.engine, self.spec, self.lose_after = engine, spec, lose_after
         self.seed, self.prompt_text = 7, spec.prompt
         self.steps = 0
+        self.busy_seconds = None  # steps only while read
         self._cancelled = threading.Event()
 
     def cancel(self) -> None:
@@ -82,6 +83,8 @@ class SlowEngine:
 
 
 class _SlowStream:
+    busy_seconds = None  # its delays are outside the inner engine's steps: reading a chunk times them
+
     def __init__(self, engine: SlowEngine, inner):
         self.engine, self.inner = engine, inner
 

@@ -435,3 +435,30 @@ def test_a_failed_batch_capture_stays_eager_and_warns(mono_model, monkeypatch, c
     assert torch.equal(codes, alone(mono_model, prompt, settings, frames))
     assert sum("runs eagerly" in r.message for r in caplog.records) == 1
     assert mono_model.lm.compiled_steps.pop("batch-graph").failed
+
+
+def test_a_stream_is_busy_only_while_the_engine_steps_it(mono_model):
+    """`busy_seconds` counts the rounds a request took part in: an endless stream that has run as far ahead of its
+    reader as it may stops adding to it, however long the reader waits (a jam's rate reads steps / busy)."""
+    from engine.batched_stream import LOOKAHEAD_FRAMES
+
+    engine = BatchEngine(mono_model)
+    try:
+        jam = engine.token_stream("dub", SamplingSettings(seed=9), frames=None)
+        jam.step()
+        while jam._settled - jam.new_frames < LOOKAHEAD_FRAMES:  # until it may run no further ahead
+            time.sleep(0.01)
+        time.sleep(0.05)  # a round that had begun ends
+        steps, busy = jam.steps, jam.busy_seconds
+        time.sleep(0.5)
+        assert (jam.steps, jam.busy_seconds) == (steps, busy)  # waiting adds neither steps nor busy time
+        assert busy > 0 and steps >= LOOKAHEAD_FRAMES
+        jam.step()  # room for one more frame: it steps again, and is busy again
+        t0 = time.perf_counter()
+        while jam.steps == steps and time.perf_counter() - t0 < 30:
+            time.sleep(0.01)
+        time.sleep(0.05)
+        assert jam.steps > steps and jam.busy_seconds > busy
+        jam.release()
+    finally:
+        engine.close()

@@ -157,3 +157,42 @@ def test_negative_control_placed_when_made_and_held_afterwards_it_is_late():
     jam, transport = _uneven_jam(lock=False)
     got = _handed_out(jam, transport, hold=True)
     assert got[0][0] < 0, got  # chunk 0 was placed on the bar after it was made, and went out after that bar
+
+
+class _AheadStream:
+    """A counter stream whose engine steps on its own at twice real time (busy_seconds), however the jam reads it."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    @property
+    def busy_seconds(self):
+        return self.inner.steps / (2 * 50.0)
+
+    def __iter__(self):
+        for chunk in self.inner:
+            time.sleep(0.05)  # reading a chunk takes longer than making it did
+            yield chunk
+
+
+class _AheadEngine(CounterEngine):
+    def open(self, spec):
+        return _AheadStream(super().open(spec))
+
+
+def test_the_rate_comes_from_the_engine_busy_time_where_it_steps_on_its_own():
+    jam = Jam(_AheadEngine(SR), SETTINGS, FAST, "keys")
+    take(jam, 4)
+    assert jam.realtime == pytest.approx(2.0)  # steps / busy time over the frame rate, not steps / reading time
+    # Negative control: without busy time the reading times the steps (20 steps per 0.05 s chunk: ~8x).
+    slow_read = Jam(_AheadEngine(SR), SETTINGS, FAST, "keys")
+    slow_read.engine.open = lambda spec: _TimedOnly(CounterEngine.open(slow_read.engine, spec))
+    take(slow_read, 4)
+    assert slow_read.realtime != pytest.approx(2.0)
+
+
+class _TimedOnly(_AheadStream):
+    busy_seconds = None

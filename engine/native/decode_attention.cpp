@@ -28,7 +28,9 @@
 
 namespace {
 
-constexpr int64_t kMaxHeadDim = 256;
+// Self-attention heads are 64 wide; the folded cross-attention (cross_attention_folded) attends with the model's
+// whole width.
+constexpr int64_t kMaxHeadDim = 2048;
 // Bytes ahead of the loads: each head's keys (then values) are one stream of L x 2d bytes, and the hardware
 // prefetcher alone kept one thread at ~2/3 of the memory's rate on it (benchmarks/RESULTS.md: 1-8 KB measured).
 constexpr int64_t kPrefetch = 4096;
@@ -92,6 +94,12 @@ __attribute__((target("avx512f"))) float softmax_weights(float* scores, int64_t 
   return 1.f / _mm512_reduce_add_ps(total);
 }
 
+// A key the mask rules out is not read: its score is the mask's -inf whatever the key holds (a batch row shorter
+// than the longest, a padded prompt), so it costs no memory traffic and its leftovers cannot turn the row to NaN.
+__attribute__((always_inline)) inline bool masked_out(const float* mask, int64_t mask_step, int64_t l) {
+  return mask && mask[l * mask_step] == -INFINITY;
+}
+
 // A block of 16 keys' scores s (the first n live) at keys l..: plus the mask, stored, and folded into the running
 // maximum and NaN flags.
 __attribute__((target("avx512f"), always_inline)) inline void keep_scores(__m512 s, const float* mask, int64_t mask_step,
@@ -146,7 +154,8 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void attend_head(const He
     for (int i = 0; i < 16; ++i) {
       const char* key = reinterpret_cast<const char*>(h.k + (l + i) * h.step);
       for (int64_t b = 0; b < 2 * d; b += 64) _mm_prefetch(key + kPrefetch + b, _MM_HINT_T0);
-      acc[i] = i < n ? key_dot(q, chunks, h.k + (l + i) * h.step) : _mm512_setzero_ps();
+      acc[i] = i < n && !masked_out(h.mask, h.mask_step, l + i) ? key_dot(q, chunks, h.k + (l + i) * h.step)
+                                                                 : _mm512_setzero_ps();
     }
     __m512 s = _mm512_mul_ps(sum16(acc), scale16);
     keep_scores(s, h.mask, h.mask_step, l, n, scores, top16, nan16);
@@ -224,10 +233,17 @@ __attribute__((target("avx512f,avx512bw"))) void attend_head_i8(const HeadI8& h,
     alignas(64) float ks[16] = {};
     for (int i = 0; i < 16; ++i) {
       acc[i] = _mm512_setzero_ps();
-      if (i >= n) continue;
+      if (i >= n || masked_out(h.mask, h.mask_step, l + i)) continue;
       const int8_t* key = h.k + (l + i) * h.step;
       _mm_prefetch(reinterpret_cast<const char*>(key) + kPrefetch, _MM_HINT_T0);
-      for (int64_t c = 0; c < parts; ++c) acc[i] = _mm512_fmadd_ps(q[c], widen16(key + 16 * c), acc[i]);
+      if (parts < 16 || parts % 4) {
+        for (int64_t c = 0; c < parts; ++c) acc[i] = _mm512_fmadd_ps(q[c], widen16(key + 16 * c), acc[i]);
+      } else {  // a wide row (the folded cross-attention's): four chains, not one FMA after another
+        __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        for (int64_t c = 0; c < parts; c += 4)
+          for (int j = 0; j < 4; ++j) a[j] = _mm512_fmadd_ps(q[c + j], widen16(key + 16 * (c + j)), a[j]);
+        acc[i] = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
+      }
       ks[i] = row_scale(key, d) * scale;
     }
     __m512 s = _mm512_mul_ps(sum16(acc), _mm512_load_ps(ks));
@@ -329,6 +345,60 @@ at::Tensor decode_attention(const at::Tensor& q_, const at::Tensor& k, const at:
   return out;
 }
 
+// Cross-attention with its query and output projections folded into the text (engine/lm.py, CrossAttention):
+// out[b] = sum over heads h of softmax_s(x[b] . p[b, h, s] + mask[b, s]) u[b, h, s], with p and u packed int8 rows
+// of the model's width D (kv_pack_int8; the 1/sqrt(d) scale already in p). x [B, 1, D] fp32; p, u [B, H, S, D + 4]
+// (any strides but contiguous rows); mask additive fp32 [B, 1, 1, S] or none; live [B] bool. A row that is not
+// live (guidance's null condition, whose keys and values are zero) is exactly zero and reads nothing.
+at::Tensor cross_attention_folded(const at::Tensor& x_, const at::Tensor& p, const at::Tensor& u,
+                                  const c10::optional<at::Tensor>& mask_, const at::Tensor& live_) {
+  TORCH_CHECK(x_.dim() == 3 && x_.size(1) == 1 && x_.scalar_type() == at::kFloat, "cross_attention_folded: x is fp32 [B, 1, D]");
+  const int64_t B = x_.size(0), D = x_.size(2);
+  TORCH_CHECK(p.dim() == 4 && p.scalar_type() == at::kChar && u.scalar_type() == at::kChar && p.sizes() == u.sizes() &&
+              p.strides() == u.strides() && p.size(0) == B && p.size(3) == D + 4 && p.stride(3) == 1,
+              "cross_attention_folded: p and u are packed int8 [B, H, S, D + 4] views with the same strides");
+  TORCH_CHECK(int8_dot(), "cross_attention_folded needs a CPU with AVX-512");
+  TORCH_CHECK(D % 32 == 0 && D <= kMaxHeadDim, "cross_attention_folded: width ", D, " (a multiple of 32, at most ", kMaxHeadDim, ")");
+  TORCH_CHECK(live_.dim() == 1 && live_.size(0) == B && live_.scalar_type() == at::kBool, "cross_attention_folded: live is bool [B]");
+  const int64_t H = p.size(1), S = p.size(2);
+  const at::Tensor x = x_.contiguous(), live = live_.contiguous();
+  at::Tensor mask;
+  if (mask_.has_value()) {
+    TORCH_CHECK(mask_->scalar_type() == at::kFloat, "cross_attention_folded: the mask is additive fp32");
+    mask = mask_->expand({B, 1, 1, S});
+  }
+  at::Tensor heads = at::empty({B, H, D}, at::kFloat);
+  const bool* lp = live.data_ptr<bool>();
+  const float* xp = x.data_ptr<float>();
+  const float* mp = mask.defined() ? mask.data_ptr<float>() : nullptr;
+  const int8_t* pp = p.data_ptr<int8_t>();
+  const int8_t* up = u.data_ptr<int8_t>();
+  float* hp = heads.data_ptr<float>();
+  // The live rows' heads, split across the threads (a null row's heads would leave a thread idle).
+  std::vector<int64_t> work;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H && lp[b] && S > 0; ++h) work.push_back(b * H + h);
+  const int64_t grain = std::max<int64_t>(1, kMinBytes / std::max<int64_t>(1, 2 * S * (D + 4)));
+  at::parallel_for(0, static_cast<int64_t>(work.size()), grain, [&](int64_t w0, int64_t w1) {
+    std::vector<float> scores(S + 16);
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t i = work[w], b = i / H, h = i % H;
+      const int64_t at = b * p.stride(0) + h * p.stride(1);
+      HeadI8 head{xp + b * D, pp + at, up + at, p.stride(2), mp ? mp + b * mask.stride(0) : nullptr,
+                  mp ? mask.stride(3) : 0, hp + i * D};
+      attend_head_i8(head, S, D, 1.f, scores.data());
+    }
+  });
+  at::Tensor out = at::zeros({B, 1, D}, at::kFloat);
+  float* op = out.data_ptr<float>();
+  for (int64_t b = 0; b < B; ++b) {
+    if (!lp[b] || S == 0) continue;
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t c = 0; c < D; ++c) op[b * D + c] += hp[(b * H + h) * D + c];
+  }
+  return out;
+}
+
 // kv [..., d] fp32 -> [..., d + 4] int8: each row rounded to round(127 x / max|x|) and followed by its scale
 // max|x| / 127 as fp32 bytes (an all-zero row: zeros; a row with a NaN or infinity: scale NaN).
 at::Tensor kv_pack_int8(const at::Tensor& kv_) {
@@ -413,6 +483,7 @@ TORCH_LIBRARY_FRAGMENT(musicgen_bridge, m) {
   m.def("kv_pack_int8(Tensor kv) -> Tensor");
   m.def("kv_unpack_int8(Tensor packed) -> Tensor");
   m.def("kv_write(Tensor(a!) cache, Tensor pos, Tensor kv) -> Tensor(a!)");
+  m.def("cross_attention_folded(Tensor x, Tensor p, Tensor u, Tensor? mask, Tensor live) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(musicgen_bridge, CPU, m) {
@@ -420,4 +491,5 @@ TORCH_LIBRARY_IMPL(musicgen_bridge, CPU, m) {
   m.impl("kv_pack_int8", &kv_pack_int8);
   m.impl("kv_unpack_int8", &kv_unpack_int8);
   m.impl("kv_write", &kv_write);
+  m.impl("cross_attention_folded", &cross_attention_folded);
 }
