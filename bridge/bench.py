@@ -141,22 +141,29 @@ def lm_bytes(lm) -> int:
 def step_bytes(lm, batch: int, context: float) -> int:
     """Bytes one decode step must read: every linear's weights (and scales) but cross-attention's keys/values
     projection (run once per generation), the KV cache up to `context` positions, the cross-attention keys and
-    values. Embedding rows, norms and activations are under 0.1% and left out."""
+    values; where cross-attention is folded (engine.lm.CrossAttention), its rows for the rows with a prompt in place
+    of its query and output projections and keys and values. Embedding rows, norms and activations are under 0.1%
+    and left out."""
     import torch.nn as nn
 
     from engine.quantize import module_bytes
 
+    folded = {f"layers.{i}.cross.{w}" for i, layer in enumerate(lm.layers)
+              if layer.cross is not None and layer.cross.p is not None for w in ("wq", "wo")}
     weights = 0
     for name, m in lm.named_modules():
-        if name.endswith("cross.wkv") or not (isinstance(m, nn.Linear) or "Linear" in type(m).__name__):
+        if name.endswith("cross.wkv") or name in folded or not (isinstance(m, nn.Linear) or "Linear" in type(m).__name__):
             continue
         weights += module_bytes(m, recurse=False)
     kv = cross = 0
     for layer in lm.layers:
         cache = layer.attn.kv_cache.kv  # [2, B, H, L, d]
         kv += int(cache[:, :batch, :, : int(context)].numel() * cache.element_size())
-        if layer.cross is not None and layer.cross.k is not None:
-            cross += 2 * layer.cross.k.numel() * layer.cross.k.element_size()
+        c = layer.cross
+        if c is not None and c.p is not None:
+            cross += 2 * c.p[0].numel() * c.p.element_size() * int(c.live.sum())
+        elif c is not None and c.k is not None:
+            cross += 2 * c.k.numel() * c.k.element_size()
     return weights + kv + cross
 
 
@@ -411,6 +418,8 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--jam-seconds", type=float, default=60.0, help="with --jam: seconds of audio (default 60)")
     p.add_argument("--model", default=None, help="with --jam: a model folder or name (default: the small shape)")
     p.add_argument("--jam-dtype", default=None, help="with --jam: the weight format (default: serve's)")
+    p.add_argument("--jam-prompt", default="", help="with --jam: the text prompt (default: none, so the text is the "
+                   "song's tempo alone, e.g. '120 bpm')")
     p.add_argument("--jam-time-limit", type=float, default=1200.0,
                    help="with --jam: stop after this many seconds of jamming and report what was delivered")
     p.add_argument("--streams", default=None, metavar="1,2,4,8",

@@ -74,7 +74,7 @@ class _Device:
 
 def run_jam_bench(model: str, seconds: float = 60.0, *, dtype: str | None = None, device: str = "cpu",
                   threads: int | None = None, out_dir: str | None = None, wrap_engine=None,
-                  time_limit: float = 1200.0) -> dict:
+                  time_limit: float = 1200.0, prompt: str = "") -> dict:
     """Jam for `seconds` of audio through a real BridgeServer; returns the figures (see the module docstring)."""
     import torch
 
@@ -98,7 +98,7 @@ def run_jam_bench(model: str, seconds: float = 60.0, *, dtype: str | None = None
         client.send_message("/set", ["chunk_bars", 1])
         t0 = time.monotonic()
         client.send_message("/transport", [1, BPM, NUMERATOR, DENOMINATOR, 0.0])
-        client.send_message("/jam/start", [REQ, ""])
+        client.send_message("/jam/start", [REQ, prompt])
         beat_s = 60.0 / BPM
         chunk_s = NUMERATOR * 4 / DENOMINATOR * beat_s
         need = int(-(-seconds // chunk_s))  # chunks that cover `seconds`
@@ -162,7 +162,8 @@ def run_jam_command(args) -> int:
     print(f"machine: {machine(device)}; jam of {args.jam_seconds:g} s at {BPM:g} bpm {NUMERATOR}/{DENOMINATOR}, 1-bar "
           "chunks, through the OSC server", flush=True)
     result = run_jam_bench(model, args.jam_seconds, dtype=args.jam_dtype or getattr(args, "dtype", None),
-                           threads=args.threads, time_limit=args.jam_time_limit, device=device)
+                           threads=args.threads, time_limit=args.jam_time_limit, device=device,
+                           prompt=getattr(args, "jam_prompt", ""))
     print(format_jam(result, label))
     if not result["complete"]:
         print(f"(stopped at the time limit, {args.jam_time_limit:g} s, after {result['audio_s']:g} s of audio)")

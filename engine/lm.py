@@ -441,7 +441,7 @@ class MusicGenLM(nn.Module):
             return False
         from engine import native
 
-        return native.supports("decode_attention_int8")
+        return native.supports("cross_attention_folded")
 
     def folds_cross(self, live_rows: int, keys: int) -> bool:
         """Whether a request with `live_rows` rows with a prompt of `keys` text keys folds its cross-attention:

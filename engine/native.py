@@ -27,6 +27,7 @@ SOURCES = tuple(Path(__file__).with_name("native") / name for name in ("w8a8_lin
 # is being traced, and the tracer refuses an op that returns a bool.
 KERNELS = {"w8a8_linear": torch.cpu._is_vnni_supported, "int4_linear": torch.cpu._is_vnni_supported,
            "decode_attention_int8": torch.cpu._is_avx512_supported, "widen": torch.cpu._is_avx512_bf16_supported,
+           "cross_attention_folded": torch.cpu._is_vnni_supported,
            "decode_attention": torch.cpu._is_avx512_bf16_supported}
 CACHE = Path(os.environ.get("MUSICGEN_BRIDGE_CACHE", Path.home() / ".cache" / "musicgen-bridge")) / "native"
 

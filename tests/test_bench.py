@@ -59,6 +59,29 @@ def test_step_bytes_counts_the_weights_a_step_reads_and_the_filled_cache(tiny_mo
     assert step_bytes(lm, batch=2, context=20) - step_bytes(lm, batch=2, context=10) == kv
 
 
+@pytest.mark.skipif(not torch.cpu._is_avx512_supported(), reason="the folded kernel needs AVX-512")
+def test_step_bytes_of_a_folded_cross_attention_counts_its_rows_not_the_projections():
+    from engine.assemble import build_lm
+    from engine.lm import linear_bytes
+    from tests.test_kv_cache import _state
+
+    cfg, state = _state(dim=128)
+    cond = torch.randn(2, 5, cfg.dim)
+    cond[1] = 0  # guidance's null condition: not folded, reads nothing
+    folded, plain = (build_lm(cfg, dict(state), torch.device("cpu"), torch.int8) for _ in range(2))
+    plain.can_fold = lambda: False
+    for lm in (folded, plain):
+        lm.setup_caches(2, 40)
+        lm.set_condition(cond)
+    assert folded.layers[0].cross.p is not None and plain.layers[0].cross.p is None
+    c = plain.layers[0].cross
+    projections = linear_bytes(c.wq) + linear_bytes(c.wo)
+    keys_values = 2 * c.k.numel() * c.k.element_size()
+    rows = 2 * 1 * cfg.n_heads * 5 * (cfg.dim + 4)  # p and u of the one row with a prompt, packed int8
+    saved = cfg.n_layers * (projections + keys_values - rows)
+    assert step_bytes(plain, batch=2, context=10) - step_bytes(folded, batch=2, context=10) == saved > 0
+
+
 def test_read_bandwidth_is_a_plausible_rate():
     assert 0.1 < read_bandwidth_gbs(mb=64, repeats=2) < 10_000
 

@@ -64,8 +64,9 @@ def _err(got, want):
     return ((got - want).norm() / want.norm()).item()
 
 
-def test_the_folded_op_is_attention_through_the_projections():
-    wq, wo, k, v, x = _problem()
+@pytest.mark.parametrize("heads", [4, 3, 5], ids=["width 128", "width 96", "width 160"])  # whole, short, long blocks
+def test_the_folded_op_is_attention_through_the_projections(heads):
+    wq, wo, k, v, x = _problem(H=heads)
     want = _through_projections(x, wq, wo, k, v)
     assert _err(_folded(x, *_fold(wq, wo, k, v)), want) < OP_BOUND
     # Negative controls: the heads' blocks of wq in the wrong order, and values 2 % off, miss the bound.
