@@ -76,6 +76,14 @@ def test_the_folded_op_is_attention_through_the_projections(heads):
     assert _err(_folded(x, *_fold(wq, wo, k, v * 1.02)), want) > OP_BOUND
 
 
+def test_more_keys_than_one_run_of_int32_sums_holds():
+    """The kernel sums values in int32 over 512 keys at a time (engine/native/decode_attention.cpp, kWideKeys):
+    1500 keys of nearly uniform weight over the same value would overflow a single run (checked: it does)."""
+    wq, wo, k, v, x = _problem(S=1500)
+    k, v = k * 0.01, v[:, :, :1].expand_as(v).contiguous()  # nearly uniform weights, every value row the same
+    assert _err(_folded(x, *_fold(wq, wo, k, v)), _through_projections(x, wq, wo, k, v)) < OP_BOUND
+
+
 def test_masked_keys_and_rows_without_a_prompt_read_nothing():
     wq, wo, k, v, x = _problem(S=9)
     p, u = _fold(wq, wo, k, v)

@@ -31,7 +31,7 @@ namespace {
 // Self-attention heads are 64 wide; the folded cross-attention (cross_attention_folded) attends with the model's
 // whole width.
 constexpr int64_t kMaxHeadDim = 2048;
-constexpr int64_t kMaxFoldedKeys = 512;
+constexpr int64_t kWideKeys = 512;  // attend_wide's int32 sums: keys at a time (even)
 // Bytes ahead of the loads: each head's keys (then values) are one stream of L x 2d bytes, and the hardware
 // prefetcher alone kept one thread at ~2/3 of the memory's rate on it (benchmarks/RESULTS.md: 1-8 KB measured).
 constexpr int64_t kPrefetch = 4096;
@@ -290,6 +290,108 @@ inline void pack_row(const float* x, int64_t stride, int64_t d, int8_t* y) {
   std::memcpy(y + d, &s, 4);
 }
 
+// The folded cross-attention's head (below): the query row x (as int16, x = x16 * sx) against S keys p and values u
+// of the model's width D (packed int8 rows, `step` bytes apart), in 16-bit integer dot products (AVX512_VNNI's
+// vpdpwssd, 32 products an instruction where widening each int8 to fp32 for an FMA does 16 in four). The query's
+// 16 bits and the weights' 15 (each softmax weight times its row's scale, rounded against the head's largest) are
+// far finer than the rows' 8. Writes out[D] (NaN when nothing can be attended to, as attend_head_i8).
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void attend_wide(const int16_t* x16, float sx, const int8_t* p,
+                                                                      const int8_t* u, int64_t step, int64_t S,
+                                                                      int64_t D, const float* mask, int64_t mask_step,
+                                                                      float* scores, int16_t* w16, float* out) {
+  const int64_t chunks = D / 32;
+  __m512 top16 = _mm512_set1_ps(-INFINITY);
+  __mmask16 nan16 = 0;
+  for (int64_t l = 0; l < S; l += 16) {
+    const int64_t n = std::min<int64_t>(16, S - l);
+    __m512 dots[16];  // each key's 16 partial sums (exact integers, as fp32), summed 16 keys at once by sum16
+    alignas(64) float ks[16] = {};
+    for (int i = 0; i < 16; ++i) {
+      dots[i] = _mm512_setzero_ps();
+      if (i >= n || masked_out(mask, mask_step, l + i)) continue;
+      const int8_t* key = p + (l + i) * step;
+      _mm_prefetch(reinterpret_cast<const char*>(key) + kPrefetch, _MM_HINT_T0);
+      __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+      for (int64_t c = 0; c < chunks; ++c) {
+        const __m512i k = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(key + 32 * c)));
+        acc[c & 3] = _mm512_dpwssd_epi32(acc[c & 3], _mm512_loadu_si512(x16 + 32 * c), k);
+      }
+      dots[i] = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(acc[0], acc[1]), _mm512_add_epi32(acc[2], acc[3])));
+      ks[i] = sx * row_scale(key, D);
+    }
+    keep_scores(_mm512_mul_ps(sum16(dots), _mm512_load_ps(ks)), mask, mask_step, l, n, scores, top16, nan16);
+  }
+  const float norm = softmax_weights(scores, S, _mm512_reduce_max_ps(top16), nan16 != 0);
+  if (norm != norm) {
+    for (int64_t c = 0; c < D; ++c) out[c] = NAN;
+    return;
+  }
+  // Each value row's weight (softmax weight times its scale), as int16 against the largest.
+  float wmax = 0.f;
+  for (int64_t j = 0; j < S; ++j) {
+    scores[j] *= scores[j] != 0.f ? row_scale(u + j * step, D) : 0.f;
+    wmax = std::max(wmax, std::fabs(scores[j]));
+  }
+  const float to16 = wmax > 0.f ? 32767.f / wmax : 0.f;
+  for (int64_t j = 0; j < S + 1; ++j) w16[j] = j < S ? static_cast<int16_t>(std::nearbyint(scores[j] * to16)) : 0;
+  // Values two rows at a time, 128 columns at a time: the rows' int16 pairs interleaved (unpacklo/hi within each
+  // 128-bit lane, so the int32 sums come out as columns 8L+i (lo) and 8L+4+i (hi) of lane L, i < 4).
+  const float back = wmax / 32767.f * norm;
+  for (int64_t c0 = 0; c0 < D; c0 += 128) {
+    const int64_t parts = std::min<int64_t>(4, (D - c0) / 32);
+    __m512 flo[4], fhi[4];
+    for (int c = 0; c < 4; ++c) flo[c] = fhi[c] = _mm512_setzero_ps();
+    // int32 sums over kWideKeys keys at most (2 x 127 x 32767 a pair: within int32), then carried on in fp32.
+    for (int64_t j0 = 0; j0 < S; j0 += kWideKeys) {
+    __m512i lo[4], hi[4];
+    for (int c = 0; c < 4; ++c) lo[c] = hi[c] = _mm512_setzero_si512();
+    for (int64_t j = j0; j < std::min(S, j0 + kWideKeys); j += 2) {
+      const int64_t j1 = j + 1 < S ? j + 1 : j;  // an odd last row pairs with itself at weight 0
+      if (w16[j] == 0 && w16[j + 1] == 0) continue;
+      const __m512i w = _mm512_set1_epi32(static_cast<int32_t>(static_cast<uint16_t>(w16[j]) |
+                                                               (static_cast<uint32_t>(static_cast<uint16_t>(w16[j + 1])) << 16)));
+      _mm_prefetch(reinterpret_cast<const char*>(u + j * step + c0) + kPrefetch, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(u + j1 * step + c0) + kPrefetch, _MM_HINT_T0);
+      for (int64_t c = 0; c < parts; ++c) {
+        const int64_t at = c0 + 32 * c;
+        const __m512i a = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(u + j * step + at)));
+        const __m512i b = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(u + j1 * step + at)));
+        lo[c] = _mm512_dpwssd_epi32(lo[c], _mm512_unpacklo_epi16(a, b), w);
+        hi[c] = _mm512_dpwssd_epi32(hi[c], _mm512_unpackhi_epi16(a, b), w);
+      }
+    }
+    for (int64_t c = 0; c < parts; ++c) {
+      flo[c] = _mm512_add_ps(flo[c], _mm512_cvtepi32_ps(lo[c]));
+      fhi[c] = _mm512_add_ps(fhi[c], _mm512_cvtepi32_ps(hi[c]));
+    }
+    }
+    // Back in column order: columns 0-15 are lo 0-3, hi 0-3, lo 4-7, hi 4-7; columns 16-31 the same from 8 on.
+    const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+    const __m512i second = _mm512_add_epi32(first, _mm512_set1_epi32(8));
+    const __m512 scale = _mm512_set1_ps(back);
+    for (int64_t c = 0; c < parts; ++c) {
+      float* o = out + c0 + 32 * c;
+      _mm512_storeu_ps(o, _mm512_mul_ps(_mm512_permutex2var_ps(flo[c], first, fhi[c]), scale));
+      _mm512_storeu_ps(o + 16, _mm512_mul_ps(_mm512_permutex2var_ps(flo[c], second, fhi[c]), scale));
+    }
+  }
+}
+
+bool vnni() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
+}
+
+// x [d] fp32 as int16 (x = x16 * returned scale): round(32767 x / max|x|); a row with a NaN or infinity: scale NaN.
+float quantize16(const float* x, int64_t d, int16_t* x16) {
+  float top = 0.f;
+  for (int64_t c = 0; c < d; ++c) top = std::max(top, std::fabs(x[c]));
+  const float s = top <= 3.4028235e38f ? top / 32767.f : NAN;
+  const float inv = top > 0.f && s == s ? 32767.f / top : 0.f;
+  for (int64_t c = 0; c < d; ++c) x16[c] = static_cast<int16_t>(std::nearbyint(x[c] * inv));
+  return s;
+}
+
 }  // namespace
 
 
@@ -346,87 +448,6 @@ at::Tensor decode_attention(const at::Tensor& q_, const at::Tensor& k, const at:
   return out;
 }
 
-// The folded cross-attention's head (below): the query row x (as int16, x = x16 * sx) against S keys p and values u
-// of the model's width D (packed int8 rows, `step` bytes apart), in 16-bit integer dot products (AVX512_VNNI's
-// vpdpwssd, 32 products an instruction where widening each int8 to fp32 for an FMA does 16 in four). The query's
-// 16 bits and the weights' 15 (each softmax weight times its row's scale, rounded against the head's largest) are
-// far finer than the rows' 8. Writes out[D] (NaN when nothing can be attended to, as attend_head_i8).
-__attribute__((target("avx512f,avx512bw,avx512vnni"))) void attend_wide(const int16_t* x16, float sx, const int8_t* p,
-                                                                      const int8_t* u, int64_t step, int64_t S,
-                                                                      int64_t D, const float* mask, int64_t mask_step,
-                                                                      float* scores, int16_t* w16, float* out) {
-  const int64_t chunks = D / 32;
-  __m512 top16 = _mm512_set1_ps(-INFINITY);
-  __mmask16 nan16 = 0;
-  for (int64_t l = 0; l < S; l += 16) {
-    const int64_t n = std::min<int64_t>(16, S - l);
-    alignas(64) float s[16];
-    for (int i = 0; i < 16; ++i) {
-      if (i >= n || masked_out(mask, mask_step, l + i)) {
-        s[i] = 0.f;
-        continue;
-      }
-      const int8_t* key = p + (l + i) * step;
-      __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
-      for (int64_t c = 0; c < chunks; ++c) {
-        const __m512i k = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(key + 32 * c)));
-        acc[c & 3] = _mm512_dpwssd_epi32(acc[c & 3], _mm512_loadu_si512(x16 + 32 * c), k);
-      }
-      const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(acc[0], acc[1]), _mm512_add_epi32(acc[2], acc[3]));
-      s[i] = static_cast<float>(_mm512_reduce_add_epi32(sum)) * sx * row_scale(key, D);
-    }
-    keep_scores(_mm512_load_ps(s), mask, mask_step, l, n, scores, top16, nan16);
-  }
-  const float norm = softmax_weights(scores, S, _mm512_reduce_max_ps(top16), nan16 != 0);
-  if (norm != norm) {
-    for (int64_t c = 0; c < D; ++c) out[c] = NAN;
-    return;
-  }
-  // Each value row's weight (softmax weight times its scale), as int16 against the largest.
-  float wmax = 0.f;
-  for (int64_t j = 0; j < S; ++j) {
-    scores[j] *= scores[j] != 0.f ? row_scale(u + j * step, D) : 0.f;
-    wmax = std::max(wmax, std::fabs(scores[j]));
-  }
-  const float to16 = wmax > 0.f ? 32767.f / wmax : 0.f;
-  for (int64_t j = 0; j < S + 1; ++j) w16[j] = j < S ? static_cast<int16_t>(std::nearbyint(scores[j] * to16)) : 0;
-  // Values two rows at a time, 128 columns at a time: the rows' int16 pairs interleaved (unpacklo/hi within each
-  // 128-bit lane, so the int32 sums come out as columns 8L+i (lo) and 8L+4+i (hi) of lane L, i < 4).
-  const float back = wmax / 32767.f * norm;
-  for (int64_t c0 = 0; c0 < D; c0 += 128) {
-    const int64_t parts = std::min<int64_t>(4, (D - c0) / 32);
-    __m512i lo[4], hi[4];
-    for (int c = 0; c < 4; ++c) lo[c] = hi[c] = _mm512_setzero_si512();
-    for (int64_t j = 0; j < S; j += 2) {
-      const int64_t j1 = j + 1 < S ? j + 1 : j;  // an odd last row pairs with itself at weight 0
-      if (w16[j] == 0 && w16[j + 1] == 0) continue;
-      const __m512i w = _mm512_set1_epi32(static_cast<int32_t>(static_cast<uint16_t>(w16[j]) |
-                                                               (static_cast<uint32_t>(static_cast<uint16_t>(w16[j + 1])) << 16)));
-      for (int64_t c = 0; c < parts; ++c) {
-        const int64_t at = c0 + 32 * c;
-        const __m512i a = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(u + j * step + at)));
-        const __m512i b = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(u + j1 * step + at)));
-        lo[c] = _mm512_dpwssd_epi32(lo[c], _mm512_unpacklo_epi16(a, b), w);
-        hi[c] = _mm512_dpwssd_epi32(hi[c], _mm512_unpackhi_epi16(a, b), w);
-      }
-    }
-    // Back in column order: columns 0-15 are lo 0-3, hi 0-3, lo 4-7, hi 4-7; columns 16-31 the same from 8 on.
-    const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
-    const __m512i second = _mm512_add_epi32(first, _mm512_set1_epi32(8));
-    const __m512 scale = _mm512_set1_ps(back);
-    for (int64_t c = 0; c < parts; ++c) {
-      float* o = out + c0 + 32 * c;
-      _mm512_storeu_ps(o, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_permutex2var_epi32(lo[c], first, hi[c])), scale));
-      _mm512_storeu_ps(o + 16, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_permutex2var_epi32(lo[c], second, hi[c])), scale));
-    }
-  }
-}
-
-bool vnni() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
-}
-
 // Cross-attention with its query and output projections folded into the text (engine/lm.py, CrossAttention):
 // out[b] = sum over heads h of softmax_s(x[b] . p[b, h, s] + mask[b, s]) u[b, h, s], with p and u packed int8 rows
 // of the model's width D (kv_pack_int8; the 1/sqrt(d) scale already in p). x [B, 1, D] fp32; p, u [B, H, S, D + 4]
@@ -443,8 +464,6 @@ at::Tensor cross_attention_folded(const at::Tensor& x_, const at::Tensor& p, con
   TORCH_CHECK(D % 32 == 0 && D <= kMaxHeadDim, "cross_attention_folded: width ", D, " (a multiple of 32, at most ", kMaxHeadDim, ")");
   TORCH_CHECK(live_.dim() == 1 && live_.size(0) == B && live_.scalar_type() == at::kBool, "cross_attention_folded: live is bool [B]");
   const int64_t H = p.size(1), S = p.size(2);
-  // int32 sums of 16-bit products: at most 2 x 127 x 32767 a pair of keys, 256 pairs within int32.
-  TORCH_CHECK(S <= kMaxFoldedKeys, "cross_attention_folded: ", S, " text keys (at most ", kMaxFoldedKeys, ")");
   const at::Tensor x = x_.contiguous(), live = live_.contiguous();
   at::Tensor mask;
   if (mask_.has_value()) {
@@ -456,15 +475,8 @@ at::Tensor cross_attention_folded(const at::Tensor& x_, const at::Tensor& p, con
   // Each live row's query as int16 and its scale (a row with a NaN or infinity: NaN, as attention would give).
   std::vector<int16_t> x16(B * D);
   std::vector<float> sx(B, 0.f);
-  for (int64_t b = 0; b < B; ++b) {
-    const float* row = x.data_ptr<float>() + b * D;
-    float top = 0.f;
-    for (int64_t c = 0; c < D; ++c) top = std::max(top, std::fabs(row[c]));
-    if (!lp[b]) continue;
-    sx[b] = top <= 3.4028235e38f ? top / 32767.f : NAN;
-    const float inv = top > 0.f && sx[b] == sx[b] ? 32767.f / top : 0.f;
-    for (int64_t c = 0; c < D; ++c) x16[b * D + c] = static_cast<int16_t>(std::nearbyint(row[c] * inv));
-  }
+  for (int64_t b = 0; b < B; ++b)
+    if (lp[b]) sx[b] = quantize16(x.data_ptr<float>() + b * D, D, x16.data() + b * D);
   const float* mp = mask.defined() ? mask.data_ptr<float>() : nullptr;
   const int8_t* pp = p.data_ptr<int8_t>();
   const int8_t* up = u.data_ptr<int8_t>();
