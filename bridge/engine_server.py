@@ -74,7 +74,8 @@ class _StreamWorker:
                     started = True
                     conn.send_threadsafe(wire.message("started", id=rid, seed=self.stream.seed,
                                                       prompt_text=self.stream.prompt_text))
-                conn.send_threadsafe(wire.chunk_frame(rid, chunk, self.stream.steps, self.fmt, sr))
+                conn.send_threadsafe(wire.chunk_frame(rid, chunk, self.stream.steps, self.fmt, sr,
+                                                      self.stream.busy_seconds))
             self._tell(wire.message("end", id=rid))
         except Cancelled:
             self._tell(wire.message("cancelled", id=rid))

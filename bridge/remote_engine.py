@@ -72,6 +72,7 @@ class RemoteStream:
         self.prompt_text: str | None = None
         self.server: dict | None = None  # the process that serves it (host, pid), from its hello
         self._steps = 0
+        self._busy: float | None = None
         self._ws = None
         self._lock = threading.Lock()
         self._cancelled = self._stopped = False
@@ -82,7 +83,7 @@ class RemoteStream:
 
     @property
     def busy_seconds(self) -> float | None:
-        return None  # the wire carries steps only: the time to read a chunk times them
+        return self._busy  # the engine's, with each chunk (None where it steps only while read)
 
     def _control(self, kind: str) -> None:
         with self._lock:
@@ -133,8 +134,9 @@ class RemoteStream:
                     frame = wire.unpack_frame(data)
                     if frame.kind is not wire.Kind.AUDIO or frame.request != self.rid:
                         raise wire.WireError(f"unexpected {frame.kind.name} frame for request {frame.request}")
-                    self._steps = frame.steps
-                    yield wire.frame_chunk(frame)
+                    chunk = wire.frame_chunk(frame)
+                    self._steps, self._busy = frame.steps, wire.frame_busy(frame)
+                    yield chunk
                     continue
                 msg = wire.parse_message(data, ("started", "end", "cancelled", "error"))
                 if msg["type"] == "started":

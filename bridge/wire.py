@@ -14,7 +14,8 @@ Text messages (UTF-8 JSON objects with a "type"):
 
 Binary frames: a fixed little-endian header (`HEADER`), a short UTF-8 JSON tail for what does not fit a fixed
 field (exact beats as "n/d" strings, an attachment's name and rate), then the payload. AUDIO frames
-(server -> client) carry one chunk: request id, chunk index, sample offset, samples, decoder steps so far.
+(server -> client) carry one chunk: request id, chunk index, sample offset, samples, decoder steps so far, and in
+the tail the seconds the engine spent on them where it steps on its own ("busy", `EngineStream.busy_seconds`).
 ATTACHMENT frames (client -> server) carry an array of an open request: the audio prompt [channels, samples]
 with its rate, or the melody chroma [frames, 12], always float32.
 
@@ -185,10 +186,13 @@ def _fraction(value, what: str) -> Fraction | None:
         raise WireError(f"{what} must be an exact fraction as text like '7/2', got {value!r}") from None
 
 
-def chunk_frame(request: int, chunk: Chunk, steps: int, fmt: AudioFormat, sample_rate: int) -> bytes:
+def chunk_frame(request: int, chunk: Chunk, steps: int, fmt: AudioFormat, sample_rate: int,
+                busy: float | None = None) -> bytes:
     meta = {}
     if chunk.start_beat is not None:
         meta = {"start_beat": _fraction_text(chunk.start_beat), "beats": _fraction_text(chunk.beats)}
+    if busy is not None:
+        meta["busy"] = float(busy)
     channels, samples = chunk.audio.shape
     return pack_frame(Frame(Kind.AUDIO, request, chunk.index, chunk.start_sample, channels, samples, steps,
                             chunk.last, fmt, meta, encode_audio(chunk.audio, fmt, sample_rate)))
@@ -200,6 +204,16 @@ def frame_chunk(frame: Frame) -> Chunk:
     audio = decode_audio(frame.payload, frame.format, frame.channels, frame.length)
     return Chunk(frame.index, audio, frame.offset, _fraction(frame.meta.get("start_beat"), "start_beat"),
                  _fraction(frame.meta.get("beats"), "beats"), frame.last)
+
+
+def frame_busy(frame: Frame) -> float | None:
+    """An AUDIO frame's "busy" seconds (None where the engine did not say)."""
+    busy = frame.meta.get("busy")
+    if busy is None:
+        return None
+    if isinstance(busy, bool) or not isinstance(busy, (int, float)) or not 0 <= busy < 1e9:
+        raise WireError(f"busy must be seconds (a number from 0), got {busy!r}")
+    return float(busy)
 
 
 def attachment_frame(request: int, index: int, name: str, array: np.ndarray, rate: int | None = None) -> bytes:

@@ -65,6 +65,13 @@ def test_frames_and_specs_round_trip_exactly():
     for fmt in (wire.AudioFormat.INT16, wire.AudioFormat.FLAC):  # 16-bit: within one step of the float32
         lossy = wire.frame_chunk(wire.unpack_frame(wire.chunk_frame(7, chunk, 55, fmt, 32000)))
         assert np.abs(lossy.audio - audio).max() <= 1 / 32768 and lossy.start_beat == Fraction(21, 2)
+    # The engine's busy seconds ride in the tail where it has them; anything but a number from 0 is refused.
+    framed = wire.unpack_frame(wire.chunk_frame(7, chunk, 55, wire.AudioFormat.FLOAT32, 32000, busy=1.25))
+    assert wire.frame_busy(framed) == 1.25 and wire.frame_busy(wire.unpack_frame(
+        wire.chunk_frame(7, chunk, 55, wire.AudioFormat.FLOAT32, 32000))) is None
+    for busy in (-1.0, "1", True, float("nan")):
+        with pytest.raises(wire.WireError):
+            wire.frame_busy(wire.Frame(wire.Kind.AUDIO, 1, meta={"busy": busy}))
     for bad in (b"", b"XX" + bytes(40), wire.pack_frame(wire.Frame(wire.Kind.AUDIO, 1, channels=1, length=10))):
         with pytest.raises(wire.WireError):
             wire.frame_chunk(wire.unpack_frame(bad))
@@ -95,6 +102,28 @@ def test_remote_gives_the_same_chunks_as_in_process(melody_model):
         first = list(unseeded)
         again = list(engine.open(StreamSpec("x", SamplingSettings(seed=unseeded.seed), seconds=0.2)))
         same_chunks(again, first)
+
+
+def test_a_batching_engine_sends_its_busy_time_and_a_local_one_none(mono_model):
+    """A jam reads its rate from steps / busy time where the engine steps on its own (bridge/jam.py): that time
+    crosses the wire from a batching engine; an engine that steps only while read sends none."""
+    from engine.batch_engine import BatchEngine
+
+    batch = BatchEngine(mono_model)
+    server = EngineServer(batch, "127.0.0.1", 0, None)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert server.ready.wait(10)
+        remote = RemoteEngine(f"ws://127.0.0.1:{server.port}", monitor=False).open(StreamSpec("x", seconds=0.3))
+        assert list(remote) and remote.steps > 0 and remote.busy_seconds > 0
+    finally:
+        server.stop()
+        thread.join(10)
+        batch.close()
+    with engine_server(mono_model) as (_, url):
+        remote = RemoteEngine(url, monitor=False).open(StreamSpec("x", seconds=0.2))
+        assert list(remote) and remote.steps > 0 and remote.busy_seconds is None
 
 
 def test_cancel_and_stop_reach_the_engine(mono_model):
