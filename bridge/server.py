@@ -214,7 +214,7 @@ class BridgeServer:
                         "receive its replies", self.config.host, self.port)
 
     def stop(self) -> None:
-        """Stop jobs, close the audio streams and the socket."""
+        """Stop jobs, close the engine, the audio streams and the socket."""
         if self._stopping.is_set():
             return
         self._stopping.set()
@@ -223,6 +223,10 @@ class BridgeServer:
             self.mic.close()
         if self.runner is not None:
             self.runner.shutdown()
+            # An in-process engine's threads (a batching engine's scheduler and codec worker) end with the server:
+            # a second server in the same process would otherwise share its cores with them.
+            if self.runner.engine is not None and self._remote is None:
+                self.runner.engine.close()
         if self._remote is not None:
             self._remote.close()
         if self.live is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 from bridge.jam_bench import format_jam, run_jam_bench
 from engine.devices import CPU_AUTO
@@ -10,7 +11,10 @@ from engine.devices import CPU_AUTO
 
 def test_jam_bench_on_the_tiny_model(tiny_mono, caplog):
     caplog.set_level(logging.INFO, logger="bridge.jam")
+    engines = lambda: {t for t in threading.enumerate() if t.name == "batch-engine"}  # noqa: E731
+    before = engines()
     result = run_jam_bench(str(tiny_mono[0]), seconds=4.0, threads=1, prompt="warm keys")
+    assert engines() <= before  # the server closed its batching engine when it stopped
     assert result["complete"] and result["chunks"] == 2 and result["audio_s"] == 4.0  # two 1-bar chunks at 120 bpm
     assert result["chunks_late"] == 0 and result["min_slack_s"] > 0
     assert result["realtime"] > 0 and result["steps_per_s"] > 0 and result["dtype"] == CPU_AUTO  # serve's default
