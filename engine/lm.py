@@ -322,11 +322,6 @@ def linear_weight(linear: nn.Module) -> Tensor:
     return (w.to_dense() if w.is_mkldnn else w).float()
 
 
-def linear_bytes(linear: nn.Module) -> int:
-    """What a linear's call reads: its parameters' and buffers' bytes."""
-    return sum(t.numel() * t.element_size() for t in (*linear.parameters(), *linear.buffers()))
-
-
 class Block(nn.Module):
     def __init__(self, cfg: LMConfig):
         super().__init__()
@@ -449,9 +444,11 @@ class MusicGenLM(nn.Module):
         A property of the request alone, so its codes do not depend on the company it keeps in a batch."""
         if not self.can_fold():
             return False
+        from engine.quantize import module_bytes
+
         cross = self.layers[0].cross
         folded = live_rows * keys * self.cfg.n_heads * 2 * (self.cfg.dim + INT8_ROW_EXTRA)
-        return folded < linear_bytes(cross.wq) + linear_bytes(cross.wo)
+        return folded < module_bytes(cross.wq) + module_bytes(cross.wo)
 
     def embed(self, tokens: Tensor) -> Tensor:
         """[B, K, T] codes (special = card) -> [B, T, D]: the sum of the codebooks' embeddings."""

@@ -62,7 +62,7 @@ def test_step_bytes_counts_the_weights_a_step_reads_and_the_filled_cache(tiny_mo
 @pytest.mark.skipif(not torch.cpu._is_avx512_supported(), reason="the folded kernel needs AVX-512")
 def test_step_bytes_of_a_folded_cross_attention_counts_its_rows_not_the_projections():
     from engine.assemble import build_lm
-    from engine.lm import linear_bytes
+    from engine.quantize import module_bytes
     from tests.test_kv_cache import _state
 
     cfg, state = _state(dim=128)
@@ -75,7 +75,7 @@ def test_step_bytes_of_a_folded_cross_attention_counts_its_rows_not_the_projecti
         lm.set_condition(cond)
     assert folded.layers[0].cross.p is not None and plain.layers[0].cross.p is None
     c = plain.layers[0].cross
-    projections = linear_bytes(c.wq) + linear_bytes(c.wo)
+    projections = module_bytes(c.wq) + module_bytes(c.wo)
     keys_values = 2 * c.k.numel() * c.k.element_size()
     rows = 2 * 1 * cfg.n_heads * 5 * (cfg.dim + 4)  # p and u of the one row with a prompt, packed int8
     saved = cfg.n_layers * (projections + keys_values - rows)

@@ -21,8 +21,8 @@ import torch
 from engine.assemble import build_lm
 from engine.batch_engine import BatchEngine
 from engine.generate import open_stream
-from engine.lm import CrossAttention, linear_bytes, pack_int8_rows, unpack_int8_rows
-from engine.quantize import logit_agreement
+from engine.lm import CrossAttention, pack_int8_rows, unpack_int8_rows
+from engine.quantize import logit_agreement, module_bytes
 from engine.sampling import SamplingSettings
 from engine.tiny import WORDS, tiny_config, tiny_reference_model, tiny_tokenizer
 from tests.test_kv_cache import _state
@@ -149,7 +149,7 @@ def test_the_logit_bounds_catch_a_broken_fold(tiny128, broken, monkeypatch):
 def test_a_request_folds_when_its_rows_are_fewer_bytes_than_the_projections(tiny128):
     cfg, state = tiny128[:2]
     lm = build_lm(cfg, dict(state), CPU, torch.int8)
-    projections = linear_bytes(lm.layers[0].cross.wq) + linear_bytes(lm.layers[0].cross.wo)
+    projections = module_bytes(lm.layers[0].cross.wq) + module_bytes(lm.layers[0].cross.wo)
     per_key = cfg.n_heads * 2 * (cfg.dim + 4)  # p and u of one key: packed int8 rows of the model's width
     longest = (projections - 1) // per_key
     assert lm.folds_cross(1, longest) and not lm.folds_cross(1, longest + 1)
