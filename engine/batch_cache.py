@@ -3,8 +3,9 @@
 Each layer keeps one self-attention buffer [2, R, H, L, d] and, for text models, cross-attention keys and values
 [R, H, S, d] with an additive key mask [R, 1, 1, S] (prompts of different lengths are padded to one S; padded keys
 get -inf). Where the LM folds cross-attention (`MusicGenLM.can_fold`), also the folded rows [R, H, S, D + 4] of
-the requests that fold theirs, which rows those serve, and which attend through the projections (CrossAttention). A request owns a contiguous run of rows (2 with guidance: [cond; uncond]); rows stay packed from row 0,
-so a batched step runs on views of the first rows and a leaving request's hole is filled by moving the last one.
+the requests that fold theirs, which rows those serve, and which attend through the projections (CrossAttention).
+A request owns a contiguous run of rows (2 with guidance: [cond; uncond]); rows stay packed from row 0, so a
+batched step runs on views of the first rows and a leaving request's hole is filled by moving the last one.
 
 `bind(lm, start, stop)` points the LM's layers at views of rows [start, stop) for one call, so `MusicGenLM.forward`
 and the traced step (`engine.steps`) run on them unchanged.
@@ -108,15 +109,15 @@ class BatchCache:
         folds = bool(self.cross_p) and (self.lm.folds_cross(int(live.sum()), S) if fold is None else fold)
         for i, layer in enumerate(self.lm.layers):
             k, v = layer.cross.keys_values(cross)
-            for buf, x in ((self.cross_k[i], k), (self.cross_v[i], v)) + (
-                    ((self.cross_p[i], None), (self.cross_u[i], None)) if self.cross_p else ()):
-                buf[row : row + B, :, S:] = 0
-                if x is not None:
-                    buf[row : row + B, :, :S] = x
+            _write_rows(self.cross_k[i], row, k)
+            _write_rows(self.cross_v[i], row, v)
             if folds:
                 p, u = layer.cross.folded(k, v)
-                self.cross_p[i][row : row + B, :, :S] = p
-                self.cross_u[i][row : row + B, :, :S] = u
+                _write_rows(self.cross_p[i], row, p)
+                _write_rows(self.cross_u[i], row, u)
+            elif self.cross_p:
+                self.cross_p[i][row : row + B] = 0
+                self.cross_u[i][row : row + B] = 0
         self.cross_mask[row : row + B] = float("-inf")
         self.cross_mask[row : row + B, :, :, :S] = 0
         if self.cross_p:
@@ -168,6 +169,13 @@ class BatchCache:
             yield
         finally:
             _point(targets, saved)
+
+
+def _write_rows(buf: Tensor, row: int, x: Tensor) -> None:
+    """Text keys' rows x [B, H, S, w] into buf's rows [row, row + B), zeros after its S keys."""
+    B, S = x.shape[0], x.shape[2]
+    buf[row : row + B, :, :S] = x
+    buf[row : row + B, :, S:] = 0
 
 
 def _point(targets: list[tuple], views: list[tuple]) -> None:
