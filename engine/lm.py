@@ -264,12 +264,11 @@ class CrossAttention(nn.Module):
         k, v = self.wkv(cond).to(cond.dtype).view(B, S, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return k, v
 
-    def set_condition(self, cond: Tensor, dtype: torch.dtype | None = None,
-                      folded: tuple[tuple[Tensor, Tensor], Tensor] | None = None) -> None:
-        """Keys and values from projected text states [B, S, D], stored in `dtype` (default: the states'), and the
-        folded form ((p, u), live rows) when given (`MusicGenLM.fold_condition`)."""
+    def set_condition(self, cond: Tensor, dtype: torch.dtype | None = None, live: Tensor | None = None) -> None:
+        """Keys and values from projected text states [B, S, D], stored in `dtype` (default: the states'); folded
+        too (`folded`) for the rows `live` ([B] bool) when it is given."""
         k, v = self.keys_values(cond)
-        self.p, self.u, self.live = (*folded[0], folded[1]) if folded is not None else (None, None, None)
+        self.p, self.u, self.live = (*self.folded(k, v), live) if live is not None else (None, None, None)
         self.std_rows = None
         if dtype is not None:
             k, v = k.to(dtype), v.to(dtype)
@@ -413,20 +412,10 @@ class MusicGenLM(nn.Module):
         """Cross-attention keys/values for the whole generation, from projected text states [B, S, D], folded
         (CrossAttention) where `folds_cross` says so. A row of zeros is guidance's null condition."""
         cond = cond.to(self.act_dtype)
-        folded = self.fold_condition(cond)
-        for i, layer in enumerate(self.layers):
-            layer.cross.set_condition(cond, self.cross_dtype, None if folded is None else (folded[0][i], folded[1]))
-
-    @torch.inference_mode()
-    def fold_condition(self, cond: Tensor) -> tuple[list[tuple[Tensor, Tensor]], Tensor] | None:
-        """One request's folded cross-attention: every layer's rows (p, u) for its projected text states [B, S, D],
-        and its rows with a prompt ([B] bool; a row of zeros is guidance's null condition); None where
-        `folds_cross` says no."""
-        cond = cond.to(self.act_dtype)
         live = prompt_rows(cond)
-        if not self.folds_cross(int(live.sum()), cond.shape[1]):
-            return None
-        return [layer.cross.folded(*layer.cross.keys_values(cond)) for layer in self.layers], live
+        fold = self.folds_cross(int(live.sum()), cond.shape[1])
+        for layer in self.layers:
+            layer.cross.set_condition(cond, self.cross_dtype, live if fold else None)
 
     def can_fold(self) -> bool:
         """The folded cross-attention runs here: CPU, fp32 activations, the narrow weights' int8 KV cache, the
