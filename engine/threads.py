@@ -30,6 +30,8 @@ from typing import Callable, Iterator, TypeVar
 
 import torch
 
+from engine.thread_tuner import ThreadTuner
+
 T = TypeVar("T")
 
 
@@ -143,18 +145,45 @@ def side_work():
 
 class LMThreads:
     """The LM's thread's side of sharing the cores: `step()` before each step takes a thread fewer per side worker
-    running (and lets those waiting start); `idle()` when it stops stepping gives the thread its budget back."""
+    running (and lets those waiting start); `idle()` when it stops stepping gives the thread its budget back.
 
-    def __init__(self, budget: int | None = None, share: CoreShare = CORES):
+    With a `tuner` (engine/thread_tuner.py), a step's count is the tuner's choice within the budget rather than the
+    whole budget: the time from one `step()` to the next is the step's duration, reported to the tuner, except the
+    first step at a new count (the team resizes) and a step followed by `idle()`."""
+
+    def __init__(self, budget: int | None = None, share: CoreShare = CORES, tuner: ThreadTuner | None = None):
         self.budget = budget if budget is not None else process_default()
         self.share = share
+        self.tuner = tuner
         self.now: int | None = None  # unknown until the first step sets it
+        self._began = 0.0  # when the step now running began
+        self._timed: int | None = None  # its count, when its duration goes to the tuner
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> "LMThreads":
+        """The LM's threads for a model on `device`: on CPU a tuner picks the count within the budget (on a GPU the
+        count hardly matters to a step)."""
+        threads = cls()
+        if device.type == "cpu":
+            threads.tuner = ThreadTuner(threads.budget)
+        return threads
 
     def step(self) -> None:
-        self._use(self.share.lm_threads(self.budget))
+        want = self.budget
+        if self.tuner is not None:
+            began, self._began = self._began, self.tuner.clock()
+            if self._timed is not None:
+                self.tuner.stepped(self._began - began, self._timed)
+            want = min(self.budget, self.tuner.threads())
+        n = self.share.lm_threads(want)
+        self._timed = n if n == self.now else None
+        self._use(n)
 
     def idle(self) -> None:
         self.share.lm_idle()
+        if self.tuner is not None:
+            self.tuner.pause()
+            self._timed = None
         self._use(self.budget)
 
     def _use(self, n: int) -> None:

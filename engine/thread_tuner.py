@@ -1,0 +1,112 @@
+"""The LM's intra-op thread count from its own step times: as many threads as the cores it actually gets.
+
+Why: a step's threads form one OpenMP team, and every parallel region waits at its barrier for the slowest. When
+another program holds a core (Ableton Live beside the bridge on a 2-core laptop, a busy CI host), the team's thread
+on that core runs only in the scheduler's time slices, and the whole step crawls at that pace: on a 2-core host
+with one core busy, 2 threads made half the steps per second of 1 (benchmarks/RESULTS.md). Which count is faster
+depends on what else runs, and that changes during a set, so the tuner measures instead of guessing: now and then
+it runs a few steps at a neighbouring count and keeps whichever stepped faster.
+
+The comparison is of medians over a handful of consecutive steps at each count, so a prefill or a stray slow step
+among them does not decide it, and a count must win by `MARGIN` in `CONFIRM` probes in a row to be taken: a codec
+push or a window's prefill landing in one probe does not flip the count back and forth. Probing a worse count costs its few steps once every `PROBE_EVERY_S` to `MAX_PROBE_EVERY_S` of stepping.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections import deque
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+PROBE_EVERY_S = 3.0  # seconds of stepping between probes, doubling after each probe lost in a row ...
+MAX_PROBE_EVERY_S = 12.0  # ... up to this: a steady host is probed seldom, a change is still found within seconds
+PROBE_STEPS = 6  # steps timed at each count for one comparison
+MARGIN = 0.9  # a probe's median must be below this fraction of the current count's to win
+CONFIRM = 2  # wins in a row that move the count (the next probe follows a win at once)
+LOG_EVERY_S = 60.0  # switches are logged at INFO at most this often (DEBUG otherwise)
+
+
+class ThreadTuner:
+    """Chooses the LM's thread count in [1, most] from the durations of the steps it ran (`stepped`).
+
+    The LM's thread asks `threads()` before each step and reports each finished step's duration with the count it
+    ran at; a stretch without steps (`pause`) starts the comparison afresh, since the steps after it may be of
+    another kind."""
+
+    def __init__(self, most: int, clock: Callable[[], float] = time.perf_counter):
+        self.most = max(1, most)
+        self.current = self.most
+        self.clock = clock
+        self._recent: deque[float] = deque(maxlen=PROBE_STEPS)  # the latest steps at `current`
+        self._probe: int | None = None  # the count being probed, while a probe runs
+        self._probed: list[float] = []
+        self._next_probe_at: float | None = None
+        self._down = False  # the last probe went down (probes alternate where both directions are possible)
+        self._wins = 0  # probes of `_winner`'s count won in a row
+        self._losses = 0  # probes lost in a row
+        self._winner: int | None = None
+        self._logged_at = float("-inf")
+
+    def threads(self) -> int:
+        """The count the next step should run at."""
+        if self._probe is None and self._due():
+            self._probe, self._probed = self._winner if self._winner is not None else self._neighbour(), []
+        return self._probe if self._probe is not None else self.current
+
+    def stepped(self, seconds: float, threads: int) -> None:
+        """A step took `seconds` at `threads` threads (steps at any other count than the one asked are ignored)."""
+        if self._probe is not None and threads == self._probe:
+            self._probed.append(seconds)
+            if len(self._probed) >= PROBE_STEPS:
+                self._decide()
+        elif self._probe is None and threads == self.current:
+            self._recent.append(seconds)
+
+    def pause(self) -> None:
+        """The LM stopped stepping: the next steps start the comparison afresh (a probe under way is dropped; the
+        next one comes at its time, so an engine that idles between chunks does not probe more often)."""
+        self._recent.clear()
+        self._probe, self._probed = None, []
+
+    def _due(self) -> bool:
+        if self.most == 1 or len(self._recent) < PROBE_STEPS:
+            return False
+        # The first probe runs as soon as there is something to compare with: a jam under load learns the count
+        # within its first chunk.
+        return self._next_probe_at is None or self.clock() >= self._next_probe_at
+
+    def _neighbour(self) -> int:
+        down, up = self.current - 1, self.current + 1
+        if down < 1:
+            return up
+        if up > self.most:
+            return down
+        self._down = not self._down  # both possible: down and up by turns
+        return down if self._down else up
+
+    def _decide(self) -> None:
+        probe, now = self._probe, statistics.median(self._recent)
+        tried = statistics.median(self._probed)
+        self._probe, self._probed = None, []
+        won = tried < MARGIN * now
+        self._wins = self._wins + 1 if won else 0
+        self._winner = probe if won else None
+        self._losses = 0 if won else self._losses + 1
+        self._next_probe_at = self.clock() + min(MAX_PROBE_EVERY_S, PROBE_EVERY_S * 2 ** max(0, self._losses - 1))
+        if not won:
+            return
+        self._recent.clear()  # the next comparison is against fresh steps at the count it runs at
+        if self._wins < CONFIRM:
+            self._next_probe_at = self.clock()  # confirm at once
+            return
+        self._wins, self._winner = 0, None
+        level = logging.INFO if self.clock() - self._logged_at >= LOG_EVERY_S else logging.DEBUG
+        if level == logging.INFO:
+            self._logged_at = self.clock()
+        log.log(level, "LM threads %d -> %d: a step took %.1f ms at %d against %.1f ms at %d (another program may "
+                "be using the cores)", self.current, probe, tried * 1e3, probe, now * 1e3, self.current)
+        self.current = probe
