@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 MAX_ROWS = 16  # 8 guided requests: past this a CPU step stops being bound by the weights
 MEMORY_SHARE = 0.5  # of the memory free at start, for the batch's KV cache at full windows
+SETTLE_STEPS = 60  # the most warm-up steps the thread tuner gets to settle (it needs ~15-30)
 
 
 def available_memory(device: torch.device) -> int:
@@ -137,8 +138,22 @@ class BatchEngine:
                     self._warm_condition(B, fold)
                 with self.cache.bind(0, B):
                     decode(tokens, torch.zeros(B, 1, dtype=torch.long, device=lm.device), 1)
+        self._settle_threads(decode, K)
         self.cache.release()
         return time.perf_counter() - t0
+
+    def _settle_threads(self, decode, K: int) -> None:
+        """Step one guided request's rows until the thread tuner has compared its counts, so the first request
+        starts at the count this host gives (a jam's first chunk sets how far ahead its first bar goes)."""
+        tuner = self.threads.tuner
+        tokens = torch.full((2, K, 1), self.model.lm.cfg.special_token, device=self.model.lm.device)
+        for _ in range(SETTLE_STEPS):
+            if tuner is None or tuner.settled:
+                break
+            self.threads.step()
+            with self.cache.bind(0, 2):
+                decode(tokens, torch.zeros(2, 1, dtype=torch.long, device=self.model.lm.device), 1)
+        self.threads.idle()
 
     def _on_engine_thread(self, fn: Callable[[], object]):
         """`fn()` run by the scheduler between rounds; its result (or exception) here."""

@@ -57,6 +57,11 @@ class ThreadTuner:
             self._probe, self._probed = self._winner if self._winner is not None else self._neighbour(), []
         return self._probe if self._probe is not None else self.current
 
+    @property
+    def settled(self) -> bool:
+        """The counts have been compared at least once and no comparison is under way."""
+        return self._next_probe_at is not None and self._probe is None and self._winner is None
+
     def stepped(self, seconds: float, threads: int) -> None:
         """A step took `seconds` at `threads` threads (steps at any other count than the one asked are ignored)."""
         if self._probe is not None and threads == self._probe:

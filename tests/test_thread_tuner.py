@@ -199,3 +199,14 @@ def test_a_streams_codes_do_not_depend_on_the_counts_the_tuner_picks(tiny_mono, 
         monkeypatch.setattr(ThreadTuner, "threads", lambda self, pick=pick: pick())
         codes.append(open_stream(model, "hello", SamplingSettings(seed=3), frames=120).run())
     assert torch.equal(codes[0], codes[1])
+
+
+def test_a_batch_engines_warm_up_settles_the_thread_count(mono_model):
+    from engine.batch_engine import BatchEngine
+
+    engine = BatchEngine(mono_model, max_rows=2)
+    try:
+        engine.warm_up()
+        assert engine.threads.tuner.settled
+    finally:
+        engine.close()
