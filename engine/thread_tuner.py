@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 PROBE_EVERY_S = 3.0  # seconds of stepping between probes, doubling after each probe lost in a row ...
 MAX_PROBE_EVERY_S = 12.0  # ... up to this: a steady host is probed seldom, a change is still found within seconds
 PROBE_STEPS = 6  # steps timed at each count for one comparison
-MARGIN = 0.9  # a probe's median must be below this fraction of the current count's to win
+MARGIN = 0.95  # a probe's median must be below this fraction of the current count's to win
 CONFIRM = 2  # wins in a row that move the count (the next probe follows a win at once)
 LOG_EVERY_S = 60.0  # switches are logged at INFO at most this often (DEBUG otherwise)
 
