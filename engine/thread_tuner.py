@@ -7,15 +7,16 @@ with one core busy, 2 threads made half the steps per second of 1 (benchmarks/RE
 depends on what else runs, and that changes during a set, so the tuner measures instead of guessing: now and then
 it runs a few steps at a neighbouring count and keeps whichever stepped faster.
 
-The comparison is of medians over a handful of consecutive steps at each count, so a prefill or a stray slow step
-among them does not decide it, and a count must win by `MARGIN` in `CONFIRM` probes in a row to be taken: a codec
-push or a window's prefill landing in one probe does not flip the count back and forth. Probing a worse count costs its few steps once every `PROBE_EVERY_S` to `MAX_PROBE_EVERY_S` of stepping.
+The comparison is of the mean step time over a handful of consecutive steps at each count, less the slowest one: a
+mean, because what a stalled team costs is in its slow steps (a median of steps under contention looked like 2
+threads were as fast as 1, while they made a jam's first chunk take 10 s), less the slowest so that a window's
+prefill landing among them does not decide it. A count must win by `MARGIN` in `CONFIRM` probes in a row to be
+taken, so one unlucky probe does not flip the count back and forth. Probing a worse count costs its few steps once every `PROBE_EVERY_S` to `MAX_PROBE_EVERY_S` of stepping.
 """
 
 from __future__ import annotations
 
 import logging
-import statistics
 import time
 from collections import deque
 from typing import Callable
@@ -24,10 +25,16 @@ log = logging.getLogger(__name__)
 
 PROBE_EVERY_S = 3.0  # seconds of stepping between probes, doubling after each probe lost in a row ...
 MAX_PROBE_EVERY_S = 12.0  # ... up to this: a steady host is probed seldom, a change is still found within seconds
-PROBE_STEPS = 6  # steps timed at each count for one comparison
+PROBE_STEPS = 8  # steps timed at each count for one comparison
 MARGIN = 0.95  # a probe's median must be below this fraction of the current count's to win
 CONFIRM = 2  # wins in a row that move the count (the next probe follows a win at once)
 LOG_EVERY_S = 60.0  # switches are logged at INFO at most this often (DEBUG otherwise)
+
+
+def typical(seconds) -> float:
+    """A step's typical time in a probe: the mean less the slowest step."""
+    kept = sorted(seconds)[:-1]
+    return sum(kept) / len(kept)
 
 
 class ThreadTuner:
@@ -94,8 +101,7 @@ class ThreadTuner:
         return down if self._down else up
 
     def _decide(self) -> None:
-        probe, now = self._probe, statistics.median(self._recent)
-        tried = statistics.median(self._probed)
+        probe, now, tried = self._probe, typical(self._recent), typical(self._probed)
         self._probe, self._probed = None, []
         won = tried < MARGIN * now
         self._wins = self._wins + 1 if won else 0
