@@ -66,8 +66,8 @@ class ThreadTuner:
 
     @property
     def settled(self) -> bool:
-        """The counts have been compared at least once and no comparison is under way."""
-        return self._next_probe_at is not None and self._probe is None and self._winner is None
+        """Nothing to compare (a budget of one), or the counts have been compared and no comparison is under way."""
+        return self.most == 1 or self._next_probe_at is not None and self._probe is None and self._winner is None
 
     def stepped(self, seconds: float, threads: int) -> None:
         """A step took `seconds` at `threads` threads (steps at any other count than the one asked are ignored)."""

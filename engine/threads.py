@@ -145,8 +145,7 @@ def side_work():
 
 class LMThreads:
     """The LM's thread's side of sharing the cores: `step()` before each step takes a thread fewer per side worker
-    running (and lets those waiting start); `idle()` when it stops stepping gives the thread its count back (the
-    whole budget, or the tuner's count: the work an engine's thread does between steps shares the same cores).
+    running (and lets those waiting start); `idle()` when it stops stepping gives the thread its budget back.
 
     With a `tuner` (engine/thread_tuner.py), a step's count is the tuner's choice within the budget rather than the
     whole budget: the time from one `step()` to the next is the step's duration, reported to the tuner, except the
@@ -185,7 +184,7 @@ class LMThreads:
         if self.tuner is not None:
             self.tuner.pause()
             self._timed = None
-        self._use(self.budget if self.tuner is None else self.tuner.current)
+        self._use(self.budget)
 
     def _use(self, n: int) -> None:
         if n != self.now:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from engine.codec_worker import CodecWorker
+from engine.thread_tuner import ThreadTuner
 from engine.threads import set_thread_budget
 from engine.sampling import SamplingSettings
 from engine.session import StreamSession
@@ -27,7 +28,10 @@ def render(model, codec, **kw):
 
 
 @pytest.mark.parametrize("kw", [dict(seconds=2.0, chunk_seconds=0.5), dict(seconds=1.3, chunk_seconds=0.2)])
-def test_worker_session_equals_inline(mono_model, kw):
+def test_worker_session_equals_inline(mono_model, kw, monkeypatch):
+    # The inline decode runs on the LM's thread at the count of its latest step: pin the thread tuner's count
+    # (engine/thread_tuner.py) so it is the count the worker is given below, as on a host where it does not move.
+    monkeypatch.setattr(ThreadTuner, "threads", lambda self: self.most)
     inline = render(mono_model, None, **kw)
     # The caller's thread count, named: the same rounding as inline. (threads=None would take the process default at
     # the worker's first op, which another thread's set_thread_budget may be changing at that moment.)
