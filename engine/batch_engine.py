@@ -90,7 +90,8 @@ class BatchEngine:
 
     def __init__(self, model: MusicGen, *, max_rows: int | None = None, step_mode: str = "auto"):
         self.model, self.info = model, engine_info(model)
-        self.threads = LMThreads.for_device(model.lm.device)  # the LM's budget, on the engine's thread (engine/threads.py)
+        # The LM's budget, on the engine's thread, its count tuned on CPU (engine/threads.py)
+        self.threads = LMThreads.for_device(model.lm.device)
         lm = model.lm
         self.full_len = full_window_len(model)
         self.row_bytes = kv_bytes_per_row(lm, self.full_len)

@@ -11,7 +11,8 @@ The comparison is of the mean step time over a handful of consecutive steps at e
 mean, because what a stalled team costs is in its slow steps (a median of steps under contention looked like 2
 threads were as fast as 1, while they made a jam's first chunk take 10 s), less the slowest so that a window's
 prefill landing among them does not decide it. A count must win by `MARGIN` in `CONFIRM` probes in a row to be
-taken, so one unlucky probe does not flip the count back and forth. Probing a worse count costs its few steps once every `PROBE_EVERY_S` to `MAX_PROBE_EVERY_S` of stepping.
+taken, so one unlucky probe does not flip the count back and forth. Probing a worse count costs its few steps once
+every `PROBE_EVERY_S` to `MAX_PROBE_EVERY_S` of stepping.
 """
 
 from __future__ import annotations
@@ -19,19 +20,19 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Callable
+from typing import Callable, Sequence
 
 log = logging.getLogger(__name__)
 
 PROBE_EVERY_S = 3.0  # seconds of stepping between probes, doubling after each probe lost in a row ...
 MAX_PROBE_EVERY_S = 12.0  # ... up to this: a steady host is probed seldom, a change is still found within seconds
 PROBE_STEPS = 8  # steps timed at each count for one comparison
-MARGIN = 0.95  # a probe's median must be below this fraction of the current count's to win
+MARGIN = 0.95  # a probe's typical step must be below this fraction of the current count's to win
 CONFIRM = 2  # wins in a row that move the count (the next probe follows a win at once)
 LOG_EVERY_S = 60.0  # switches are logged at INFO at most this often (DEBUG otherwise)
 
 
-def typical(seconds) -> float:
+def typical(seconds: Sequence[float]) -> float:
     """A step's typical time in a probe: the mean less the slowest step."""
     kept = sorted(seconds)[:-1]
     return sum(kept) / len(kept)

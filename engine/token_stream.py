@@ -220,7 +220,8 @@ class TokenStream(StreamCursor):
         lm.setup_caches(cond.batch, max_prefix + self.longest_window_columns())
         self.step_mode = resolve_step_mode(step_mode, self.device)
         self.decode = decode_step(lm, self.step_mode)
-        self.threads = LMThreads.for_device(self.device)  # this thread steps the LM: it lends cores to side work (engine/threads.py)
+        # This thread steps the LM: it lends cores to side work, its count tuned on CPU (engine/threads.py)
+        self.threads = LMThreads.for_device(self.device)
         if cond.cross is not None:
             lm.set_condition(cond.cross)
 
