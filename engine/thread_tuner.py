@@ -8,9 +8,8 @@ depends on what else runs, and that changes during a set, so the tuner measures 
 it runs a few steps at a neighbouring count and keeps whichever stepped faster.
 
 The comparison is of the mean step time over a handful of consecutive steps at each count, less the slowest one: a
-mean, because what a stalled team costs is in its slow steps (a median of steps under contention looked like 2
-threads were as fast as 1, while they made a jam's first chunk take 10 s), less the slowest so that a window's
-prefill landing among them does not decide it. A count must win by `MARGIN` in `CONFIRM` probes in a row to be
+mean, because what a stalled team costs is in its slow steps, which a median hides (benchmarks/RESULTS.md), less
+the slowest so that a window's prefill landing among them does not decide it. A count must win by `MARGIN` in `CONFIRM` probes in a row to be
 taken, so one unlucky probe does not flip the count back and forth. Probing a worse count costs its few steps once
 every `PROBE_EVERY_S` to `MAX_PROBE_EVERY_S` of stepping.
 """
