@@ -51,7 +51,8 @@ class ThreadTuner:
         self._recent: deque[float] = deque(maxlen=PROBE_STEPS)  # the latest steps at `current`
         self._probe: int | None = None  # the count being probed, while a probe runs
         self._probed: list[float] = []
-        self._next_probe_at: float | None = None
+        self._stepping = 0.0  # seconds of steps reported so far: probes are spaced in stepping time, not idle time
+        self._next_probe_at: float | None = None  # on the `_stepping` clock
         self._down = False  # the last probe went down (probes alternate where both directions are possible)
         self._wins = 0  # probes of `_winner`'s count won in a row
         self._losses = 0  # probes lost in a row
@@ -71,6 +72,7 @@ class ThreadTuner:
 
     def stepped(self, seconds: float, threads: int) -> None:
         """A step took `seconds` at `threads` threads (steps at any other count than the one asked are ignored)."""
+        self._stepping += seconds
         if self._probe is not None and threads == self._probe:
             self._probed.append(seconds)
             if len(self._probed) >= PROBE_STEPS:
@@ -79,8 +81,9 @@ class ThreadTuner:
             self._recent.append(seconds)
 
     def pause(self) -> None:
-        """The LM stopped stepping: the next steps start the comparison afresh (a probe under way is dropped; the
-        next one comes at its time, so an engine that idles between chunks does not probe more often)."""
+        """The LM stopped stepping: the next steps start the comparison afresh (a probe under way is dropped). The
+        next probe still waits for its stretch of stepping: idle time does not count, so a request that follows the
+        warm-up's settling, or a jam's chunk after a wait, does not pay a probe in its first steps."""
         self._recent.clear()
         self._probe, self._probed = None, []
 
@@ -89,7 +92,7 @@ class ThreadTuner:
             return False
         # The first probe runs as soon as there is something to compare with: a jam under load learns the count
         # within its first chunk.
-        return self._next_probe_at is None or self.clock() >= self._next_probe_at
+        return self._next_probe_at is None or self._stepping >= self._next_probe_at
 
     def _neighbour(self) -> int:
         down, up = self.current - 1, self.current + 1
@@ -107,14 +110,17 @@ class ThreadTuner:
         self._wins = self._wins + 1 if won else 0
         self._winner = probe if won else None
         self._losses = 0 if won else self._losses + 1
-        self._next_probe_at = self.clock() + min(MAX_PROBE_EVERY_S, PROBE_EVERY_S * 2 ** max(0, self._losses - 1))
+        self._next_probe_at = self._stepping + min(MAX_PROBE_EVERY_S, PROBE_EVERY_S * 2 ** max(0, self._losses - 1))
         if not won:
             return
         self._recent.clear()  # the next comparison is against fresh steps at the count it runs at
         if self._wins < CONFIRM:
-            self._next_probe_at = self.clock()  # confirm at once
+            self._next_probe_at = self._stepping  # confirm at once
             return
         self._wins, self._winner = 0, None
+        # A count just taken won twice: the next probe waits the longest interval. A probe under load costs its
+        # steps at the slow count, and a jam's first chunks (which follow the warm-up's settling) set its first bar.
+        self._next_probe_at = self._stepping + MAX_PROBE_EVERY_S
         level = logging.INFO if self.clock() - self._logged_at >= LOG_EVERY_S else logging.DEBUG
         if level == logging.INFO:
             self._logged_at = self.clock()

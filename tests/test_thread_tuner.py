@@ -160,6 +160,33 @@ def test_a_steady_host_is_probed_seldom():
     assert probes <= 0.5 * (120 / tuner_module.PROBE_EVERY_S) * (tuner_module.PROBE_STEPS + 1), probes
 
 
+def test_a_jam_after_the_settling_does_not_pay_a_probe_in_its_first_chunks():
+    # The warm-up settles the count, then the engine idles until a jam starts: the jam's first chunks (their rate
+    # sets how far ahead the first bar goes) must not pay a probe. Fails with probes spaced in wall-clock time, and
+    # with the usual interval after a switch.
+    host = Host(LOADED, steady=True)
+    tuner = ThreadTuner(2, clock=host.clock)
+    while not tuner.settled:
+        n = tuner.threads()
+        tuner.stepped(host.run(n), n)
+    assert tuner.current == 1
+    tuner.pause()
+    host.t += 60.0  # idle
+    first_chunk = []
+    for _ in range(int(0.9 * MAX_PROBE_EVERY_S / LOADED[1])):  # under the longest probe interval of stepping
+        n = tuner.threads()
+        tuner.stepped(host.run(n), n)
+        first_chunk.append(n)
+    assert set(first_chunk) == {1}
+    # ... and probes still come once that much stepping has passed.
+    later = []
+    while host.t < 60.0 + 3 * MAX_PROBE_EVERY_S:
+        n = tuner.threads()
+        tuner.stepped(host.run(n), n)
+        later.append(n)
+    assert later.count(2) >= tuner_module.PROBE_STEPS
+
+
 def test_one_thread_budget_never_probes():
     tuner = ThreadTuner(1)
     assert tuner.settled  # nothing to compare: a warm-up does not wait for it
