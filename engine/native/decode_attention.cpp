@@ -10,7 +10,7 @@
 //
 // The int8 cache (kv_pack_int8): each position's keys (and values) of one head are d int8 values and their fp32
 // scale (max |x| / 127) in 4 more bytes, d + 4 bytes a row: half of bf16's bytes per position. The query stays fp32
-// against the dequantized keys.
+// against the dequantized keys, and keys and values are read in one pass (attend_head_i8).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -219,27 +219,37 @@ struct HeadI8 {
   float* out;          // [d]
 };
 
-// attend_head's passes over the int8 cache: the query fp32, each key widened to fp32 and its dot product times
-// the key's scale; each value widened and added with its weight times its scale.
-__attribute__((target("avx512f,avx512bw"))) void attend_head_i8(const HeadI8& h, int64_t L, int64_t d, float scale,
-                                                                  float* scores) {
+// attend_head over the int8 cache, in one pass: each block of 16 keys, then the same 16 values, with the softmax
+// kept online (a running maximum and sum; what was summed is rescaled when the maximum rises). Two passes (all keys,
+// then all values) read the cache as one stream at a time; interleaving the keys' and values' streams reads it
+// faster (benchmarks/RESULTS.md, item 11.3). The query stays fp32, each key is widened to fp32 and its dot product
+// taken times its scale; each value is widened and added with its weight times its scale. A masked key (and a
+// block of them) adds exactly nothing; a NaN score makes the row NaN, as does a row with nothing to attend to.
+__attribute__((target("avx512f,avx512bw"))) void attend_head_i8(const HeadI8& h, int64_t L, int64_t d, float scale) {
   const int64_t parts = d / 16;
   __m512 q[kMaxHeadDim / 16];
   for (int64_t c = 0; c < parts; ++c) q[c] = _mm512_loadu_ps(h.q + 16 * c);
-  __m512 top16 = _mm512_set1_ps(-INFINITY);
-  __mmask16 nan16 = 0;
-  for (int64_t l = 0; l < L; l += 16) {
+  __m512 out[2][kMaxHeadDim / 16];  // even and odd keys: shorter FMA chains
+  for (int set = 0; set < 2; ++set)
+    for (int64_t c = 0; c < parts; ++c) out[set][c] = _mm512_setzero_ps();
+  float top = -INFINITY, total = 0.f;
+  bool nan = false;
+  alignas(64) float w[16];
+  for (int64_t l = 0; l < L && !nan; l += 16) {
     const int64_t n = std::min<int64_t>(16, L - l);
     __m512 acc[16];
     alignas(64) float ks[16] = {};
+    bool any = false;
     for (int i = 0; i < 16; ++i) {
       acc[i] = _mm512_setzero_ps();
       if (i >= n || masked_out(h.mask, h.mask_step, l + i)) continue;
+      any = true;
       const int8_t* key = h.k + (l + i) * h.step;
       _mm_prefetch(reinterpret_cast<const char*>(key) + kPrefetch, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(h.v + (l + i) * h.step) + kPrefetch, _MM_HINT_T0);
       if (parts < 16 || parts % 4) {
         for (int64_t c = 0; c < parts; ++c) acc[i] = _mm512_fmadd_ps(q[c], widen16(key + 16 * c), acc[i]);
-      } else {  // a wide row (the folded cross-attention's): four chains, not one FMA after another
+      } else {  // a wide row: four chains, not one FMA after another
         __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
         for (int64_t c = 0; c < parts; c += 4)
           for (int j = 0; j < 4; ++j) a[j] = _mm512_fmadd_ps(q[c + j], widen16(key + 16 * (c + j)), a[j]);
@@ -247,27 +257,42 @@ __attribute__((target("avx512f,avx512bw"))) void attend_head_i8(const HeadI8& h,
       }
       ks[i] = row_scale(key, d) * scale;
     }
+    if (!any) continue;
     __m512 s = _mm512_mul_ps(sum16(acc), _mm512_load_ps(ks));
-    keep_scores(s, h.mask, h.mask_step, l, n, scores, top16, nan16);
+    if (h.mask) {
+      alignas(64) float m[16] = {};
+      for (int i = 0; i < n; ++i) m[i] = h.mask[(l + i) * h.mask_step];
+      s = _mm512_add_ps(s, _mm512_load_ps(m));
+    }
+    const __mmask16 live = n == 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
+    s = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), live, s);
+    nan = _mm512_cmp_ps_mask(s, s, _CMP_UNORD_Q) != 0;
+    const float block_top = _mm512_reduce_max_ps(s);
+    if (nan || block_top == -INFINITY) continue;
+    if (block_top > top) {
+      const float shrink = top == -INFINITY ? 0.f : std::exp(top - block_top);
+      const __m512 sv = _mm512_set1_ps(shrink);
+      total *= shrink;
+      for (int set = 0; set < 2; ++set)
+        for (int64_t c = 0; c < parts; ++c) out[set][c] = _mm512_mul_ps(out[set][c], sv);
+      top = block_top;
+    }
+    const __m512 e = musicgen_bridge::exp_nonpositive(_mm512_sub_ps(s, _mm512_set1_ps(top)));
+    total += _mm512_reduce_add_ps(e);
+    _mm512_store_ps(w, e);
+    for (int i = 0; i < n; ++i) {
+      if (w[i] == 0.f) continue;
+      const int8_t* value = h.v + (l + i) * h.step;
+      const __m512 wv = _mm512_set1_ps(w[i] * row_scale(value, d));
+      __m512* a = out[i & 1];
+      for (int64_t c = 0; c < parts; ++c) a[c] = _mm512_fmadd_ps(wv, widen16(value + 16 * c), a[c]);
+    }
   }
-  const float norm = softmax_weights(scores, L, _mm512_reduce_max_ps(top16), nan16 != 0);
-  if (norm != norm) {
+  if (nan || top == -INFINITY) {
     for (int64_t c = 0; c < parts; ++c) _mm512_storeu_ps(h.out + 16 * c, _mm512_set1_ps(NAN));
     return;
   }
-  __m512 out[2][kMaxHeadDim / 16];
-  for (int set = 0; set < 2; ++set)
-    for (int64_t c = 0; c < parts; ++c) out[set][c] = _mm512_setzero_ps();
-  // Masked keys (weight exactly 0) add exactly nothing. Even and odd keys in two sets: shorter FMA chains.
-  for (int64_t j = 0; j < L; ++j) {
-    const int8_t* value = h.v + j * h.step;
-    _mm_prefetch(reinterpret_cast<const char*>(value) + kPrefetch, _MM_HINT_T0);
-    if (scores[j] == 0.f) continue;
-    const __m512 wv = _mm512_set1_ps(scores[j] * row_scale(value, d));
-    __m512* acc = out[j & 1];
-    for (int64_t c = 0; c < parts; ++c) acc[c] = _mm512_fmadd_ps(wv, widen16(value + 16 * c), acc[c]);
-  }
-  const __m512 nv = _mm512_set1_ps(norm);
+  const __m512 nv = _mm512_set1_ps(1.f / total);
   for (int64_t c = 0; c < parts; ++c) _mm512_storeu_ps(h.out + 16 * c, _mm512_mul_ps(_mm512_add_ps(out[0][c], out[1][c]), nv));
 }
 
@@ -434,10 +459,17 @@ at::Tensor decode_attention(const at::Tensor& q_, const at::Tensor& k, const at:
       const int64_t kv = (b * k.stride(0) + h * k.stride(1)) * bytes;
       const float* m = mp ? mp + b * mask.stride(0) + h * mask.stride(1) : nullptr;
       const int64_t m_step = mp ? mask.stride(3) : 0;
+      if (i + 1 < i1) {  // the next head's first bytes, while this one runs: each head's streams start cold
+        const int64_t next = ((i + 1) / H * k.stride(0) + (i + 1) % H * k.stride(1)) * bytes;
+        for (int64_t o = 0; o < std::min<int64_t>(kPrefetch, L * k.stride(2) * bytes); o += 64) {
+          _mm_prefetch(kp + next + o, _MM_HINT_T0);
+          _mm_prefetch(vp + next + o, _MM_HINT_T0);
+        }
+      }
       if (int8) {
         HeadI8 head{qp + i * d, reinterpret_cast<const int8_t*>(kp + kv), reinterpret_cast<const int8_t*>(vp + kv),
                     k.stride(2), m, m_step, op + i * d};
-        attend_head_i8(head, L, d, static_cast<float>(scale), scores.data());
+        attend_head_i8(head, L, d, static_cast<float>(scale));
       } else {
         Head head{qp + i * d, reinterpret_cast<const uint16_t*>(kp + kv), reinterpret_cast<const uint16_t*>(vp + kv),
                   k.stride(2), m, m_step, op + i * d};
