@@ -80,6 +80,28 @@ def test_masked_keys_weigh_exactly_nothing_in_the_int8_kernel():
         assert torch.equal(together[b : b + 1], op(q[b : b + 1], kp[b : b + 1, :, :n], vp[b : b + 1, :, :n], None, 0.125))
 
 
+def test_the_one_pass_softmax_follows_a_maximum_that_rises_block_after_block():
+    # The kernel keeps the softmax online, rescaling what it summed when a later block of 16 keys holds a larger
+    # score: keys whose scores climb through every block, a leading block wholly masked (a left-padded row), and
+    # scores far apart (a rescale that underflows what came before) must all give the dequantized cache's answer.
+    g = torch.Generator().manual_seed(3)
+    L, d = 77, 64
+    q = torch.randn(2, 2, 1, d, generator=g)
+    k = torch.randn(2, 2, L, d, generator=g) * 0.1
+    k += q * torch.linspace(0.0, 3.0, L)[:, None]  # key l's score grows with l
+    k[1, 1] = q[1, 1] * torch.tensor([1.0 if l % 16 else 60.0 for l in range(L)])[:, None]  # a jump each block
+    v = torch.randn(2, 2, L, d, generator=g)
+    mask = torch.zeros(2, 1, 1, L)
+    mask[1, ..., :20] = float("-inf")
+    kp, vp = pack_int8_rows(k), pack_int8_rows(v)
+    got = torch.ops.musicgen_bridge.decode_attention(q, kp, vp, mask, 0.125)
+    want = attend(q, unpack_int8_rows(kp), unpack_int8_rows(vp), mask)
+    assert _relative_error(got, want) < 1e-5
+    # Negative control: the same keys without their rising part attend elsewhere (the check can tell).
+    flat = attend(q, unpack_int8_rows(pack_int8_rows(k * 0 + 0.1)), unpack_int8_rows(vp), mask)
+    assert _relative_error(flat, want) > 1e-2
+
+
 def _within(got):
     cos, kl, top1 = LOGIT_BOUNDS
     return got["cosine"] >= cos and got["kl"] <= kl and got["top1"] >= top1
