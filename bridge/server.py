@@ -38,7 +38,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 
 from engine.errors import Cancelled, UserError
-from engine.threads import set_thread_budget
+from engine.threads import blas_on_one_thread, set_thread_budget
 
 from . import protocol
 from .audio_out import WavNamer, find_device, write_wav
@@ -254,6 +254,7 @@ class BridgeServer:
     def _load_model(self) -> None:
         t0 = time.perf_counter()
         try:
+            blas_on_one_thread()  # before any side work (a chunk's tempo lock) runs beside the LM: engine/threads.py
             from .model_loading import load_model
             from .jobs import JobRunner
 

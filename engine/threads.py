@@ -68,6 +68,19 @@ def side_thread() -> Iterator[None]:
         set_thread_budget(before)
 
 
+def blas_on_one_thread() -> None:
+    """numpy's and scipy's BLAS (each ships its own OpenBLAS) on one thread, process-wide, for the rest of the
+    process: the rule above for torch's teams, applied to the BLAS that the bridge's side work runs (a jam chunk's
+    tempo lock computes a mel spectrogram beside the LM's steps). Two BLAS threads wait for a core that the LM or
+    another program holds, and the helper spins meanwhile; one is no slower on a quiet host
+    (benchmarks/RESULTS.md). threadpoolctl lets only the live thread that last set OpenBLAS's count change it: call
+    this from a thread that ends (the server's loader), so that it binds no other code."""
+    import scipy.linalg  # noqa: F401  (loads scipy's OpenBLAS now, so that it is limited too)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
 def in_own_thread(fn: Callable[..., T], *args, name: str = "own-team", **kwargs) -> T:
     """`fn(*args, **kwargs)` on a thread that ends when it returns, so the OpenMP team its ops start ends too;
     its result, or its exception re-raised here."""

@@ -243,3 +243,53 @@ def test_lm_threads_lends_a_thread_and_takes_it_back():
     t.start()
     t.join()
     assert seen == [2, 1, True, 2]
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+def _set_blas(threads: int) -> None:
+    """Every OpenBLAS at `threads`, from a thread that ends: threadpoolctl lets only the live thread that last set
+    OpenBLAS's count change it, so setting it from this (long-lived) thread would lock the code under test out."""
+    from threadpoolctl import threadpool_limits
+
+    in_own_thread(threadpool_limits, limits=threads, user_api="blas")
+
+
+def test_numpy_and_scipy_blas_run_on_one_thread():
+    import scipy.linalg  # noqa: F401
+
+    from engine.threads import blas_on_one_thread
+
+    before = _blas_threads()
+    assert len(before) >= 2  # numpy's OpenBLAS and scipy's
+    try:
+        _set_blas(2)
+        assert set(_blas_threads()) == {min(2, os.cpu_count() or 1)}
+        in_own_thread(blas_on_one_thread)
+        assert _blas_threads() == [1] * len(before)
+    finally:
+        _set_blas(max(before))
+
+
+def test_the_bridge_limits_blas_before_its_side_work(tmp_path):
+    # The server's loader thread limits BLAS first thing, whatever becomes of the model (here: none to load).
+    from bridge.server import BridgeServer, ServeConfig
+    from tests.test_server_harness import free_udp_port
+
+    before = _blas_threads()
+    _set_blas(2)
+    server = BridgeServer(ServeConfig(model=str(tmp_path / "no-model"), device="cpu", port=free_udp_port(),
+                                      reply_port=free_udp_port(), out_dir=str(tmp_path)))
+    try:
+        server.start()
+        deadline = time.monotonic() + 60
+        while server.state not in ("error", "ready") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.state == "error" and set(_blas_threads()) == {1}
+    finally:
+        server.stop()
+        _set_blas(max(before))
