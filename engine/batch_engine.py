@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 MAX_ROWS = 16  # 8 guided requests: past this a CPU step stops being bound by the weights
 MEMORY_SHARE = 0.5  # of the memory free at start, for the batch's KV cache at full windows
-SETTLE_STEPS = 60  # the most warm-up steps the thread tuner gets to settle (it needs ~15-30)
+SETTLE_STEPS = 120  # the most warm-up steps the thread tuner gets to settle (its comparisons need ~50-70)
 
 
 def available_memory(device: torch.device) -> int:
@@ -147,6 +147,8 @@ class BatchEngine:
         """Step one guided request's rows until the thread tuner has compared its counts, so the first request
         starts at the count this host gives (a jam's first chunk sets how far ahead its first bar goes)."""
         tuner = self.threads.tuner
+        if tuner is not None:
+            tuner.settle()
         tokens = torch.full((2, K, 1), self.model.lm.cfg.special_token, device=self.model.lm.device)
         for _ in range(SETTLE_STEPS):
             if tuner is None or tuner.settled:

@@ -29,6 +29,7 @@ PROBE_STEPS = 8  # steps timed at each count for one comparison
 MARGIN = 0.95  # a probe's typical step must be below this fraction of the current count's to win
 CONFIRM = 2  # wins in a row that move the count (the next probe follows a win at once)
 LOG_EVERY_S = 60.0  # switches are logged at INFO at most this often (DEBUG otherwise)
+SETTLE_COMPARISONS = 3  # back-to-back comparisons a warm-up makes (`settle`)
 
 
 def typical(seconds: Sequence[float]) -> float:
@@ -58,6 +59,7 @@ class ThreadTuner:
         self._losses = 0  # probes lost in a row
         self._winner: int | None = None
         self._logged_at = float("-inf")
+        self._quick = 0  # comparisons still to make back to back (`settle`)
 
     def threads(self) -> int:
         """The count the next step should run at."""
@@ -68,7 +70,14 @@ class ThreadTuner:
     @property
     def settled(self) -> bool:
         """Nothing to compare (a budget of one), or the counts have been compared and no comparison is under way."""
-        return self.most == 1 or self._next_probe_at is not None and self._probe is None and self._winner is None
+        return self.most == 1 or (self._next_probe_at is not None and self._probe is None and self._winner is None
+                                  and self._quick == 0)
+
+    def settle(self, comparisons: int = SETTLE_COMPARISONS) -> None:
+        """Make the next `comparisons` comparisons back to back (a warm-up, before any request): on a loaded host one
+        comparison can be a lucky one for the whole budget, and the first request then runs at the slow count until
+        the next probe, seconds into it."""
+        self._quick = comparisons if self.most > 1 else 0
 
     def stepped(self, seconds: float, threads: int) -> None:
         """A step took `seconds` at `threads` threads (steps at any other count than the one asked are ignored)."""
@@ -111,7 +120,11 @@ class ThreadTuner:
         self._winner = probe if won else None
         self._losses = 0 if won else self._losses + 1
         self._next_probe_at = self._stepping + min(MAX_PROBE_EVERY_S, PROBE_EVERY_S * 2 ** max(0, self._losses - 1))
+        if self._quick:
+            self._quick -= 1
         if not won:
+            if self._quick:
+                self._next_probe_at = self._stepping
             return
         self._recent.clear()  # the next comparison is against fresh steps at the count it runs at
         if self._wins < CONFIRM:
@@ -120,7 +133,7 @@ class ThreadTuner:
         self._wins, self._winner = 0, None
         # A count just taken won twice: the next probe waits the longest interval. A probe under load costs its
         # steps at the slow count, and a jam's first chunks (which follow the warm-up's settling) set its first bar.
-        self._next_probe_at = self._stepping + MAX_PROBE_EVERY_S
+        self._next_probe_at = self._stepping + (0.0 if self._quick else MAX_PROBE_EVERY_S)
         level = logging.INFO if self.clock() - self._logged_at >= LOG_EVERY_S else logging.DEBUG
         if level == logging.INFO:
             self._logged_at = self.clock()

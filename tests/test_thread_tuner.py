@@ -144,6 +144,32 @@ def test_a_single_lucky_probe_does_not_move_the_count(monkeypatch):
     assert lucky["left"] == 0 and counts == {2}
 
 
+@pytest.mark.parametrize("comparisons", [tuner_module.SETTLE_COMPARISONS, 1])
+def test_a_warm_up_settles_on_the_busy_core_despite_one_unlucky_comparison(comparisons):
+    # One core busy, and the first probe's steps at 1 thread happen to stall: a warm-up that settled after that one
+    # comparison would start the first request at 2 threads (the negative control, comparisons=1).
+    host = Host(LOADED, steady=True)
+    tuner = ThreadTuner(2, clock=host.clock)
+    unlucky = {"left": tuner_module.PROBE_STEPS}
+
+    def run(threads: int) -> float:
+        if threads == 1 and unlucky["left"]:
+            unlucky["left"] -= 1
+            host.t += 0.05
+            return 0.05
+        return Host.run(host, threads)
+
+    host.run = run
+    tuner.settle(comparisons)
+    steps = 0
+    while not tuner.settled:
+        n = tuner.threads()
+        tuner.stepped(host.run(n), n)
+        steps += 1
+    assert unlucky["left"] == 0 and steps <= 120  # batch_engine.SETTLE_STEPS
+    assert (tuner.current == 1) == (comparisons > 1)
+
+
 def test_a_steady_host_is_probed_seldom():
     host = Host(QUIET, steady=True)
     tuner = ThreadTuner(2, clock=host.clock)
