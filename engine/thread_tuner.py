@@ -30,6 +30,7 @@ MARGIN = 0.95  # a probe's typical step must be below this fraction of the curre
 CONFIRM = 2  # wins in a row that move the count (the next probe follows a win at once)
 LOG_EVERY_S = 60.0  # switches are logged at INFO at most this often (DEBUG otherwise)
 SETTLE_COMPARISONS = 3  # back-to-back comparisons a warm-up makes (`settle`)
+LONG_IDLE_S = 5.0  # after a pause this long, one thread fewer is probed at once (the load may have changed)
 
 
 def typical(seconds: Sequence[float]) -> float:
@@ -60,11 +61,22 @@ class ThreadTuner:
         self._winner: int | None = None
         self._logged_at = float("-inf")
         self._quick = 0  # comparisons still to make back to back (`settle`)
+        self._paused_at: float | None = None  # when the LM last stopped stepping (None: stepping)
+        self._down_now = False  # probe one thread fewer as soon as there is something to compare with
 
     def threads(self) -> int:
         """The count the next step should run at."""
+        if self._paused_at is not None:  # the first step after a pause
+            self._down_now = self.current > 1 and self.clock() - self._paused_at >= LONG_IDLE_S
+            self._paused_at = None
         if self._probe is None and self._due():
-            self._probe, self._probed = self._winner if self._winner is not None else self._neighbour(), []
+            if self._winner is not None:
+                probe = self._winner
+            elif self._down_now:
+                probe = self.current - 1
+            else:
+                probe = self._neighbour()
+            self._probe, self._probed, self._down_now = probe, [], False
         return self._probe if self._probe is not None else self.current
 
     @property
@@ -92,13 +104,18 @@ class ThreadTuner:
     def pause(self) -> None:
         """The LM stopped stepping: the next steps start the comparison afresh (a probe under way is dropped). The
         next probe still waits for its stretch of stepping: idle time does not count, so a request that follows the
-        warm-up's settling, or a jam's chunk after a wait, does not pay a probe in its first steps."""
+        warm-up's settling, or a jam's chunk after a wait, does not pay a probe in its first steps. One exception:
+        after `LONG_IDLE_S` or more, one thread fewer is probed at once, since another program may have taken a core
+        meanwhile (a warm-up on a host that was quiet then); that probe costs little even where it loses."""
         self._recent.clear()
         self._probe, self._probed = None, []
+        self._paused_at = self.clock()
 
     def _due(self) -> bool:
         if self.most == 1 or len(self._recent) < PROBE_STEPS:
             return False
+        if self._down_now:
+            return True
         # The first probe runs as soon as there is something to compare with: a jam under load learns the count
         # within its first chunk.
         return self._next_probe_at is None or self._stepping >= self._next_probe_at

@@ -170,6 +170,27 @@ def test_a_warm_up_settles_on_the_busy_core_despite_one_unlucky_comparison(compa
     assert (tuner.current == 1) == (comparisons > 1)
 
 
+@pytest.mark.parametrize("long_idle_s", [tuner_module.LONG_IDLE_S, float("inf")])
+def test_after_a_long_idle_one_thread_fewer_is_tried_at_once(monkeypatch, long_idle_s):
+    # Settled at 2 on a quiet host; another program takes a core while the engine idles; the next request must not
+    # run its first seconds at 2 threads. Negative control: without the probe after a long idle (inf) it does.
+    monkeypatch.setattr(tuner_module, "LONG_IDLE_S", long_idle_s)
+    host = Host(QUIET, steady=True)
+    tuner = ThreadTuner(2, clock=host.clock)
+    tuner.settle()
+    while not tuner.settled:
+        n = tuner.threads()
+        tuner.stepped(host.run(n), n)
+    assert tuner.current == 2
+    tuner.pause()
+    host.t += 60.0
+    host.costs = LOADED
+    for _ in range(40):
+        n = tuner.threads()
+        tuner.stepped(host.run(n), n)
+    assert (tuner.current == 1) == (long_idle_s < 60.0)
+
+
 def test_a_steady_host_is_probed_seldom():
     host = Host(QUIET, steady=True)
     tuner = ThreadTuner(2, clock=host.clock)
