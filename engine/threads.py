@@ -72,7 +72,7 @@ def blas_on_one_thread() -> None:
     """numpy's and scipy's BLAS (each ships its own OpenBLAS) on one thread, process-wide, for the rest of the
     process: the rule above for torch's teams, applied to the BLAS that the bridge's side work runs (a jam chunk's
     tempo lock computes a mel spectrogram beside the LM's steps). Two BLAS threads wait for a core that the LM or
-    another program holds, and the helper spins meanwhile; one is no slower on a quiet host
+    another program holds, and the helper spins meanwhile; one is hardly slower on a quiet host
     (benchmarks/RESULTS.md). threadpoolctl lets only the live thread that last set OpenBLAS's count change it: call
     this from a thread that ends (the server's loader), so that it binds no other code."""
     import scipy.linalg  # noqa: F401  (loads scipy's OpenBLAS now, so that it is limited too)
