@@ -28,11 +28,17 @@ class Host:
 
     def __init__(self, costs: dict[int, float], outlier_every: int = 37, steady: bool = False):
         self.t, self.costs, self.n, self.outlier_every, self.steady = 0.0, costs, 0, outlier_every, steady
+        self.odd: dict[int, tuple[int, float]] = {}  # count: (steps left, cost): a probe that is lucky or unlucky
 
     def clock(self) -> float:
         return self.t
 
     def run(self, threads: int) -> float:
+        left, odd_cost = self.odd.get(threads, (0, 0.0))
+        if left:
+            self.odd[threads] = (left - 1, odd_cost)
+            self.t += odd_cost
+            return odd_cost
         self.n += 1
         cost = self.costs[threads]
         if not self.steady:
@@ -122,26 +128,17 @@ def test_equal_counts_and_outliers_do_not_move_the_count():
     assert moves == []
 
 
-def test_a_single_lucky_probe_does_not_move_the_count(monkeypatch):
+def test_a_single_lucky_probe_does_not_move_the_count():
     """A count is taken after CONFIRM wins in a row: one probe that won by chance is undone by the next."""
     host = Host(QUIET, steady=True)
     tuner = ThreadTuner(2, clock=host.clock)
-    lucky = {"left": 6}  # the first probe's steps at 1 thread run fast once
-
-    def run(threads: int) -> float:
-        if threads == 1 and lucky["left"]:
-            lucky["left"] -= 1
-            host.t += 0.004
-            return 0.004
-        return Host.run(host, threads)
-
-    host.run = run
+    host.odd[1] = (6, 0.004)  # the first probe's steps at 1 thread run fast once
     counts = set()
     while host.t < 10.0:
         n = tuner.threads()
         tuner.stepped(host.run(n), n)
         counts.add(tuner.current)
-    assert lucky["left"] == 0 and counts == {2}
+    assert host.odd[1][0] == 0 and counts == {2}
 
 
 @pytest.mark.parametrize("comparisons", [tuner_module.SETTLE_COMPARISONS, 1])
@@ -150,23 +147,14 @@ def test_a_warm_up_settles_on_the_busy_core_despite_one_unlucky_comparison(compa
     # comparison would start the first request at 2 threads (the negative control, comparisons=1).
     host = Host(LOADED, steady=True)
     tuner = ThreadTuner(2, clock=host.clock)
-    unlucky = {"left": tuner_module.PROBE_STEPS}
-
-    def run(threads: int) -> float:
-        if threads == 1 and unlucky["left"]:
-            unlucky["left"] -= 1
-            host.t += 0.05
-            return 0.05
-        return Host.run(host, threads)
-
-    host.run = run
+    host.odd[1] = (tuner_module.PROBE_STEPS, 0.05)
     tuner.settle(comparisons)
     steps = 0
     while not tuner.settled:
         n = tuner.threads()
         tuner.stepped(host.run(n), n)
         steps += 1
-    assert unlucky["left"] == 0 and steps <= 120  # batch_engine.SETTLE_STEPS
+    assert host.odd[1][0] == 0 and steps <= 120  # batch_engine.SETTLE_STEPS
     assert (tuner.current == 1) == (comparisons > 1)
 
 
