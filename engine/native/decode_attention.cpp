@@ -249,7 +249,7 @@ __attribute__((target("avx512f,avx512bw"))) void attend_head_i8(const HeadI8& h,
       _mm_prefetch(reinterpret_cast<const char*>(h.v + (l + i) * h.step) + kPrefetch, _MM_HINT_T0);
       if (parts < 16 || parts % 4) {
         for (int64_t c = 0; c < parts; ++c) acc[i] = _mm512_fmadd_ps(q[c], widen16(key + 16 * c), acc[i]);
-      } else {  // a wide row: four chains, not one FMA after another
+      } else {  // a wide row (the folded cross-attention's): four chains, not one FMA after another
         __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
         for (int64_t c = 0; c < parts; c += 4)
           for (int j = 0; j < 4; ++j) a[j] = _mm512_fmadd_ps(q[c + j], widen16(key + 16 * (c + j)), a[j]);
