@@ -129,6 +129,10 @@ class ThreadTuner:
         self._down = not self._down  # both possible: down and up by turns
         return down if self._down else up
 
+    def _probe_after(self, seconds: float) -> None:
+        """The next probe after `seconds` more of stepping (at once while `settle`'s comparisons remain)."""
+        self._next_probe_at = self._stepping + (0.0 if self._quick else seconds)
+
     def _decide(self) -> None:
         probe, now, tried = self._probe, typical(self._recent), typical(self._probed)
         self._probe, self._probed = None, []
@@ -136,21 +140,19 @@ class ThreadTuner:
         self._wins = self._wins + 1 if won else 0
         self._winner = probe if won else None
         self._losses = 0 if won else self._losses + 1
-        self._next_probe_at = self._stepping + min(MAX_PROBE_EVERY_S, PROBE_EVERY_S * 2 ** max(0, self._losses - 1))
         if self._quick:
             self._quick -= 1
         if not won:
-            if self._quick:
-                self._next_probe_at = self._stepping
+            self._probe_after(min(MAX_PROBE_EVERY_S, PROBE_EVERY_S * 2 ** max(0, self._losses - 1)))
             return
         self._recent.clear()  # the next comparison is against fresh steps at the count it runs at
         if self._wins < CONFIRM:
-            self._next_probe_at = self._stepping  # confirm at once
+            self._probe_after(0.0)  # confirm at once
             return
         self._wins, self._winner = 0, None
         # A count just taken won twice: the next probe waits the longest interval. A probe under load costs its
         # steps at the slow count, and a jam's first chunks (which follow the warm-up's settling) set its first bar.
-        self._next_probe_at = self._stepping + (0.0 if self._quick else MAX_PROBE_EVERY_S)
+        self._probe_after(MAX_PROBE_EVERY_S)
         level = logging.INFO if self.clock() - self._logged_at >= LOG_EVERY_S else logging.DEBUG
         if level == logging.INFO:
             self._logged_at = self.clock()
