@@ -38,7 +38,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 
 from engine.errors import Cancelled, UserError
-from engine.threads import blas_on_one_thread, set_thread_budget
+from engine.threads import blas_on_one_thread, in_own_thread, set_thread_budget
 
 from . import protocol
 from .audio_out import WavNamer, find_device, write_wav
@@ -644,6 +644,7 @@ def _warm_up(model) -> None:
     from engine.generate import warm_up
 
     try:
-        log.info("warmed up in %.1f s", warm_up(model))
+        # On a thread that ends with it: its OpenMP team must not outlive it beside the engine's (engine/threads.py)
+        log.info("warmed up in %.1f s", in_own_thread(warm_up, model, name="model-warm-up"))
     except Exception:  # a model that cannot warm up may still serve; its first request will say what is wrong
         log.exception("warming up the model failed")

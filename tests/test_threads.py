@@ -145,6 +145,29 @@ def test_a_batch_engine_consumer_leads_no_team(mono_model, one_thread, monkeypat
         engine.close()
 
 
+@needs_two
+@pytest.mark.parametrize("own_thread", [True, False], ids=["own-thread", "negative-control"])
+def test_the_servers_warm_up_leaves_no_team_beside_the_engines(own_thread, monkeypatch):
+    """The server's loader warms the model up (2 intra-op threads) and then waits while the batch engine traces
+    and settles its thread count: a team the warm-up left on the loader would sleep beside the engine's and made
+    the settling's 2-thread steps ~1.7x slower, so a quiet host settled on 1 thread (benchmarks/RESULTS.md).
+    Negative control: the warm-up run on the loader's own thread leaves a team behind."""
+    from bridge import server
+    from engine import generate
+
+    monkeypatch.setattr(generate, "warm_up", lambda model: (parallel_op(), 0.0)[1])  # whatever the warm-up runs
+    if not own_thread:
+        monkeypatch.setattr(server, "in_own_thread", lambda fn, *args, name="": fn(*args))
+    loader = Parked()
+    try:
+        loader.run(lambda: None)
+        base = os_threads()
+        loader.run(lambda: server._warm_up(model=None))
+        assert bool(new_threads(base)) is not own_thread
+    finally:
+        loader.close()
+
+
 def test_set_thread_budget_from_many_threads_keeps_the_default():
     default = process_default()
     start = threading.Barrier(8)
