@@ -4,8 +4,8 @@ A chunk is on time when it is handed out at least MARGIN_S before its song beat 
 factor r < 1 (seconds of audio made per second of generating) falls behind by (1/r - 1) seconds for every second
 of audio, so keeping the next HORIZON_S of audio on time needs a head start of HORIZON_S x (1/r - 1): the first
 chunk goes on the first bar line at least that far ahead (and never before the bar the jam was asked for). The first
-placement plans with FIRST_RATE_FACTOR of the first chunk's rate: that chunk is made at the shortest context of a
-window, and later steps attend to more (up to 1.3-1.5x the cost at a full window, benchmarks/kv_context.py). When a
+placement plans with FIRST_RATE_FACTOR of the first chunks' rate: they are made at the shortest context of a
+window, while later steps attend to more and each slide of the window re-prefills its kept frames. When a
 chunk would be late anyway (the engine slowed down), the jam re-anchors once, on the first bar line that gives the
 new rate the same head start, instead of slipping bar by bar. Beats are exact Fractions; times come from the
 transport's clock. Pure arithmetic: the `Jam` feeds it the clock, the transport and the measured rate.
@@ -22,7 +22,7 @@ from .transport import TransportState
 
 HORIZON_S = 60.0  # how much audio ahead a placement keeps on time at the measured rate
 MARGIN_S = 0.1  # a chunk is handed out at least this long before it plays (the device loads it meanwhile)
-FIRST_RATE_FACTOR = 0.8  # a jam's later rate against its first chunk's: 0.84-0.91 measured (benchmarks/RESULTS.md)
+FIRST_RATE_FACTOR = 0.85  # a jam's later rate against its first placement's: 0.84-0.92 measured (benchmarks/RESULTS.md)
 AHEAD_MIN_S = 4.0  # a jam runs at most this far (or two chunks) ahead of the song, unless its head start needs more
 
 

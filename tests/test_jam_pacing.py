@@ -3,11 +3,12 @@ chunk is late and where it moves, and that a placement keeps the next 60 s on ti
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import pytest
 
-from bridge.jam_pacing import Pacer, RateMeter, head_start
+from bridge.jam_pacing import FIRST_RATE_FACTOR, Pacer, RateMeter, head_start
 from bridge.transport import TransportState
 from engine.bars import Tempo
 
@@ -45,13 +46,16 @@ def test_first_chunk_moves_later_by_the_head_start_a_slow_engine_needs():
 
 
 def test_the_first_placement_plans_for_the_slower_steps_of_a_fuller_window():
-    """By default the first chunk's rate counts at FIRST_RATE_FACTOR (0.8): rate 0.5 plans as 0.4, a head start of
-    90 s + 0.1 s: t = 91.1 s, beat 182.2: bar 184. A first chunk at 1.0x real time still gets a head start."""
+    """By default the first chunks' rate counts at FIRST_RATE_FACTOR: rate 0.5 plans as 0.5 x the factor, a head
+    start of 60 s x (1 / that - 1) + 0.1 s, and the first bar line after it (120 bpm: 2 beats a second). A first
+    chunk at 1.0x real time still gets a head start; one at 1 / the factor gets none."""
+    assert 0.5 < FIRST_RATE_FACTOR < 1
     pacer = Pacer()
-    assert pacer.first(Fraction(4), playing(), now=1.0, rate=0.5) == 184
-    assert pacer.planned_lead == pytest.approx(0.1 + head_start(0.4))
+    lead = 0.1 + head_start(0.5 * FIRST_RATE_FACTOR)
+    assert pacer.first(Fraction(4), playing(), now=1.0, rate=0.5) == 4 * math.ceil(2 * (1.0 + lead) / 4)
+    assert pacer.planned_lead == pytest.approx(lead)
     assert Pacer().first(Fraction(4), playing(), now=1.0, rate=1.0) > 8
-    assert Pacer().first(Fraction(4), playing(), now=1.0, rate=1.25) == 4  # 1.25 x 0.8 = 1: no head start
+    assert Pacer().first(Fraction(4), playing(), now=1.0, rate=1 / FIRST_RATE_FACTOR) == 4  # no head start
     # Stopped transport: nothing plays, nothing can be late.
     assert Pacer().first(Fraction(4), TransportState(TEMPO, False, 0.0, 0.0, True), now=100.0, rate=0.1) == 4
 
