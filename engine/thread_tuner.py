@@ -11,7 +11,7 @@ The comparison is of the mean step time over a handful of consecutive steps at e
 mean, because what a stalled team costs is in its slow steps, which a median hides (benchmarks/RESULTS.md), less
 the slowest so that a window's prefill landing among them does not decide it. A count must win by `MARGIN` in `CONFIRM` probes in a row to be
 taken, so one unlucky probe does not flip the count back and forth. Probing a worse count costs its few steps once
-every `PROBE_EVERY_S` to `MAX_PROBE_EVERY_S` of stepping.
+every `PROBE_EVERY_S` to `MAX_PROBE_EVERY_S` of stepping, and a probe stops as soon as it cannot win.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class ThreadTuner:
         self._stepping += seconds
         if self._probe is not None and threads == self._probe:
             self._probed.append(seconds)
-            if len(self._probed) >= PROBE_STEPS:
+            if len(self._probed) >= PROBE_STEPS or self._cannot_win():
                 self._decide()
         elif self._probe is None and threads == self.current:
             self._recent.append(seconds)
@@ -133,10 +133,17 @@ class ThreadTuner:
         """The next probe after `seconds` more of stepping (at once while `settle`'s comparisons remain)."""
         self._next_probe_at = self._stepping + (0.0 if self._quick else seconds)
 
+    def _cannot_win(self) -> bool:
+        """The probe has lost whatever its remaining steps take: even at no time at all, its typical step would not
+        beat the current count's by MARGIN. Under load a step at the worse count can take 10-15x the current one
+        (a team waiting for time slices), so a probe stops there instead of paying all PROBE_STEPS of them."""
+        kept = sum(self._probed) - max(self._probed)
+        return kept / (PROBE_STEPS - 1) >= MARGIN * typical(self._recent)
+
     def _decide(self) -> None:
-        probe, now, tried = self._probe, typical(self._recent), typical(self._probed)
+        probe, now, probed = self._probe, typical(self._recent), self._probed
+        won = len(probed) >= PROBE_STEPS and typical(probed) < MARGIN * now
         self._probe, self._probed = None, []
-        won = tried < MARGIN * now
         self._wins = self._wins + 1 if won else 0
         self._winner = probe if won else None
         self._losses = 0 if won else self._losses + 1
@@ -157,5 +164,5 @@ class ThreadTuner:
         if level == logging.INFO:
             self._logged_at = self.clock()
         log.log(level, "LM threads %d -> %d: a step took %.1f ms at %d against %.1f ms at %d (another program may "
-                "be using the cores)", self.current, probe, tried * 1e3, probe, now * 1e3, self.current)
+                "be using the cores)", self.current, probe, typical(probed) * 1e3, probe, now * 1e3, self.current)
         self.current = probe

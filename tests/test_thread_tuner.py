@@ -95,6 +95,29 @@ def test_the_tuner_follows_the_load_as_it_comes_and_goes():
     assert tuner.current == 2
 
 
+@pytest.mark.parametrize("stop_early", [True, False], ids=["stops", "negative-control"])
+def test_a_probe_that_cannot_win_stops_at_once(monkeypatch, stop_early):
+    """One core busy on a host where a 2-thread team waits for time slices: its steps take 12x one thread's (a Xeon
+    VM measured 170-370 ms against 25). Probing 2 threads now and then must cost a few percent of the stepping, not
+    a fifth of it: a probe stops once even free steps could not make it win. Negative control: probes that always
+    run all their steps."""
+    if not stop_early:
+        monkeypatch.setattr(ThreadTuner, "_cannot_win", lambda self: False)
+    host = Host({1: 0.025, 2: 0.300}, steady=True)
+    tuner = ThreadTuner(2, clock=host.clock)
+    while tuner.current != 1:  # it learns the busy core first
+        n = tuner.threads()
+        tuner.stepped(host.run(n), n)
+    start, at_two = host.t, 0.0
+    while host.t - start < 120.0:
+        n = tuner.threads()
+        cost = host.run(n)
+        tuner.stepped(cost, n)
+        at_two += cost if n == 2 else 0.0
+    assert tuner.current == 1
+    assert (at_two / (host.t - start) < 0.08) == stop_early, at_two / (host.t - start)
+
+
 def test_a_team_that_stalls_now_and_then_loses_to_one_thread():
     """Under contention most 2-thread steps run at full speed and every third waits a time slice for its
     descheduled thread: the mean (what a jam gets) is worse than 1 thread's though the median is better. The tuner
@@ -143,11 +166,12 @@ def test_a_single_lucky_probe_does_not_move_the_count():
 
 @pytest.mark.parametrize("comparisons", [tuner_module.SETTLE_COMPARISONS, 1])
 def test_a_warm_up_settles_on_the_busy_core_despite_one_unlucky_comparison(comparisons):
-    # One core busy, and the first probe's steps at 1 thread happen to stall: a warm-up that settled after that one
-    # comparison would start the first request at 2 threads (the negative control, comparisons=1).
+    # One core busy, and the first probe's steps at 1 thread happen to stall (a little slower than 2 threads' 24 ms,
+    # so that the probe runs all its steps): a warm-up that settled after that one comparison would start the first
+    # request at 2 threads (the negative control, comparisons=1).
     host = Host(LOADED, steady=True)
     tuner = ThreadTuner(2, clock=host.clock)
-    host.odd[1] = (tuner_module.PROBE_STEPS, 0.05)
+    host.odd[1] = (tuner_module.PROBE_STEPS, 0.026)
     tuner.settle(comparisons)
     steps = 0
     while not tuner.settled:
