@@ -100,6 +100,20 @@ def test_masked_keys_and_rows_without_a_prompt_read_nothing():
     assert torch.equal(got[0], torch.zeros_like(got[0])) and bool(got[1].abs().sum() > 0)
 
 
+def test_a_query_with_a_nan_or_infinity_gives_its_row_nan_and_no_other():
+    # As attention through the projections would. The query is rounded to int16 on its largest magnitude: a NaN
+    # there once rounded to an arbitrary integer and the row came out finite.
+    wq, wo, k, v, x = _problem()
+    p, u = _fold(wq, wo, k, v)
+    clean = _folded(x, p, u)
+    for bad in (float("nan"), float("inf")):
+        y = x.clone()
+        y[0, 0, 3] = bad
+        got = _folded(y, p, u)
+        assert bool(got[0].isnan().all()), bad
+        assert torch.equal(got[1], clean[1])
+
+
 @pytest.fixture(scope="module")
 def tiny128():
     cfg, state = _state(dim=128)  # head 32: the int8 cache and the fold both run

@@ -60,7 +60,7 @@ struct Head {
 
 // out[i] = the sum of v[i]'s 16 lanes, for 16 vectors at once: a transposing tree of 45 shuffles and adds, where
 // 16 separate horizontal sums would take ~8 dependent steps each.
-__attribute__((target("avx512f"))) inline __m512 sum16(const __m512* v) {
+__attribute__((target("avx512f"), always_inline)) inline __m512 sum16(const __m512* v) {
   __m512 a[8], c[4];
   for (int i = 0; i < 8; ++i)  // per 128-bit lane: [v2i 0+2, v2i+1 0+2, v2i 1+3, v2i+1 1+3]
     a[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
@@ -219,81 +219,100 @@ struct HeadI8 {
   float* out;          // [d]
 };
 
-// attend_head over the int8 cache, in one pass: each block of 16 keys, then the same 16 values, with the softmax
-// kept online (a running maximum and sum; what was summed is rescaled when the maximum rises). Two passes (all keys,
-// then all values) read the cache as one stream at a time; interleaving the keys' and values' streams reads it
-// faster (benchmarks/RESULTS.md, item 11.3). The query stays fp32, each key is widened to fp32 and its dot product
-// taken times its scale; each value is widened and added with its weight times its scale. A masked key (and a
-// block of them) adds exactly nothing; a NaN score makes the row NaN, as does a row with nothing to attend to.
+// One block of 16 keys (the first n live, from key l) of one head over the int8 cache, then the same 16 values,
+// folded into the head's running softmax (maximum `top`, sum `total`; `out0`/`out1` the even and odd keys' sums,
+// rescaled when the maximum rises). Reading keys and values together reads the cache faster than all keys, then
+// all values (benchmarks/RESULTS.md, item 11.3). kParts: the head's width / 16 when known at compile time (then the
+// sums stay in registers), else 0 and `parts`. The query stays fp32, each key is widened to fp32 and its dot
+// product taken times its scale; each value is widened and added with its weight times its scale. A masked key
+// (and a block of them) adds exactly nothing; a NaN score sets `nan`.
+template <int kParts>
+__attribute__((target("avx512f,avx512bw"), always_inline)) inline void attend_block_i8(
+    const __m512* q, int64_t parts_, const int8_t* k, const int8_t* v, int64_t step, const float* mask,
+    int64_t mask_step, int64_t l, int64_t n, int64_t d, float scale, __m512* out0, __m512* out1, float& top,
+    float& total, bool& nan) {
+  const int64_t parts = kParts ? kParts : parts_;
+  __m512 acc[16];
+  alignas(64) float ks[16] = {};
+  bool any = false;
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) {
+    acc[i] = _mm512_setzero_ps();
+    if (i >= n || masked_out(mask, mask_step, l + i)) continue;
+    any = true;
+    const int8_t* key = k + (l + i) * step;
+    _mm_prefetch(reinterpret_cast<const char*>(key) + kPrefetch, _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(v + (l + i) * step) + kPrefetch, _MM_HINT_T0);
+    if (kParts || parts < 16 || parts % 4) {
+#pragma GCC unroll 8
+      for (int64_t c = 0; c < parts; ++c) acc[i] = _mm512_fmadd_ps(q[c], widen16(key + 16 * c), acc[i]);
+    } else {  // a wide row: four chains, not one FMA after another
+      __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+      for (int64_t c = 0; c < parts; c += 4)
+        for (int j = 0; j < 4; ++j) a[j] = _mm512_fmadd_ps(q[c + j], widen16(key + 16 * (c + j)), a[j]);
+      acc[i] = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
+    }
+    ks[i] = row_scale(key, d) * scale;
+  }
+  if (!any) return;
+  __m512 s = _mm512_mul_ps(sum16(acc), _mm512_load_ps(ks));
+  if (mask) {
+    alignas(64) float m[16] = {};
+    for (int i = 0; i < n; ++i) m[i] = mask[(l + i) * mask_step];
+    s = _mm512_add_ps(s, _mm512_load_ps(m));
+  }
+  const __mmask16 live = n == 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
+  s = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), live, s);
+  nan = _mm512_cmp_ps_mask(s, s, _CMP_UNORD_Q) != 0;
+  const float block_top = _mm512_reduce_max_ps(s);
+  if (nan || block_top == -INFINITY) return;
+  if (block_top > top) {
+    const float shrink = top == -INFINITY ? 0.f : std::exp(top - block_top);
+    const __m512 sv = _mm512_set1_ps(shrink);
+    total *= shrink;
+#pragma GCC unroll 8
+    for (int64_t c = 0; c < parts; ++c) {
+      out0[c] = _mm512_mul_ps(out0[c], sv);
+      out1[c] = _mm512_mul_ps(out1[c], sv);
+    }
+    top = block_top;
+  }
+  const __m512 e = musicgen_bridge::exp_nonpositive(_mm512_sub_ps(s, _mm512_set1_ps(top)));
+  total += _mm512_reduce_add_ps(e);
+  alignas(64) float w[16];
+  _mm512_store_ps(w, e);
+  // Even keys into out0, odd into out1: each set's FMAs wait on the other's, not on their own.
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) {
+    if (i >= n || w[i] == 0.f) continue;
+    const int8_t* value = v + (l + i) * step;
+    const __m512 wv = _mm512_set1_ps(w[i] * row_scale(value, d));
+    __m512* a = i & 1 ? out1 : out0;
+#pragma GCC unroll 8
+    for (int64_t c = 0; c < parts; ++c) a[c] = _mm512_fmadd_ps(wv, widen16(value + 16 * c), a[c]);
+  }
+}
+
+// attend_head over the int8 cache, in one pass: block after block (attend_block_i8), then normalized. A NaN score
+// makes the row NaN, as does a row with nothing to attend to.
+template <int kParts>
 __attribute__((target("avx512f,avx512bw"))) void attend_head_i8(const HeadI8& h, int64_t L, int64_t d, float scale) {
-  const int64_t parts = d / 16;
-  __m512 q[kMaxHeadDim / 16];
+  const int64_t parts = kParts ? kParts : d / 16;
+  __m512 q[kParts ? kParts : kMaxHeadDim / 16];
   for (int64_t c = 0; c < parts; ++c) q[c] = _mm512_loadu_ps(h.q + 16 * c);
-  __m512 out[2][kMaxHeadDim / 16];  // even and odd keys: shorter FMA chains
-  for (int set = 0; set < 2; ++set)
-    for (int64_t c = 0; c < parts; ++c) out[set][c] = _mm512_setzero_ps();
+  __m512 out0[kParts ? kParts : kMaxHeadDim / 16], out1[kParts ? kParts : kMaxHeadDim / 16];
+  for (int64_t c = 0; c < parts; ++c) out0[c] = out1[c] = _mm512_setzero_ps();
   float top = -INFINITY, total = 0.f;
   bool nan = false;
-  alignas(64) float w[16];
-  for (int64_t l = 0; l < L && !nan; l += 16) {
-    const int64_t n = std::min<int64_t>(16, L - l);
-    __m512 acc[16];
-    alignas(64) float ks[16] = {};
-    bool any = false;
-    for (int i = 0; i < 16; ++i) {
-      acc[i] = _mm512_setzero_ps();
-      if (i >= n || masked_out(h.mask, h.mask_step, l + i)) continue;
-      any = true;
-      const int8_t* key = h.k + (l + i) * h.step;
-      _mm_prefetch(reinterpret_cast<const char*>(key) + kPrefetch, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(h.v + (l + i) * h.step) + kPrefetch, _MM_HINT_T0);
-      if (parts < 16 || parts % 4) {
-        for (int64_t c = 0; c < parts; ++c) acc[i] = _mm512_fmadd_ps(q[c], widen16(key + 16 * c), acc[i]);
-      } else {  // a wide row (the folded cross-attention's): four chains, not one FMA after another
-        __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-        for (int64_t c = 0; c < parts; c += 4)
-          for (int j = 0; j < 4; ++j) a[j] = _mm512_fmadd_ps(q[c + j], widen16(key + 16 * (c + j)), a[j]);
-        acc[i] = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
-      }
-      ks[i] = row_scale(key, d) * scale;
-    }
-    if (!any) continue;
-    __m512 s = _mm512_mul_ps(sum16(acc), _mm512_load_ps(ks));
-    if (h.mask) {
-      alignas(64) float m[16] = {};
-      for (int i = 0; i < n; ++i) m[i] = h.mask[(l + i) * h.mask_step];
-      s = _mm512_add_ps(s, _mm512_load_ps(m));
-    }
-    const __mmask16 live = n == 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
-    s = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), live, s);
-    nan = _mm512_cmp_ps_mask(s, s, _CMP_UNORD_Q) != 0;
-    const float block_top = _mm512_reduce_max_ps(s);
-    if (nan || block_top == -INFINITY) continue;
-    if (block_top > top) {
-      const float shrink = top == -INFINITY ? 0.f : std::exp(top - block_top);
-      const __m512 sv = _mm512_set1_ps(shrink);
-      total *= shrink;
-      for (int set = 0; set < 2; ++set)
-        for (int64_t c = 0; c < parts; ++c) out[set][c] = _mm512_mul_ps(out[set][c], sv);
-      top = block_top;
-    }
-    const __m512 e = musicgen_bridge::exp_nonpositive(_mm512_sub_ps(s, _mm512_set1_ps(top)));
-    total += _mm512_reduce_add_ps(e);
-    _mm512_store_ps(w, e);
-    for (int i = 0; i < n; ++i) {
-      if (w[i] == 0.f) continue;
-      const int8_t* value = h.v + (l + i) * h.step;
-      const __m512 wv = _mm512_set1_ps(w[i] * row_scale(value, d));
-      __m512* a = out[i & 1];
-      for (int64_t c = 0; c < parts; ++c) a[c] = _mm512_fmadd_ps(wv, widen16(value + 16 * c), a[c]);
-    }
-  }
+  for (int64_t l = 0; l < L && !nan; l += 16)
+    attend_block_i8<kParts>(q, parts, h.k, h.v, h.step, h.mask, h.mask_step, l, std::min<int64_t>(16, L - l), d,
+                            scale, out0, out1, top, total, nan);
   if (nan || top == -INFINITY) {
     for (int64_t c = 0; c < parts; ++c) _mm512_storeu_ps(h.out + 16 * c, _mm512_set1_ps(NAN));
     return;
   }
   const __m512 nv = _mm512_set1_ps(1.f / total);
-  for (int64_t c = 0; c < parts; ++c) _mm512_storeu_ps(h.out + 16 * c, _mm512_mul_ps(_mm512_add_ps(out[0][c], out[1][c]), nv));
+  for (int64_t c = 0; c < parts; ++c) _mm512_storeu_ps(h.out + 16 * c, _mm512_mul_ps(_mm512_add_ps(out0[c], out1[c]), nv));
 }
 
 inline void pack_row(const float* x, int64_t stride, int64_t d, int8_t* y) {
@@ -315,6 +334,44 @@ inline void pack_row(const float* x, int64_t stride, int64_t d, int8_t* y) {
   std::memcpy(y + d, &s, 4);
 }
 
+// 32 int8 values as int16.
+__attribute__((target("avx512f,avx512bw"), always_inline)) inline __m512i widen32(const int8_t* p) {
+  return _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+// The value rows' int16-weighted sums for columns c0 .. c0 + 32 parts (attend_wide): two rows at a time, their int16
+// pairs interleaved (unpacklo/hi within each 128-bit lane). int32 sums over kWideKeys keys at most (2 x 127 x 32767
+// a pair: within int32), then carried on in fp32 in flo, fhi. kParts: parts when known at compile time (the sums
+// then stay in registers), else 0.
+template <int kParts>
+__attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline)) inline void wide_values(
+    const int8_t* u, int64_t step, int64_t S, const int16_t* w16, int64_t c0, int64_t parts_, __m512* flo, __m512* fhi) {
+  const int64_t parts = kParts ? kParts : parts_;
+  for (int64_t j0 = 0; j0 < S; j0 += kWideKeys) {
+    __m512i lo[4], hi[4];
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) lo[c] = hi[c] = _mm512_setzero_si512();
+    for (int64_t j = j0; j < std::min(S, j0 + kWideKeys); j += 2) {
+      const int64_t j1 = j + 1 < S ? j + 1 : j;  // an odd last row pairs with itself at weight 0
+      if (w16[j] == 0 && w16[j + 1] == 0) continue;
+      const __m512i w = _mm512_set1_epi32(static_cast<int32_t>(static_cast<uint16_t>(w16[j]) |
+                                                               (static_cast<uint32_t>(static_cast<uint16_t>(w16[j + 1])) << 16)));
+#pragma GCC unroll 4
+      for (int64_t c = 0; c < parts; ++c) {
+        const int64_t at = c0 + 32 * c;
+        const __m512i a = widen32(u + j * step + at), b = widen32(u + j1 * step + at);
+        lo[c] = _mm512_dpwssd_epi32(lo[c], _mm512_unpacklo_epi16(a, b), w);
+        hi[c] = _mm512_dpwssd_epi32(hi[c], _mm512_unpackhi_epi16(a, b), w);
+      }
+    }
+#pragma GCC unroll 4
+    for (int64_t c = 0; c < parts; ++c) {
+      flo[c] = _mm512_add_ps(flo[c], _mm512_cvtepi32_ps(lo[c]));
+      fhi[c] = _mm512_add_ps(fhi[c], _mm512_cvtepi32_ps(hi[c]));
+    }
+  }
+}
+
 // The folded cross-attention's head (below): the query row x (as int16, x = x16 * sx) against S keys p and values u
 // of the model's width D (packed int8 rows, `step` bytes apart), in 16-bit integer dot products (AVX512_VNNI's
 // vpdpwssd, 32 products an instruction where widening each int8 to fp32 for an FMA does 16 in four). The query's
@@ -325,6 +382,10 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void attend_wide(const in
                                                                       int64_t D, const float* mask, int64_t mask_step,
                                                                       float* scores, int16_t* w16, float* out) {
   const int64_t chunks = D / 32;
+  // The value rows, into L2 while the keys are read: the values are read 128 columns at a time across the rows,
+  // an order the hardware's prefetchers do not follow from memory.
+  for (int64_t j = 0; j < S; ++j)
+    for (int64_t b = 0; b < D + 4; b += 64) _mm_prefetch(reinterpret_cast<const char*>(u + j * step + b), _MM_HINT_T1);
   __m512 top16 = _mm512_set1_ps(-INFINITY);
   __mmask16 nan16 = 0;
   for (int64_t l = 0; l < S; l += 16) {
@@ -336,12 +397,17 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void attend_wide(const in
       if (i >= n || masked_out(mask, mask_step, l + i)) continue;
       const int8_t* key = p + (l + i) * step;
       _mm_prefetch(reinterpret_cast<const char*>(key) + kPrefetch, _MM_HINT_T0);
-      __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
-      for (int64_t c = 0; c < chunks; ++c) {
-        const __m512i k = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(key + 32 * c)));
-        acc[c & 3] = _mm512_dpwssd_epi32(acc[c & 3], _mm512_loadu_si512(x16 + 32 * c), k);
+      // Four chains, each in a register (an index c & 3 kept them in memory, a store and a load per product).
+      __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+      int64_t c = 0;
+      for (; c + 4 <= chunks; c += 4) {
+        a0 = _mm512_dpwssd_epi32(a0, _mm512_loadu_si512(x16 + 32 * c), widen32(key + 32 * c));
+        a1 = _mm512_dpwssd_epi32(a1, _mm512_loadu_si512(x16 + 32 * c + 32), widen32(key + 32 * c + 32));
+        a2 = _mm512_dpwssd_epi32(a2, _mm512_loadu_si512(x16 + 32 * c + 64), widen32(key + 32 * c + 64));
+        a3 = _mm512_dpwssd_epi32(a3, _mm512_loadu_si512(x16 + 32 * c + 96), widen32(key + 32 * c + 96));
       }
-      dots[i] = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(acc[0], acc[1]), _mm512_add_epi32(acc[2], acc[3])));
+      for (; c < chunks; ++c) a0 = _mm512_dpwssd_epi32(a0, _mm512_loadu_si512(x16 + 32 * c), widen32(key + 32 * c));
+      dots[i] = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)));
       ks[i] = sx * row_scale(key, D);
     }
     keep_scores(_mm512_mul_ps(sum16(dots), _mm512_load_ps(ks)), mask, mask_step, l, n, scores, top16, nan16);
@@ -359,37 +425,15 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void attend_wide(const in
   }
   const float to16 = wmax > 0.f ? 32767.f / wmax : 0.f;
   for (int64_t j = 0; j < S + 1; ++j) w16[j] = j < S ? static_cast<int16_t>(std::nearbyint(scores[j] * to16)) : 0;
-  // Values two rows at a time, 128 columns at a time: the rows' int16 pairs interleaved (unpacklo/hi within each
-  // 128-bit lane, so the int32 sums come out as columns 8L+i (lo) and 8L+4+i (hi) of lane L, i < 4).
+  // Values 128 columns at a time (wide_values): the int32 sums come out as columns 8L+i (lo) and 8L+4+i (hi) of
+  // 128-bit lane L, i < 4.
   const float back = wmax / 32767.f * norm;
   for (int64_t c0 = 0; c0 < D; c0 += 128) {
     const int64_t parts = std::min<int64_t>(4, (D - c0) / 32);
     __m512 flo[4], fhi[4];
     for (int c = 0; c < 4; ++c) flo[c] = fhi[c] = _mm512_setzero_ps();
-    // int32 sums over kWideKeys keys at most (2 x 127 x 32767 a pair: within int32), then carried on in fp32.
-    for (int64_t j0 = 0; j0 < S; j0 += kWideKeys) {
-    __m512i lo[4], hi[4];
-    for (int c = 0; c < 4; ++c) lo[c] = hi[c] = _mm512_setzero_si512();
-    for (int64_t j = j0; j < std::min(S, j0 + kWideKeys); j += 2) {
-      const int64_t j1 = j + 1 < S ? j + 1 : j;  // an odd last row pairs with itself at weight 0
-      if (w16[j] == 0 && w16[j + 1] == 0) continue;
-      const __m512i w = _mm512_set1_epi32(static_cast<int32_t>(static_cast<uint16_t>(w16[j]) |
-                                                               (static_cast<uint32_t>(static_cast<uint16_t>(w16[j + 1])) << 16)));
-      _mm_prefetch(reinterpret_cast<const char*>(u + j * step + c0) + kPrefetch, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(u + j1 * step + c0) + kPrefetch, _MM_HINT_T0);
-      for (int64_t c = 0; c < parts; ++c) {
-        const int64_t at = c0 + 32 * c;
-        const __m512i a = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(u + j * step + at)));
-        const __m512i b = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(u + j1 * step + at)));
-        lo[c] = _mm512_dpwssd_epi32(lo[c], _mm512_unpacklo_epi16(a, b), w);
-        hi[c] = _mm512_dpwssd_epi32(hi[c], _mm512_unpackhi_epi16(a, b), w);
-      }
-    }
-    for (int64_t c = 0; c < parts; ++c) {
-      flo[c] = _mm512_add_ps(flo[c], _mm512_cvtepi32_ps(lo[c]));
-      fhi[c] = _mm512_add_ps(fhi[c], _mm512_cvtepi32_ps(hi[c]));
-    }
-    }
+    if (parts == 4) wide_values<4>(u, step, S, w16, c0, parts, flo, fhi);  // sums in registers
+    else wide_values<0>(u, step, S, w16, c0, parts, flo, fhi);
     // Back in column order: columns 0-15 are lo 0-3, hi 0-3, lo 4-7, hi 4-7; columns 16-31 the same from 8 on.
     const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
     const __m512i second = _mm512_add_epi32(first, _mm512_set1_epi32(8));
@@ -407,14 +451,32 @@ bool vnni() {
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
 }
 
-// x [d] fp32 as int16 (x = x16 * returned scale): round(32767 x / max|x|); a row with a NaN or infinity: scale NaN.
-float quantize16(const float* x, int64_t d, int16_t* x16) {
-  float top = 0.f;
-  for (int64_t c = 0; c < d; ++c) top = std::max(top, std::fabs(x[c]));
-  const float s = top <= 3.4028235e38f ? top / 32767.f : NAN;
-  const float inv = top > 0.f && s == s ? 32767.f / top : 0.f;
-  for (int64_t c = 0; c < d; ++c) x16[c] = static_cast<int16_t>(std::nearbyint(x[c] * inv));
+// x [d] fp32 (d a multiple of 16) as int16 (x = x16 * returned scale): round(32767 x / max|x|), ties to even; a row
+// with a NaN or infinity: scale NaN.
+__attribute__((target("avx512f,avx512bw"))) float quantize16(const float* x, int64_t d, int16_t* x16) {
+  __m512 top16 = _mm512_setzero_ps();
+  __mmask16 bad = 0;
+  for (int64_t c = 0; c < d; c += 16) {
+    const __m512 a = _mm512_abs_ps(_mm512_loadu_ps(x + c));
+    bad |= _mm512_cmp_ps_mask(a, _mm512_set1_ps(3.4028235e38f), _CMP_NLE_UQ);  // NaN or infinity
+    top16 = _mm512_max_ps(top16, a);
+  }
+  const float top = _mm512_reduce_max_ps(top16);
+  const float s = bad ? NAN : top / 32767.f;
+  const __m512 inv = _mm512_set1_ps(top > 0.f && !bad ? 32767.f / top : 0.f);
+  for (int64_t c = 0; c < d; c += 16)  // the default rounding (to nearest, ties to even), as std::nearbyint
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(x16 + c),
+                        _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + c), inv))));
   return s;
+}
+
+// out[D] = the sum of the H rows of heads [H, D] (D a multiple of 16).
+__attribute__((target("avx512f"))) void sum_heads(const float* heads, int64_t H, int64_t D, float* out) {
+  for (int64_t c = 0; c < D; c += 16) {
+    __m512 a = _mm512_setzero_ps();
+    for (int64_t h = 0; h < H; ++h) a = _mm512_add_ps(a, _mm512_loadu_ps(heads + h * D + c));
+    _mm512_storeu_ps(out + c, a);
+  }
 }
 
 }  // namespace
@@ -469,7 +531,8 @@ at::Tensor decode_attention(const at::Tensor& q_, const at::Tensor& k, const at:
       if (int8) {
         HeadI8 head{qp + i * d, reinterpret_cast<const int8_t*>(kp + kv), reinterpret_cast<const int8_t*>(vp + kv),
                     k.stride(2), m, m_step, op + i * d};
-        attend_head_i8(head, L, d, static_cast<float>(scale));
+        if (d == 64) attend_head_i8<4>(head, L, d, static_cast<float>(scale));  // MusicGen's heads
+        else attend_head_i8<0>(head, L, d, static_cast<float>(scale));
       } else {
         Head head{qp + i * d, reinterpret_cast<const uint16_t*>(kp + kv), reinterpret_cast<const uint16_t*>(vp + kv),
                   k.stride(2), m, m_step, op + i * d};
@@ -518,23 +581,27 @@ at::Tensor cross_attention_folded(const at::Tensor& x_, const at::Tensor& p, con
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < H && lp[b] && S > 0; ++h) work.push_back(b * H + h);
   const int64_t grain = std::max<int64_t>(1, kMinBytes / std::max<int64_t>(1, 2 * S * (D + 4)));
+  const int64_t row_stride = p.stride(0), head_stride = p.stride(1), key_stride = p.stride(2);
+  const int64_t mask_row = mp ? mask.stride(0) : 0, mask_key = mp ? mask.stride(3) : 0;
   at::parallel_for(0, static_cast<int64_t>(work.size()), grain, [&](int64_t w0, int64_t w1) {
     std::vector<float> scores(S + 16);
     std::vector<int16_t> w16(S + 2);
     for (int64_t w = w0; w < w1; ++w) {
       const int64_t i = work[w], b = i / H, h = i % H;
-      const int64_t at = b * p.stride(0) + h * p.stride(1);
-      attend_wide(x16.data() + b * D, sx[b], pp + at, up + at, p.stride(2), S, D, mp ? mp + b * mask.stride(0) : nullptr,
-                  mp ? mask.stride(3) : 0, scores.data(), w16.data(), hp + i * D);
+      const int64_t at = b * row_stride + h * head_stride;
+      if (w + 1 < w1) {  // the next head's first keys, while this one runs (each head's stream starts cold)
+        const int64_t next = work[w + 1] / H * row_stride + work[w + 1] % H * head_stride;
+        for (int64_t o = 0; o < std::min<int64_t>(kPrefetch, S * key_stride); o += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(pp + next + o), _MM_HINT_T0);
+      }
+      attend_wide(x16.data() + b * D, sx[b], pp + at, up + at, key_stride, S, D, mp ? mp + b * mask_row : nullptr,
+                  mask_key, scores.data(), w16.data(), hp + i * D);
     }
   });
   at::Tensor out = at::zeros({B, 1, D}, at::kFloat);
   float* op = out.data_ptr<float>();
-  for (int64_t b = 0; b < B; ++b) {
-    if (!lp[b] || S == 0) continue;
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t c = 0; c < D; ++c) op[b * D + c] += hp[(b * H + h) * D + c];
-  }
+  for (int64_t b = 0; b < B; ++b)
+    if (lp[b] && S > 0) sum_heads(hp + b * H * D, H, D, op + b * D);
   return out;
 }
 
