@@ -17,9 +17,11 @@ from engine.model import MusicGen
 
 log = logging.getLogger(__name__)
 
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 LOADING_MMAP_THRESHOLD = 1 << 20
+LOADING_TRIM_THRESHOLD = 128 << 10  # glibc's default
 RUNNING_MMAP_THRESHOLD = 32 << 20  # glibc's own ceiling for the dynamic threshold
+RUNNING_TRIM_THRESHOLD = 64 << 20
 
 
 @contextlib.contextmanager
@@ -29,8 +31,10 @@ def returning_freed_memory() -> Iterator[None]:
     Loading converts tensors of tens of MB one by one; by default glibc raises its mmap threshold after the first
     such free and keeps every later freed buffer in its heap, so a bf16 load peaks hundreds of MB above what it
     keeps (benchmarks/RESULTS.md). Afterwards the threshold goes to 32 MiB, glibc's own ceiling, so that the
-    codec's and the prefill's large temporaries are reused rather than mapped afresh each time. A no-op where
-    glibc is not the allocator.
+    codec's and the prefill's large temporaries are reused rather than mapped afresh each time, and the heap keeps
+    up to 64 MiB free at its top: at glibc's default of 128 KiB a prefill gave back each freed temporary (a widened
+    weight, an activation of a few MB) and paid the page faults again on the next, a quarter of a window slide's
+    time. A no-op where glibc is not the allocator.
     """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -39,11 +43,13 @@ def returning_freed_memory() -> Iterator[None]:
         yield
         return
     mallopt(M_MMAP_THRESHOLD, LOADING_MMAP_THRESHOLD)  # setting it also turns off glibc's dynamic raising
+    mallopt(M_TRIM_THRESHOLD, LOADING_TRIM_THRESHOLD)
     try:
         yield
     finally:
         trim(0)
         mallopt(M_MMAP_THRESHOLD, RUNNING_MMAP_THRESHOLD)
+        mallopt(M_TRIM_THRESHOLD, RUNNING_TRIM_THRESHOLD)
 
 
 def load_model(spec: str, device: str = "auto", dtype: str = "float32") -> MusicGen:
