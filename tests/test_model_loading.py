@@ -60,7 +60,8 @@ def test_a_prefills_freed_temporaries_are_reused_not_faulted_in_again():
 
     kept = _faults(RUNNING_TRIM_THRESHOLD)
     given_back = _faults(128 << 10)  # negative control: glibc's default trim threshold
-    # The first prefill faults its temporaries in either way; after it, the policy's prefills reuse them (measured
-    # here: 0-1 faults each) where the default's fault in ~14 MB again every time (~3,500 faults).
-    assert max(kept[1:]) < 256, kept
+    # The first prefill faults its temporaries in either way. After it, the policy's prefills reuse them: measured 0-1
+    # faults each on an Intel Xeon; on an AMD EPYC the heap grows once more (264 faults in the third prefill), then 0.
+    # The default faults ~11-14 MB in again every time (2,600-3,600 faults each).
+    assert sum(kept[1:]) < 1024 and kept[-1] < 64, kept
     assert min(given_back[1:]) > 1024, given_back
