@@ -12,13 +12,14 @@ them several times faster, and fewer bytes per weight stream faster still. Measu
 - `W8A8Linear`: int8 weights (per-row scales) and int8 activations, quantized per row as they arrive (dynamic,
   symmetric), multiplied in integers (VNNI) by the project's kernel (`NativeW8A8Linear`, which also takes over the
   LayerNorms and the GELU in front of its linears, its weights in one buffer on 2 MB pages) or by fbgemm's int8
-  linear; fp32 out. The w8a8 model keeps its output heads weight-only int8 (`prepare_for_cpu`): the logits are where
-  rounding is least diluted.
+  linear; fp32 out. The w8a8 model keeps its output heads in int8 weights with 16-bit activations
+  (`NativeW8A16Linear`, else weight-only `Int8Linear`; `prepare_for_cpu`): the logits are where rounding is least
+  diluted.
 - `NativeInt4Linear`: int4 weights in groups of `INT4_GROUP` input columns (asymmetric: a scale and an offset per
   group, fp16) times int8 activations, on the project's kernel, with norms, GELU and 2 MB pages as w8a8's.
 - `Int4Linear`: weight-only int4 in the same groups on torch's `_weight_int4pack_mm_for_cpu`, bf16 activations in
   and out, where the native kernel cannot run (`int4_linear(weight)` picks). The int4 model keeps its output heads
-  in int8 (`prepare_for_cpu`): the logits are where rounding is least diluted.
+  in int8, as the w8a8 model does (`prepare_for_cpu`).
 
 Outputs come in the narrow dtype on purpose: the LM adds them to its fp32 residual stream (type promotion does the
 cast within the add) and feeds fc1's output through GELU to fc2 in bf16 (what fc2 would round it to anyway), so
@@ -304,13 +305,9 @@ class NativeW8A8Linear(W8A8Linear, NativeLinear):
         if not native.supports("w8a8_linear"):
             raise RuntimeError(f"the native w8a8 kernel does not run here: {native.why_not() or 'this CPU lacks AVX-512 VNNI'}")
         self.out_features, self.in_features = weight.shape
-        q, scale = quantize_rows(weight)
-        packed = torch.ops.musicgen_bridge.w8a8_pack(q)
-        padded = packed.shape[0] * packed.shape[2]  # N rounded up to whole blocks; the padding's weights are 0
-        colsum = torch.zeros(padded, dtype=torch.int32)
+        q, packed, wscale = pack_rows(weight)
+        colsum = torch.zeros_like(wscale, dtype=torch.int32)
         colsum[: self.out_features] = q.sum(1, dtype=torch.int32)
-        wscale = torch.zeros(padded)
-        wscale[: self.out_features] = scale
         self.register_buffer("packed", packed, persistent=False)
         self.register_buffer("colsum", colsum, persistent=False)
         self.register_buffer("wscale", wscale, persistent=False)
@@ -329,9 +326,64 @@ class NativeW8A8Linear(W8A8Linear, NativeLinear):
         return super().extra_repr() + self.fused_repr()
 
     def dequantized(self) -> Tensor:
-        blocks, steps, width, four = self.packed.shape
-        q = self.packed.permute(0, 2, 1, 3).reshape(blocks * width, steps * four)
-        return q[: self.out_features, : self.in_features].float() * self.wscale[: self.out_features, None]
+        return unpack_rows(self.packed, self.wscale, self.out_features, self.in_features)
+
+
+def pack_rows(weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """`quantize_rows` packed for the native int8-weight kernels: (q [N, K] int8, the packed weight (`w8a8_pack`,
+    64-column blocks), the row scales [N rounded up to whole blocks] fp32, the padding's 0)."""
+    q, scale = quantize_rows(weight)
+    packed = torch.ops.musicgen_bridge.w8a8_pack(q)
+    wscale = torch.zeros(packed.shape[0] * packed.shape[2])
+    wscale[: q.shape[0]] = scale
+    return q, packed, wscale
+
+
+def unpack_rows(packed: Tensor, wscale: Tensor, n: int, k: int) -> Tensor:
+    """`pack_rows` undone: the weight the kernels multiply by, [n, k] fp32."""
+    blocks, steps, width, four = packed.shape
+    q = packed.permute(0, 2, 1, 3).reshape(blocks * width, steps * four)
+    return q[:n, :k].float() * wscale[:n, None]
+
+
+class NativeW8A16Linear(NativeLinear):
+    """int8 weights (per-row scales) times 16-bit activations, each row rounded as round(32767 x / max|x|), on
+    `torch.ops.musicgen_bridge.w8a16_linear`; fp32 out. The output heads of the w8a8 and int4 models (`int8_head`):
+    the logits are where rounding is least diluted, and these rows are far finer than `Int8Linear`'s bf16 while
+    the weights stream faster than `_weight_int8pack_mm` does (benchmarks/RESULTS.md)."""
+
+    def __init__(self, weight: Tensor):
+        super().__init__()
+        from engine import native
+
+        if not native.supports("w8a16_linear"):
+            raise RuntimeError(f"the native w8a16 kernel does not run here: {native.why_not() or 'this CPU lacks AVX-512 VNNI'}")
+        self.out_features, self.in_features = weight.shape
+        _, packed, wscale = pack_rows(weight)
+        self.register_buffer("packed", packed, persistent=False)
+        self.register_buffer("wscale", wscale, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = as_float(x)
+        if goes_wide(x.numel() // x.shape[-1]):
+            return self.wide_forward(x)
+        return torch.ops.musicgen_bridge.w8a16_linear(x, self.packed, self.wscale, self.out_features)
+
+    def widened(self) -> Tensor:
+        return torch.ops.musicgen_bridge.w8a8_widen(self.packed, self.wscale)[: self.in_features, : self.out_features]
+
+    def dequantized(self) -> Tensor:
+        return unpack_rows(self.packed, self.wscale, self.out_features, self.in_features)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, int8 weights, 16-bit activations (per row), native"
+
+
+def int8_head(weight: Tensor) -> nn.Module:
+    """The output heads' linear in int8 weights: `NativeW8A16Linear` where its kernel runs, else `Int8Linear`."""
+    from engine import native
+
+    return NativeW8A16Linear(weight) if native.supports("w8a16_linear") else Int8Linear(weight)
 
 
 class FbgemmW8A8Linear(W8A8Linear):
@@ -615,8 +667,8 @@ def _swap_linears(module: nn.Module, make) -> int:
 @torch.no_grad()
 def prepare_for_cpu(lm: nn.Module, weights: str) -> nn.Module:
     """Swap the LM's linears for prepacked ones in `weights` format ("float32", "bfloat16", "int8", "w8a8" or
-    "int4"), in place. w8a8 and int4 keep the output heads (and int4 any matrix the kernel's shape rules refuse)
-    in weight-only int8. On the native kernels (w8a8, int4) the norms and GELU move into the linears
+    "int4"), in place. w8a8 and int4 keep the output heads in int8 weights (`int8_head`; and int4 any matrix the
+    kernel's shape rules refuse in weight-only int8). On the native kernels (w8a8, int4) the norms and GELU move into the linears
     (`fuse_into_native_linears`); the integer weights go into one buffer on 2 MB pages (`gather_weights`).
 
     The activations keep the LM's dtype (`lm.dtype`). Without oneDNN the fp32/bf16 linears stay plain `nn.Linear`s.
@@ -626,7 +678,7 @@ def prepare_for_cpu(lm: nn.Module, weights: str) -> nn.Module:
     if weights in ("int4", "w8a8"):
         heads = getattr(lm, "heads", None)
         if isinstance(heads, nn.Linear):
-            lm.heads = Int8Linear(heads.weight)
+            lm.heads = int8_head(heads.weight)
         n = _swap_linears(lm, int4_linear if weights == "int4" else w8a8_linear)
         log.debug("moved %d norms and GELUs into the native linears", fuse_into_native_linears(lm))
         gather_weights(lm)

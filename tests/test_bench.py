@@ -7,6 +7,7 @@ import torch
 
 from bridge.bench import format_table, read_bandwidth_gbs, run_row, step_bytes
 from engine.assemble import bf16_kv_cache_fast
+from engine import native
 from engine.checkpoint import load_model
 from engine.quantize import w8a8_supported
 
@@ -35,7 +36,7 @@ def test_step_bytes_counts_the_weights_a_step_reads_and_the_filled_cache(tiny_mo
     # Per layer wqkv, wo, cross wq, cross wo, fc1, fc2 (cross wkv runs once per generation), one byte per weight;
     # per output row int8 has a bf16 scale, w8a8 on fbgemm its scale, zero point and column offset (12 bytes),
     # w8a8 on the native kernel a scale and a column sum (8 bytes) over rows and columns padded to its blocks
-    # (64 rows, 4 columns), plus the norms moved into them. The heads (weight-only int8 in both); K and V at 10
+    # (64 rows, 4 columns), plus the norms moved into them. The heads (int8 weights; a scale per row); K and V at 10
     # positions (bf16 where the model gets a bf16 cache, fp32 elsewhere); the cross keys and values (in the cache's dtype).
     D, F, L = cfg.dim, cfg.ffn_dim, cfg.n_layers
     kernel = {getattr(m, "kernel", None) for m in lm.modules()} - {None}
@@ -52,7 +53,12 @@ def test_step_bytes_counts_the_weights_a_step_reads_and_the_filled_cache(tiny_mo
     per_layer = sum(matrix(n, k) for n, k in [(3 * D, D), (D, D), (D, D), (D, D), (F, D), (D, F)])
     if kernel == {"native"}:  # the three LayerNorms moved into wqkv, cross wq and fc1: weight and bias, fp32
         per_layer += 3 * 2 * D * 4
-    weights = L * per_layer + cfg.n_codebooks * cfg.card * (D + 2)
+    heads = cfg.n_codebooks * cfg.card
+    if dtype == "w8a8" and native.supports("w8a16_linear"):  # the native head kernel: blocks as above, a scale per row
+        heads = -(-heads // 64) * 64 * (-(-D // 4) * 4 + 4)
+    else:  # weight-only int8, a bf16 scale per row
+        heads *= D + 2
+    weights = L * per_layer + heads
     kv = L * 2 * 2 * 10 * D * (2 if bf16_kv_cache_fast() else 4)
     cross = L * 2 * 2 * 5 * D * (2 if bf16_kv_cache_fast() else 4)
     assert step_bytes(lm, batch=2, context=10) == weights + kv + cross

@@ -49,12 +49,12 @@ def test_the_kernel_backs_them_with_huge_pages(monkeypatch):
 @pytest.mark.skipif(not torch.cpu._is_vnni_supported(), reason="the native w8a8 kernel needs AVX-512 VNNI")
 def test_a_w8a8_models_weights_and_heads_share_one_buffer_and_its_cache_is_on_huge_pages():
     from engine.lm import LMConfig, MusicGenLM
-    from engine.quantize import Int8Linear, NativeW8A8Linear, prepare_for_cpu
+    from engine.quantize import NativeW8A8Linear, NativeW8A16Linear, prepare_for_cpu
 
     lm = MusicGenLM(LMConfig(dim=256, n_heads=4, n_layers=2, ffn_dim=1024, n_codebooks=4, card=64)).eval()
     prepare_for_cpu(lm, "w8a8")
-    packed = [m.packed for m in lm.modules() if isinstance(m, NativeW8A8Linear)] + [lm.heads.weight]  # heads last
-    assert isinstance(lm.heads, Int8Linear) and len({p.untyped_storage().data_ptr() for p in packed}) == 1
+    packed = [m.packed for m in lm.modules() if isinstance(m, NativeW8A8Linear)] + [lm.heads.packed]  # heads last
+    assert isinstance(lm.heads, NativeW8A16Linear) and len({p.untyped_storage().data_ptr() for p in packed}) == 1
     # the views tile the buffer in the order the modules come, without gaps
     offsets = [p.storage_offset() for p in packed]
     assert offsets == sorted(offsets) and all(b - a == p.numel() for a, b, p in zip(offsets, offsets[1:], packed))

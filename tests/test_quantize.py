@@ -24,6 +24,7 @@ from engine.assemble import build_lm, lm_config, lm_state_from_hf
 from engine.devices import resolve_dtype
 from engine import native
 from engine.quantize import (INT4_GROUP, FbgemmW8A8Linear, Int4Linear, Int8Linear, NativeInt4Linear, NativeW8A8Linear,
+                             NativeW8A16Linear, int8_head,
                              PackedLinear, W8A8Linear, bf16_supported, int4_linear, int4_supported, logit_agreement,
                              pack_int4, quantize_groups, quantize_groups_fp16, quantize_rows, torch_int4_supported,
                              unpack_int4, w8a8_linear, w8a8_supported)
@@ -176,7 +177,7 @@ def test_int4_linear_equals_a_dequantized_reference_matmul():
 @needs_int4
 def test_int4_model_holds_int4_weights_and_int8_heads(tiny):
     fp32, int4 = _lm(tiny, torch.float32), _lm(tiny, torch.int4)
-    assert isinstance(int4.heads, Int8Linear)
+    assert isinstance(int4.heads, type(int8_head(torch.zeros(64, 64))))
     kind = NativeInt4Linear if native.supports("int4_linear") else Int4Linear
     int4s = [m for m in int4.modules() if isinstance(m, kind)]
     assert len(int4s) == 7 * tiny[0].n_layers  # per layer: wqkv, wo, cross wq/wkv/wo, fc1, fc2
@@ -361,6 +362,66 @@ def test_w8a8_row_does_not_depend_on_its_companions(kernel):
 
 
 @needs_native
+def test_w8a16_head_equals_an_integer_reference_and_is_finer_than_bf16_activations():
+    """The output heads' kernel: each row rounded to 16 bits on its own scale, times the int8 weights, in exact
+    integer sums (carried on in fp32); across the padding of blocks and of 4-input steps."""
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(130, 126, generator=g) * torch.linspace(0.1, 2, 130)[:, None]
+    x = torch.randn(3, 7, 126, generator=g) * torch.tensor([1.0, 30.0, 0.01])[:, None, None]
+    x[1, 2] = 0  # an all-zero row: zeros out, not NaN
+    lin = NativeW8A16Linear(w)
+    q, scale = quantize_rows(w)
+    top = x.double().abs().amax(-1, keepdim=True).clamp(min=1e-30)
+    qx = torch.round(x.double() * 32767 / top)
+    expected = torch.nn.functional.linear(qx, q.double()) * (top / 32767) * scale.double()
+    got = lin(x)
+    assert got.shape == (3, 7, 130) and got.dtype == torch.float32 and bool((got[1, 2] == 0).all())
+    assert bool(((got - expected).abs() <= 1e-5 * expected.abs().amax(-1, keepdim=True)).all())
+    assert torch.allclose(lin.dequantized(), q.float() * scale[:, None], rtol=1e-5, atol=1e-7)
+    # Finer than the weight-only int8 it replaces (bf16 rows) for rows whose largest entry is up to ~100x their
+    # typical one (a LayerNorm's output with an outlier dimension: 20x here), against the same int8 weights in fp64.
+    rows = torch.randn(8, 126, generator=g)
+    rows[:, 0] = 20.0
+    exact = torch.nn.functional.linear(rows.double(), (q.float() * scale[:, None]).double())
+    err16 = (lin(rows).double() - exact).abs().max()
+    err_bf16 = (torch.nn.functional.linear(rows.bfloat16().double(), (q.float() * scale[:, None]).double()) - exact).abs().max()
+    assert err16 < err_bf16 / 2
+    # Negative control: the same rows rounded to 8 bits (w8a8's kernel) miss the 16-bit bound by far.
+    err8 = (NativeW8A8Linear(w)(rows).double() - exact).abs().max()
+    assert err8 > 10 * err16
+
+
+@needs_native
+def test_w8a16_sums_of_the_largest_values_do_not_overflow():
+    """Every product at its largest (32767 x 127) with one sign, over 4096 inputs: int32 lanes would wrap within
+    one 4-input step's 1,300 steps of sums; the kernel carries them on in fp32 in time."""
+    K = 4096
+    lin = NativeW8A16Linear(torch.full((64, K), 0.5))  # every weight 127 on a scale of 0.5 / 127
+    y = lin(torch.ones(2, K))
+    assert torch.allclose(y, torch.full((2, 64), 0.5 * K), rtol=1e-6)
+    y = lin(-torch.ones(1, K))
+    assert torch.allclose(y, torch.full((1, 64), -0.5 * K), rtol=1e-6)
+
+
+@needs_native
+def test_w8a16_row_does_not_depend_on_its_companions():
+    """A head's rows (guidance's pair, other streams) never change each other's results; a NaN row stays its own."""
+    g = torch.Generator().manual_seed(6)
+    lin = NativeW8A16Linear(torch.randn(200, 96, generator=g))
+    row = torch.randn(1, 96, generator=g)
+    alone = lin(row)
+    for companions in (torch.randn(3, 96, generator=g) * 50.0, torch.zeros(2, 96), torch.full((1, 96), float("inf"))):
+        out = lin(torch.cat([row, companions]))
+        assert torch.equal(out[:1], alone)
+    assert bool(out[1].isnan().all())
+
+
+def test_heads_fall_back_to_weight_only_int8_where_the_native_kernel_is_unavailable(monkeypatch):
+    monkeypatch.setattr(native, "supports", lambda kernel: False)
+    assert isinstance(int8_head(torch.randn(64, 64)), Int8Linear)
+
+
+@needs_native
 def test_native_kernel_builds_and_is_what_w8a8_runs_on(tiny):
     """On a CPU with AVX-512 VNNI the kernel must build and load (a broken build fails here, not silently slower)."""
     assert native.load() and native.supports("w8a8_linear"), native.why_not()
@@ -386,9 +447,9 @@ def test_a_native_build_that_fails_says_why(monkeypatch, tmp_path):
 
 
 @needs_w8a8
-def test_w8a8_model_holds_int8_linears_and_weight_only_heads(tiny):
+def test_w8a8_model_holds_int8_linears_and_int8_heads(tiny):
     lm = _lm(tiny, resolve_dtype("w8a8"))
-    assert isinstance(lm.heads, Int8Linear)
+    assert isinstance(lm.heads, type(int8_head(torch.zeros(64, 64))))
     assert len([m for m in lm.modules() if isinstance(m, W8A8Linear)]) == 7 * tiny[0].n_layers
     assert lm.dtype == torch.qint8 and lm.act_dtype == torch.float32
     assert not [m for m in lm.modules() if isinstance(m, torch.nn.Linear)]

@@ -17,7 +17,7 @@ from engine.generate import open_stream
 from engine.lm import attend
 from engine.steps import traced_step
 from engine.devices import CPU_AUTO, DTYPES, auto_dtype, dtype_name, resolve_dtype
-from engine.quantize import (Int4Linear, Int8Linear, PackedLinear, W8A8Linear, int4_supported, onednn_available, plan_precision,
+from engine.quantize import (Int4Linear, Int8Linear, NativeW8A16Linear, PackedLinear, W8A8Linear, int4_supported, onednn_available, plan_precision,
                              prepare_for_cpu, w8a8_supported)
 from engine.sampling import SamplingSettings
 from engine.tiny import tiny_config, tiny_reference_model
@@ -156,10 +156,11 @@ def test_every_dtype_loads_and_generates(tiny_mono, dtype):
     elif dtype == "int8":
         assert "Int8Linear" in kinds and "Linear" not in kinds
     elif dtype == "int4":
-        assert kinds & {"Int4Linear", "NativeInt4Linear"} and isinstance(model.lm.heads, Int8Linear) and "Linear" not in kinds
+        assert kinds & {"Int4Linear", "NativeInt4Linear"} and isinstance(model.lm.heads, (Int8Linear, NativeW8A16Linear))
+        assert "Linear" not in kinds
     elif dtype == "w8a8":
         assert any(isinstance(m, W8A8Linear) for m in model.lm.modules())
-        assert isinstance(model.lm.heads, Int8Linear) and "Linear" not in kinds
+        assert isinstance(model.lm.heads, (Int8Linear, NativeW8A16Linear)) and "Linear" not in kinds
     elif plan_precision(CPU, getattr(torch, dtype)).weights is not None:  # oneDNN here (and native bf16 for bf16)
         assert "PackedLinear" in kinds and "Linear" not in kinds
 

@@ -451,25 +451,6 @@ bool vnni() {
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
 }
 
-// x [d] fp32 (d a multiple of 16) as int16 (x = x16 * returned scale): round(32767 x / max|x|), ties to even; a row
-// with a NaN or infinity: scale NaN.
-__attribute__((target("avx512f,avx512bw"))) float quantize16(const float* x, int64_t d, int16_t* x16) {
-  __m512 top16 = _mm512_setzero_ps();
-  __mmask16 bad = 0;
-  for (int64_t c = 0; c < d; c += 16) {
-    const __m512 a = _mm512_abs_ps(_mm512_loadu_ps(x + c));
-    bad |= _mm512_cmp_ps_mask(a, _mm512_set1_ps(3.4028235e38f), _CMP_NLE_UQ);  // NaN or infinity
-    top16 = _mm512_max_ps(top16, a);
-  }
-  const float top = _mm512_reduce_max_ps(top16);
-  const float s = bad ? NAN : top / 32767.f;
-  const __m512 inv = _mm512_set1_ps(top > 0.f && !bad ? 32767.f / top : 0.f);
-  for (int64_t c = 0; c < d; c += 16)  // the default rounding (to nearest, ties to even), as std::nearbyint
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(x16 + c),
-                        _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + c), inv))));
-  return s;
-}
-
 // out[D] = the sum of the H rows of heads [H, D] (D a multiple of 16).
 __attribute__((target("avx512f"))) void sum_heads(const float* heads, int64_t H, int64_t D, float* out) {
   for (int64_t c = 0; c < D; c += 16) {
@@ -571,7 +552,7 @@ at::Tensor cross_attention_folded(const at::Tensor& x_, const at::Tensor& p, con
   std::vector<int16_t> x16(B * D);
   std::vector<float> sx(B, 0.f);
   for (int64_t b = 0; b < B; ++b)
-    if (lp[b]) sx[b] = quantize16(x.data_ptr<float>() + b * D, D, x16.data() + b * D);
+    if (lp[b]) sx[b] = musicgen_bridge::quantize_row16(x.data_ptr<float>() + b * D, D, D, x16.data() + b * D);
   const float* mp = mask.defined() ? mask.data_ptr<float>() : nullptr;
   const int8_t* pp = p.data_ptr<int8_t>();
   const int8_t* up = u.data_ptr<int8_t>();
@@ -643,6 +624,16 @@ at::Tensor kv_write(at::Tensor& cache, const at::Tensor& pos, const at::Tensor& 
   const int64_t bytes = cache.element_size();
   const float* src = kv.data_ptr<float>();
   const auto ks = kv.strides();
+  // A step's rows lie one per (key or value, row, head), each in lines (and a page) that the step has not touched:
+  // asked for all at once, their misses overlap, where the stores alone met them one after another.
+  if (2 * B * H * T <= 4096)
+    for (int64_t r = 0; r < 2 * B * H * T; ++r) {
+      const int64_t t = r % T, h = (r / T) % H, b = (r / (T * H)) % B, i = r / (T * H * B);
+      const int64_t at = p.dim() == 1 ? pp[t] : pp[b * T + t];
+      const char* row = base + (i * cache.stride(0) + b * cache.stride(1) + h * cache.stride(2) + at * cache.stride(3)) * bytes;
+      __builtin_prefetch(row, 1, 3);
+      __builtin_prefetch(row + cache.size(4) * bytes - 1, 1, 3);
+    }
   // Rows split across the threads only for a prefill's thousands (a step writes 4 B H rows, on this thread).
   at::parallel_for(0, 2 * B * H * T, 2048, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {

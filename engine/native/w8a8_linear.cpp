@@ -8,6 +8,10 @@
 // Layout: the weight is packed as [N/64][K/4][64][4] bytes (zero padded), so one k-step of a block is 256 contiguous
 // bytes: four zmm loads, 64 output columns x 4 input columns. Activations are rounded per row, round(127 x / max|x|),
 // and stored as uint8 with offset 128; sum((q + 128) w) - 128 sum(w) recovers the signed product exactly.
+//
+// w8a16_linear reads the same packed weights with the rows rounded to 16 bits (round(32767 x / max|x|)), in 16-bit
+// dot products (vpdpwssd): for the output heads, where the logits take the rounding undiluted. The weights are
+// widened to int16 on the way; that costs instructions, not bytes, and a head's step stays memory-bound.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -77,6 +81,64 @@ void block_rows(int64_t R, const int8_t* w, const uint8_t* q, int64_t Kp, float*
     case 3: return block_dot<3>(w, q, Kp, y, N, n0, colsum, wscale, rscale);
     default: return block_dot<4>(w, q, Kp, y, N, n0, colsum, wscale, rscale);
   }
+}
+
+// int8 weights x 16-bit activations (w8a16_linear): 16-bit products (vpdpwssd) sum two of a column's inputs per
+// int32 lane, so a k-step (4 inputs) puts each column in two lanes. int32 sums are carried on in fp32 every
+// kFlush16 k-steps: two lanes' sums then stay within int32 (4 x 128 x 32767 x 127 < 2^31).
+constexpr int64_t kFlush16 = 128;
+
+// R rows (R <= 2) against one block: acc[r][2j] and acc[r][2j + 1] hold columns 16j..16j+7 and 16j+8..16j+15 of row
+// r, each column's inputs 0-1 (even lanes) and 2-3 (odd lanes) apart; sum[r][j] their totals in column order.
+template <int R>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void block_dot16(const int8_t* w, const int16_t* q, int64_t Kp,
+                                                                        float* y, int64_t N, int64_t n0,
+                                                                        const float* wscale, const float* rscale) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  __m512 sum[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < 4; ++j) sum[r][j] = _mm512_setzero_ps();
+  const int64_t steps = Kp / 4;
+  for (int64_t k0 = 0; k0 < steps; k0 += kFlush16) {
+    __m512i acc[R][8];
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < 8; ++j) acc[r][j] = _mm512_setzero_si512();
+    for (int64_t k = k0; k < std::min(steps, k0 + kFlush16); ++k) {
+      const char* p = reinterpret_cast<const char*>(w + k * 256);
+      for (int j = 0; j < 4; ++j) _mm_prefetch(p + kPrefetch + 64 * j, _MM_HINT_T1);
+      __m512i xv[R];
+      for (int r = 0; r < R; ++r) {  // the row's 4 inputs of this step, as 2 pairs, in every 64-bit lane
+        int64_t four;
+        std::memcpy(&four, q + r * Kp + 4 * k, 8);
+        xv[r] = _mm512_set1_epi64(four);
+      }
+      for (int j = 0; j < 4; ++j) {
+        const __m512i wv = _mm512_loadu_si512(p + 64 * j);
+        const __m512i lo = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(wv));
+        const __m512i hi = _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(wv, 1));
+        for (int r = 0; r < R; ++r) {
+          acc[r][2 * j] = _mm512_dpwssd_epi32(acc[r][2 * j], lo, xv[r]);
+          acc[r][2 * j + 1] = _mm512_dpwssd_epi32(acc[r][2 * j + 1], hi, xv[r]);
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < 4; ++j) {
+        const __m512i a = acc[r][2 * j], b = acc[r][2 * j + 1];
+        const __m512i both = _mm512_add_epi32(_mm512_permutex2var_epi32(a, even, b), _mm512_permutex2var_epi32(a, odd, b));
+        sum[r][j] = _mm512_add_ps(sum[r][j], _mm512_cvtepi32_ps(both));
+      }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < 4; ++j) {
+      const int64_t n = n0 + 16 * j;
+      if (n >= N) break;
+      const __m512 v = _mm512_mul_ps(_mm512_mul_ps(sum[r][j], _mm512_loadu_ps(wscale + n)), _mm512_set1_ps(rscale[r]));
+      const int64_t left = N - n;
+      const __mmask16 mask = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
+      _mm512_mask_storeu_ps(y + r * N + n, mask, v);
+    }
 }
 
 // One block of the packed weight into its 64 columns of the [Kp, N] bf16 transpose yt (see w8a8_widen).
@@ -156,6 +218,41 @@ at::Tensor w8a8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
 }
 
 
+// x [..., K] fp32 times the packed weight's transpose, the rows in 16 bits: [..., N] fp32,
+// y = (round(32767 x / max|x|) . w) * max|x| / 32767 * wscale. For the output heads, where the logits take the
+// rounding undiluted: the rows far finer than w8a8_linear's 8 bits (and than bf16's), the weights read as fast.
+at::Tensor w8a16_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& wscale, int64_t N) {
+  TORCH_CHECK(vnni512(), "w8a16_linear needs a CPU with AVX-512 VNNI");
+  TORCH_CHECK(x.dim() >= 1 && x.scalar_type() == at::kFloat, "w8a16_linear takes fp32 [..., K] rows");
+  TORCH_CHECK(packed.dim() == 4 && packed.scalar_type() == at::kChar && packed.size(2) == kBlock && packed.size(3) == 4,
+              "w8a16_linear takes a weight packed by w8a8_pack");
+  const int64_t blocks = packed.size(0), Kp = packed.size(1) * 4, K = x.size(-1), M = K ? x.numel() / K : 0;
+  TORCH_CHECK((K + 3) / 4 * 4 == Kp, "w8a16_linear: rows of ", K, " values against a weight packed for ", Kp);
+  TORCH_CHECK(N > (blocks - 1) * kBlock && N <= blocks * kBlock, "w8a16_linear: ", N, " outputs from ", blocks, " blocks");
+  TORCH_CHECK(wscale.scalar_type() == at::kFloat && wscale.numel() == blocks * kBlock, "w8a16_linear: wscale (fp32) of ",
+              blocks * kBlock);
+  const at::Tensor rows = x.contiguous(), scales = wscale.contiguous();
+  std::vector<int16_t> q(M * Kp);
+  std::vector<float> rs(M);
+  const float* xp = rows.data_ptr<float>();
+  for (int64_t m = 0; m < M; ++m) rs[m] = musicgen_bridge::quantize_row16(xp + m * K, K, Kp, q.data() + m * Kp);
+  at::Tensor y = at::empty(musicgen_bridge::out_shape(x, N), at::kFloat);
+  const int8_t* w = packed.data_ptr<int8_t>();
+  const float* ws = scales.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const int64_t grain = std::max<int64_t>(1, kMinBytes / (Kp * kBlock));  // as w8a8_linear
+  at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t m = 0; m < M; m += 2) {
+        const int8_t* wb = w + b * Kp * kBlock;
+        if (M - m >= 2) block_dot16<2>(wb, q.data() + m * Kp, Kp, yp + m * N, N, b * kBlock, ws, rs.data() + m);
+        else block_dot16<1>(wb, q.data() + m * Kp, Kp, yp + m * N, N, b * kBlock, ws, rs.data() + m);
+      }
+  });
+  return y;
+}
+
+
 // The packed weight's transpose as bf16 [Kp, N] (q x wscale rounded to nearest even; Kp = K rounded up to 4, the
 // padding rows zero): for many rows at once (a prefill), where a bf16 matmul on the CPU's matrix units (AMX) beats
 // this kernel's dot products. The caller passes N padded to whole blocks and slices.
@@ -179,6 +276,7 @@ at::Tensor w8a8_widen(const at::Tensor& packed, const at::Tensor& wscale) {
 TORCH_LIBRARY(musicgen_bridge, m) {
   m.def("w8a8_pack(Tensor weight) -> Tensor");
   m.def("w8a8_widen(Tensor packed, Tensor wscale) -> Tensor");
+  m.def("w8a16_linear(Tensor x, Tensor packed, Tensor wscale, int n) -> Tensor");
   m.def("w8a8_linear(Tensor x, Tensor packed, Tensor colsum, Tensor wscale, int n, Tensor? norm_weight=None, "
         "Tensor? norm_bias=None, float eps=1e-5, bool gelu=False) -> Tensor");
 }
@@ -186,5 +284,6 @@ TORCH_LIBRARY(musicgen_bridge, m) {
 TORCH_LIBRARY_IMPL(musicgen_bridge, CPU, m) {
   m.impl("w8a8_pack", &w8a8_pack);
   m.impl("w8a8_widen", &w8a8_widen);
+  m.impl("w8a16_linear", &w8a16_linear);
   m.impl("w8a8_linear", &w8a8_linear);
 }
