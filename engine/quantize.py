@@ -235,8 +235,12 @@ class NativeLinear(nn.Module):
 
     packed: Tensor
 
-    def __init__(self) -> None:
+    def __init__(self, kernel: str) -> None:
         super().__init__()
+        from engine import native
+
+        if not native.supports(kernel):
+            raise RuntimeError(f"the native {kernel} kernel does not run here: {native.why_not() or 'this CPU lacks AVX-512 VNNI'}")
         self.register_buffer("norm_weight", None, persistent=False)  # set by absorb_norm
         self.register_buffer("norm_bias", None, persistent=False)
         self.eps = 1e-5
@@ -299,11 +303,7 @@ class NativeW8A8Linear(W8A8Linear, NativeLinear):
     kernel = "native"
 
     def __init__(self, weight: Tensor):
-        super().__init__()
-        from engine import native
-
-        if not native.supports("w8a8_linear"):
-            raise RuntimeError(f"the native w8a8 kernel does not run here: {native.why_not() or 'this CPU lacks AVX-512 VNNI'}")
+        super().__init__("w8a8_linear")
         self.out_features, self.in_features = weight.shape
         q, packed, wscale = pack_rows(weight)
         colsum = torch.zeros_like(wscale, dtype=torch.int32)
@@ -353,11 +353,7 @@ class NativeW8A16Linear(NativeLinear):
     the weights stream faster than `_weight_int8pack_mm` does (benchmarks/RESULTS.md)."""
 
     def __init__(self, weight: Tensor):
-        super().__init__()
-        from engine import native
-
-        if not native.supports("w8a16_linear"):
-            raise RuntimeError(f"the native w8a16 kernel does not run here: {native.why_not() or 'this CPU lacks AVX-512 VNNI'}")
+        super().__init__("w8a16_linear")
         self.out_features, self.in_features = weight.shape
         _, packed, wscale = pack_rows(weight)
         self.register_buffer("packed", packed, persistent=False)
@@ -545,11 +541,7 @@ class NativeInt4Linear(NativeLinear):
     kernel = "native"
 
     def __init__(self, weight: Tensor, group: int):
-        super().__init__()
-        from engine import native
-
-        if not native.supports("int4_linear"):
-            raise RuntimeError(f"the native int4 kernel does not run here: {native.why_not() or 'this CPU lacks AVX-512 VNNI'}")
+        super().__init__("int4_linear")
         if not native_int4_fits(weight, group):
             raise ValueError(f"a {tuple(weight.shape)} weight is not whole groups of {group} inputs with fp16 scales")
         self.out_features, self.in_features = weight.shape

@@ -85,20 +85,26 @@ def test_the_output_process_plays_every_sample_while_the_bridge_holds_its_lock(j
     try:
         take, recorded, held = _play_while_busy(jack_server, out, ports, tmp_path)
         assert out.report_error() is None
+        late = out.underruns
     finally:
         out.close()
     assert held > 0.5 * HOG_S
     assert _mismatch(take, recorded) < 1e-6  # float samples through JACK, recorded as 32-bit
+    assert late == 0  # no callback came late (PortAudio flags each one)
 
 
-def test_negative_control_the_same_output_in_this_process_glitches(jack_server, tmp_path):  # noqa: F811
+def test_negative_control_the_same_output_in_this_process_is_late(jack_server, tmp_path):  # noqa: F811
+    """It fails the test above: its callbacks come late while the lock is held, and PortAudio flags them; the
+    recording then shows stale or missing buffers, or (the dummy driver may hold the graph back for a late client
+    instead) plays intact but late."""
     out, ports = _open(jack_server, lambda: LiveOutput("system", SR, 1).open())
     try:
         take, recorded, held = _play_while_busy(jack_server, out, ports, tmp_path)
+        late = out.underruns
     finally:
         out.close()
     assert held > 0.5 * HOG_S
-    assert _mismatch(take, recorded) > 0.05  # a stretch of stale or missing buffers where the lock was held
+    assert late > 0 or _mismatch(take, recorded) > 0.05
 
 
 def test_a_dead_output_process_is_reported_once_and_pushes_are_dropped(jack_server):  # noqa: F811

@@ -175,18 +175,26 @@ at::Tensor w8a8_pack(const at::Tensor& weight) {
   return out;
 }
 
+// What both int8-weight ops check of their fp32 rows [..., K] and their packed weight for N outputs; returns the
+// packed inputs Kp.
+int64_t check_rows_and_weight(const char* op, const at::Tensor& x, const at::Tensor& packed, int64_t N) {
+  TORCH_CHECK(vnni512(), op, " needs a CPU with AVX-512 VNNI");
+  TORCH_CHECK(x.dim() >= 1 && x.scalar_type() == at::kFloat, op, " takes fp32 [..., K] rows");
+  TORCH_CHECK(packed.dim() == 4 && packed.scalar_type() == at::kChar && packed.size(2) == kBlock && packed.size(3) == 4,
+              op, " takes a weight packed by w8a8_pack");
+  const int64_t blocks = packed.size(0), Kp = packed.size(1) * 4, K = x.size(-1);
+  TORCH_CHECK((K + 3) / 4 * 4 == Kp, op, ": rows of ", K, " values against a weight packed for ", Kp);
+  TORCH_CHECK(N > (blocks - 1) * kBlock && N <= blocks * kBlock, op, ": ", N, " outputs from ", blocks, " blocks");
+  return Kp;
+}
+
 // x [..., K] fp32 times the packed weight's transpose: [..., N] fp32, y = (round(127 x / max|x|) . w) * max|x| / 127 * wscale.
 // With norm_weight and norm_bias, the rows are layer-normed first (eps); with gelu, GELU'd first.
 at::Tensor w8a8_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& colsum, const at::Tensor& wscale,
                        int64_t N, const c10::optional<at::Tensor>& norm_weight, const c10::optional<at::Tensor>& norm_bias,
                        double eps, bool gelu) {
-  TORCH_CHECK(vnni512(), "w8a8_linear needs a CPU with AVX-512 VNNI");
-  TORCH_CHECK(x.dim() >= 1 && x.scalar_type() == at::kFloat, "w8a8_linear takes fp32 [..., K] rows");
-  TORCH_CHECK(packed.dim() == 4 && packed.scalar_type() == at::kChar && packed.size(2) == kBlock && packed.size(3) == 4,
-              "w8a8_linear takes a weight packed by w8a8_pack");
-  const int64_t blocks = packed.size(0), Kp = packed.size(1) * 4, K = x.size(-1), M = K ? x.numel() / K : 0;
-  TORCH_CHECK((K + 3) / 4 * 4 == Kp, "w8a8_linear: rows of ", K, " values against a weight packed for ", Kp);
-  TORCH_CHECK(N > (blocks - 1) * kBlock && N <= blocks * kBlock, "w8a8_linear: ", N, " outputs from ", blocks, " blocks");
+  const int64_t Kp = check_rows_and_weight("w8a8_linear", x, packed, N), blocks = packed.size(0), K = x.size(-1);
+  const int64_t M = K ? x.numel() / K : 0;
   TORCH_CHECK(colsum.scalar_type() == at::kInt && colsum.numel() == blocks * kBlock && wscale.scalar_type() == at::kFloat &&
               wscale.numel() == blocks * kBlock, "w8a8_linear: colsum (int32) and wscale (fp32) of ", blocks * kBlock);
   at::Tensor nw, nb;
@@ -222,13 +230,8 @@ at::Tensor w8a8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
 // y = (round(32767 x / max|x|) . w) * max|x| / 32767 * wscale. For the output heads, where the logits take the
 // rounding undiluted: the rows far finer than w8a8_linear's 8 bits (and than bf16's), the weights read as fast.
 at::Tensor w8a16_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& wscale, int64_t N) {
-  TORCH_CHECK(vnni512(), "w8a16_linear needs a CPU with AVX-512 VNNI");
-  TORCH_CHECK(x.dim() >= 1 && x.scalar_type() == at::kFloat, "w8a16_linear takes fp32 [..., K] rows");
-  TORCH_CHECK(packed.dim() == 4 && packed.scalar_type() == at::kChar && packed.size(2) == kBlock && packed.size(3) == 4,
-              "w8a16_linear takes a weight packed by w8a8_pack");
-  const int64_t blocks = packed.size(0), Kp = packed.size(1) * 4, K = x.size(-1), M = K ? x.numel() / K : 0;
-  TORCH_CHECK((K + 3) / 4 * 4 == Kp, "w8a16_linear: rows of ", K, " values against a weight packed for ", Kp);
-  TORCH_CHECK(N > (blocks - 1) * kBlock && N <= blocks * kBlock, "w8a16_linear: ", N, " outputs from ", blocks, " blocks");
+  const int64_t Kp = check_rows_and_weight("w8a16_linear", x, packed, N), blocks = packed.size(0), K = x.size(-1);
+  const int64_t M = K ? x.numel() / K : 0;
   TORCH_CHECK(wscale.scalar_type() == at::kFloat && wscale.numel() == blocks * kBlock, "w8a16_linear: wscale (fp32) of ",
               blocks * kBlock);
   const at::Tensor rows = x.contiguous(), scales = wscale.contiguous();
