@@ -25,6 +25,7 @@ from tests.test_server_harness import jack_server  # noqa: F401  (fixture)
 SR = 32000
 TAKE_S = 1.5
 HOG_S = 0.25  # under JACK's client timeout (a client that misses it is dropped from the graph)
+MAX_LATE = 2  # late callbacks the output process may see in a take (see the first test)
 
 
 def _hog_lock(seconds: float) -> float:
@@ -90,7 +91,9 @@ def test_the_output_process_plays_every_sample_while_the_bridge_holds_its_lock(j
         out.close()
     assert held > 0.5 * HOG_S
     assert _mismatch(take, recorded) < 1e-6  # float samples through JACK, recorded as 32-bit
-    assert late == 0  # no callback came late (PortAudio flags each one)
+    # PortAudio flags each late callback. Beside two busy loops a full suite saw one, the recording still exact (the
+    # child itself can be descheduled once on a saturated host); the in-process control sees 12-16.
+    assert late <= MAX_LATE
 
 
 def test_negative_control_the_same_output_in_this_process_is_late(jack_server, tmp_path):  # noqa: F811
@@ -104,7 +107,7 @@ def test_negative_control_the_same_output_in_this_process_is_late(jack_server, t
     finally:
         out.close()
     assert held > 0.5 * HOG_S
-    assert late > 0 or _mismatch(take, recorded) > 0.05
+    assert late > MAX_LATE or _mismatch(take, recorded) > 0.05
 
 
 def test_a_dead_output_process_is_reported_once_and_pushes_are_dropped(jack_server):  # noqa: F811
