@@ -9,6 +9,7 @@ False, and the callers keep torch's own kernels.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -16,6 +17,7 @@ import platform
 import shutil
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -25,8 +27,8 @@ log = logging.getLogger(__name__)
 SOURCES = tuple(Path(__file__).with_name("native") / name for name in ("w8a8_linear.cpp", "int4_linear.cpp", "decode_attention.cpp"))
 # Each kernel's CPU check. torch's own checks, not ops of the library: `supports` may be asked while the decode step
 # is being traced, and the tracer refuses an op that returns a bool.
-KERNELS = {"w8a8_linear": torch.cpu._is_vnni_supported, "w8a16_linear": torch.cpu._is_vnni_supported,
-           "int4_linear": torch.cpu._is_vnni_supported,
+KERNELS = {"w8a8_linear": torch.cpu._is_vnni_supported, "w8a16_linear": torch.cpu._is_avx2_supported,
+           "int4_linear": torch.cpu._is_avx2_supported,
            "decode_attention_int8": torch.cpu._is_avx512_supported, "widen": torch.cpu._is_avx512_bf16_supported,
            "cross_attention_folded": torch.cpu._is_vnni_supported,
            "decode_attention": torch.cpu._is_avx512_bf16_supported}
@@ -60,10 +62,24 @@ def load() -> bool:
 
 def supports(kernel: str) -> bool:
     """`kernel` (one of `KERNELS`) runs here: the library is loaded and the CPU has the instructions it needs
-    (AVX-512 VNNI for the linears, AVX-512 for the int8 cache's attention, AVX512_BF16 for decode_attention)."""
+    (AVX-512 VNNI for the w8a8 linear, AVX2 for the w8a16 and int4 ones, AVX-512 for the int8 cache's attention,
+    AVX512_BF16 for decode_attention)."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}: one of {', '.join(KERNELS)}")
     return load() and bool(KERNELS[kernel]())
+
+
+@contextlib.contextmanager
+def avx2_only() -> Iterator[None]:
+    """Inside the block, the kernels that have an AVX2 path take it even on an AVX-512 CPU (tests compare the
+    two on one machine; nothing else should need this)."""
+    if not load():
+        raise RuntimeError(f"the native kernels are not loaded: {why_not()}")
+    torch.ops.musicgen_bridge.avx2_only(True)
+    try:
+        yield
+    finally:
+        torch.ops.musicgen_bridge.avx2_only(False)
 
 
 def why_not() -> str:
@@ -76,8 +92,8 @@ def _load() -> tuple[bool, str]:
         return False, f"the kernels are for x86-64 CPUs, this is {platform.machine()}"
     if not sys.platform.startswith("linux"):
         return False, f"the kernels are built on Linux only, this is {sys.platform}"
-    if not torch.cpu._is_vnni_supported():  # every CPU with AVX512_BF16 has it: nothing here would run
-        return False, "this CPU lacks AVX-512 VNNI"
+    if not torch.cpu._is_avx2_supported():  # every kernel needs it at least (w8a16_linear no more)
+        return False, "this CPU lacks AVX2"
     _find_ninja()
     from torch.utils import cpp_extension
 

@@ -7,14 +7,16 @@ them several times faster, and fewer bytes per weight stream faster still. Measu
 
 - `PackedLinear`: fp32 or bf16 weights in oneDNN's layout; the input is cast to the weight's dtype, products
   accumulate in fp32, the output comes in the weight's dtype.
-- `Int8Linear`: weight-only int8, one scale per output row (symmetric, w ~ scale[n] * q[n, :]); activations
-  enter the kernel in bf16, accumulate in fp32, and leave in bf16.
+- `NativeW8A16Linear`: int8 weights, one scale per output row (symmetric, w ~ scale[n] * q[n, :]), times the rows
+  rounded to 16 bits, on the project's kernel (AVX2 or AVX-512); fp32 out. The int8 format's linears and the output
+  heads of every integer format (`int8_linear(weight)` picks).
+- `Int8Linear`: the same weights on torch's weight-only `_weight_int8pack_mm`, where the native kernel cannot run;
+  activations enter the kernel in bf16, accumulate in fp32, and leave in bf16.
 - `W8A8Linear`: int8 weights (per-row scales) and int8 activations, quantized per row as they arrive (dynamic,
   symmetric), multiplied in integers (VNNI) by the project's kernel (`NativeW8A8Linear`, which also takes over the
   LayerNorms and the GELU in front of its linears, its weights in one buffer on 2 MB pages) or by fbgemm's int8
   linear; fp32 out. The w8a8 model keeps its output heads in int8 weights with 16-bit activations
-  (`NativeW8A16Linear`, else weight-only `Int8Linear`; `prepare_for_cpu`): the logits are where rounding is least
-  diluted.
+  (`int8_linear`; `prepare_for_cpu`): the logits are where rounding is least diluted.
 - `NativeInt4Linear`: int4 weights in groups of `INT4_GROUP` input columns (asymmetric: a scale and an offset per
   group, fp16) times int8 activations, on the project's kernel, with norms, GELU and 2 MB pages as w8a8's.
 - `Int4Linear`: weight-only int4 in the same groups on torch's `_weight_int4pack_mm_for_cpu`, bf16 activations in
@@ -82,7 +84,7 @@ def plan_precision(device: torch.device, dtype: torch.dtype) -> Precision:
     if device.type == "cpu" and onednn_available():
         if dtype == torch.float32:
             return Precision(torch.float32, "float32")
-        if dtype == torch.bfloat16 and bf16_supported():
+        if dtype == torch.bfloat16:  # without native bf16, PackedLinear holds the bf16-rounded weights in fp32
             return Precision(torch.float32, "bfloat16")
     return Precision(dtype, None)
 
@@ -138,6 +140,10 @@ class PackedLinear(nn.Module):
     def __init__(self, weight: Tensor, dtype: torch.dtype, batch_hint: int = 2):
         super().__init__()
         self.out_features, self.in_features = weight.shape
+        if dtype == torch.bfloat16 and not bf16_supported():
+            # oneDNN refuses bf16 weights on a CPU without native bf16 (emulated, they would run slower than fp32):
+            # the same bf16-rounded weights, held and multiplied in fp32
+            weight, dtype = weight.detach().to(torch.bfloat16).float(), torch.float32
         # The hint picks the blocking; any number of rows works afterwards (prefill included).
         packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype), batch_hint)
         self.register_buffer("weight", packed, persistent=False)
@@ -348,9 +354,10 @@ def unpack_rows(packed: Tensor, wscale: Tensor, n: int, k: int) -> Tensor:
 
 class NativeW8A16Linear(NativeLinear):
     """int8 weights (per-row scales) times 16-bit activations, each row rounded as round(32767 x / max|x|), on
-    `torch.ops.musicgen_bridge.w8a16_linear`; fp32 out. The output heads of the w8a8 and int4 models (`int8_head`):
-    the logits are where rounding is least diluted, and these rows are far finer than `Int8Linear`'s bf16 while
-    the weights stream faster than `_weight_int8pack_mm` does (benchmarks/RESULTS.md)."""
+    `torch.ops.musicgen_bridge.w8a16_linear`; fp32 out. Every linear of the int8 model and the output heads of the
+    w8a8 and int4 models (`int8_linear`): the rows are far finer than `Int8Linear`'s bf16 while the weights stream
+    2-3x faster than `_weight_int8pack_mm` does (benchmarks/RESULTS.md). The kernel runs on AVX2, so CPUs without
+    AVX-512 have it too. An absorbed norm or GELU runs as torch ops in front of the kernel."""
 
     def __init__(self, weight: Tensor):
         super().__init__("w8a16_linear")
@@ -363,6 +370,10 @@ class NativeW8A16Linear(NativeLinear):
         x = as_float(x)
         if goes_wide(x.numel() // x.shape[-1]):
             return self.wide_forward(x)
+        if self.norm_weight is not None:
+            x = F.layer_norm(x, (self.in_features,), self.norm_weight, self.norm_bias, self.eps)
+        if self.gelu:
+            x = F.gelu(x)
         return torch.ops.musicgen_bridge.w8a16_linear(x, self.packed, self.wscale, self.out_features)
 
     def widened(self) -> Tensor:
@@ -375,8 +386,8 @@ class NativeW8A16Linear(NativeLinear):
         return f"in={self.in_features}, out={self.out_features}, int8 weights, 16-bit activations (per row), native"
 
 
-def int8_head(weight: Tensor) -> nn.Module:
-    """The output heads' linear in int8 weights: `NativeW8A16Linear` where its kernel runs, else `Int8Linear`."""
+def int8_linear(weight: Tensor) -> nn.Module:
+    """A linear in int8 weights: `NativeW8A16Linear` where its kernel runs, else `Int8Linear`."""
     from engine import native
 
     return NativeW8A16Linear(weight) if native.supports("w8a16_linear") else Int8Linear(weight)
@@ -642,7 +653,7 @@ def int4_linear(weight: Tensor) -> nn.Module:
         return NativeInt4Linear(weight, INT4_GROUP)
     if torch_int4_supported() and int4_fits(weight, INT4_GROUP):
         return Int4Linear(weight, INT4_GROUP)
-    return Int8Linear(weight)
+    return int8_linear(weight)
 
 
 def _swap_linears(module: nn.Module, make) -> int:
@@ -659,7 +670,7 @@ def _swap_linears(module: nn.Module, make) -> int:
 @torch.no_grad()
 def prepare_for_cpu(lm: nn.Module, weights: str) -> nn.Module:
     """Swap the LM's linears for prepacked ones in `weights` format ("float32", "bfloat16", "int8", "w8a8" or
-    "int4"), in place. w8a8 and int4 keep the output heads in int8 weights (`int8_head`; and int4 any matrix the
+    "int4"), in place. w8a8 and int4 keep the output heads in int8 weights (`int8_linear`; and int4 any matrix the
     kernel's shape rules refuse in weight-only int8). On the native kernels (w8a8, int4) the norms and GELU move into the linears
     (`fuse_into_native_linears`); the integer weights go into one buffer on 2 MB pages (`gather_weights`).
 
@@ -670,12 +681,12 @@ def prepare_for_cpu(lm: nn.Module, weights: str) -> nn.Module:
     if weights in ("int4", "w8a8"):
         heads = getattr(lm, "heads", None)
         if isinstance(heads, nn.Linear):
-            lm.heads = int8_head(heads.weight)
+            lm.heads = int8_linear(heads.weight)
         n = _swap_linears(lm, int4_linear if weights == "int4" else w8a8_linear)
         log.debug("moved %d norms and GELUs into the native linears", fuse_into_native_linears(lm))
         gather_weights(lm)
     elif weights == "int8":
-        n = _swap_linears(lm, Int8Linear)
+        n = _swap_linears(lm, int8_linear)
         gather_weights(lm)
     elif not onednn_available():
         log.info("oneDNN prepacking is unavailable in this torch build: plain linears")

@@ -34,14 +34,18 @@ def test_step_bytes_counts_the_weights_a_step_reads_and_the_filled_cache(tiny_mo
     lm.set_condition(torch.zeros(2, 5, lm.cfg.dim))
     cfg = lm.cfg
     # Per layer wqkv, wo, cross wq, cross wo, fc1, fc2 (cross wkv runs once per generation), one byte per weight;
-    # per output row int8 has a bf16 scale, w8a8 on fbgemm its scale, zero point and column offset (12 bytes),
+    # per output row int8 has a bf16 scale (an fp32 one on the native kernel, its rows padded as w8a8's), w8a8 on fbgemm its scale, zero point and column offset (12 bytes),
     # w8a8 on the native kernel a scale and a column sum (8 bytes) over rows and columns padded to its blocks
     # (64 rows, 4 columns), plus the norms moved into them. The heads (int8 weights; a scale per row); K and V at 10
     # positions (bf16 where the model gets a bf16 cache, fp32 elsewhere); the cross keys and values (in the cache's dtype).
     D, F, L = cfg.dim, cfg.ffn_dim, cfg.n_layers
     kernel = {getattr(m, "kernel", None) for m in lm.modules()} - {None}
 
+    w16 = native.supports("w8a16_linear")  # int8's linears and the integer formats' heads on the native kernel
+
     def matrix(n: int, k: int) -> int:
+        if dtype == "int8" and w16:  # 64-row blocks of 4-column steps, an fp32 scale per row
+            return -(-n // 64) * 64 * (-(-k // 4) * 4 + 4)
         if dtype == "int8":
             return n * k + 2 * n
         if kernel == {"fbgemm"}:
@@ -54,7 +58,7 @@ def test_step_bytes_counts_the_weights_a_step_reads_and_the_filled_cache(tiny_mo
     if kernel == {"native"}:  # the three LayerNorms moved into wqkv, cross wq and fc1: weight and bias, fp32
         per_layer += 3 * 2 * D * 4
     heads = cfg.n_codebooks * cfg.card
-    if dtype == "w8a8" and native.supports("w8a16_linear"):  # the native head kernel: blocks as above, a scale per row
+    if w16:  # the native head kernel: blocks as above, a scale per row
         heads = -(-heads // 64) * 64 * (-(-D // 4) * 4 + 4)
     else:  # weight-only int8, a bf16 scale per row
         heads *= D + 2

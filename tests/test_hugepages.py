@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import hugepages
+from engine import hugepages, native
 from engine.hugepages import HUGE, huge_empty, huge_zeros
 
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
@@ -46,14 +46,17 @@ def test_the_kernel_backs_them_with_huge_pages(monkeypatch):
     del kept
 
 
-@pytest.mark.skipif(not torch.cpu._is_vnni_supported(), reason="the native w8a8 kernel needs AVX-512 VNNI")
-def test_a_w8a8_models_weights_and_heads_share_one_buffer_and_its_cache_is_on_huge_pages():
+@pytest.mark.parametrize("weights", [
+    pytest.param("w8a8", marks=pytest.mark.skipif(not native.supports("w8a8_linear"), reason="the native w8a8 kernel needs AVX-512 VNNI")),
+    pytest.param("int8", marks=pytest.mark.skipif(not native.supports("w8a16_linear"), reason="the native w8a16 kernel needs AVX2"))])
+def test_an_integer_models_weights_and_heads_share_one_buffer_and_its_cache_is_on_huge_pages(weights):
     from engine.lm import LMConfig, MusicGenLM
-    from engine.quantize import NativeW8A8Linear, NativeW8A16Linear, prepare_for_cpu
+    from engine.quantize import NativeLinear, NativeW8A16Linear, prepare_for_cpu
 
     lm = MusicGenLM(LMConfig(dim=256, n_heads=4, n_layers=2, ffn_dim=1024, n_codebooks=4, card=64)).eval()
-    prepare_for_cpu(lm, "w8a8")
-    packed = [m.packed for m in lm.modules() if isinstance(m, NativeW8A8Linear)] + [lm.heads.packed]  # heads last
+    prepare_for_cpu(lm, weights)
+    packed = [m.packed for m in lm.modules() if isinstance(m, NativeLinear)]  # in the modules' order: heads last
+    assert len(packed) == 7 * 2 + 1 and packed[-1] is lm.heads.packed
     assert isinstance(lm.heads, NativeW8A16Linear) and len({p.untyped_storage().data_ptr() for p in packed}) == 1
     # the views tile the buffer in the order the modules come, without gaps
     offsets = [p.storage_offset() for p in packed]

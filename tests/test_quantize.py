@@ -24,7 +24,7 @@ from engine.assemble import build_lm, lm_config, lm_state_from_hf
 from engine.devices import resolve_dtype
 from engine import native
 from engine.quantize import (INT4_GROUP, FbgemmW8A8Linear, Int4Linear, Int8Linear, NativeInt4Linear, NativeW8A8Linear,
-                             NativeW8A16Linear, int8_head,
+                             NativeW8A16Linear, int8_linear,
                              PackedLinear, W8A8Linear, bf16_supported, int4_linear, int4_supported, logit_agreement,
                              pack_int4, quantize_groups, quantize_groups_fp16, quantize_rows, torch_int4_supported,
                              unpack_int4, w8a8_linear, w8a8_supported)
@@ -39,10 +39,23 @@ BOUNDS = {  # mean cosine >=, mean KL <= (nats), top-1 agreement >=
 needs_int4 = pytest.mark.skipif(not int4_supported(), reason="no int4 kernel runs here")
 needs_torch_int4 = pytest.mark.skipif(not torch_int4_supported(), reason="this torch build has no CPU int4 kernel")
 needs_w8a8 = pytest.mark.skipif(not w8a8_supported(), reason="no fbgemm int8 linear or no VNNI on this CPU")
-needs_native = pytest.mark.skipif(not torch.cpu._is_vnni_supported(), reason="the native kernel needs AVX-512 VNNI")
+needs_native = pytest.mark.skipif(not native.supports("w8a8_linear"), reason="the native w8a8 kernel needs AVX-512 VNNI")
+needs_native_int4 = pytest.mark.skipif(not native.supports("int4_linear"), reason="the native int4 kernel needs AVX2")
+needs_native_w8a16 = pytest.mark.skipif(not native.supports("w8a16_linear"), reason="the native w8a16 kernel needs AVX2")
+needs_avx512 = pytest.mark.skipif(not native.supports("w8a8_linear"), reason="no AVX-512 path to compare with on this CPU")
 W8A8_KERNELS = [pytest.param(NativeW8A8Linear, marks=needs_native, id="native"),
                 pytest.param(FbgemmW8A8Linear, marks=needs_w8a8, id="fbgemm")]
 CPU = torch.device("cpu")
+
+
+@pytest.fixture(params=["widest", "avx2"])
+def isa(request):
+    """The int4 and w8a16 kernels' two paths: the widest this CPU runs (AVX-512 where it has it) and AVX2."""
+    if request.param == "avx2":
+        with native.avx2_only():
+            yield request.param
+    else:
+        yield request.param
 
 
 @pytest.fixture(scope="module")
@@ -94,13 +107,14 @@ def test_the_int8_bound_catches_a_coarser_quantizer(tiny):
 
 def test_int8_holds_int8_weights_and_a_quarter_of_the_bytes(tiny):
     fp32, int8 = _lm(tiny, torch.float32), _lm(tiny, torch.int8)
-    linears = [m for m in int8.modules() if isinstance(m, Int8Linear)]
+    kind = type(int8_linear(torch.zeros(64, 64)))  # the native kernel where it runs (AVX2 up), else torch's
+    linears = [m for m in int8.modules() if isinstance(m, kind)]
     assert len(linears) == 7 * tiny[0].n_layers + 1  # per layer: wqkv, wo, cross wq/wkv/wo, fc1, fc2; the heads
-    assert all(m.weight.dtype == torch.int8 for m in linears)
+    assert all((m.packed if kind is NativeW8A16Linear else m.weight).dtype == torch.int8 for m in linears)
 
     def linear_bytes(lm):
-        return sum(b.numel() * b.element_size() for m in lm.modules() if isinstance(m, (Int8Linear, PackedLinear))
-                   for b in m.buffers())
+        return sum(b.numel() * b.element_size() for m in lm.modules()
+                   if isinstance(m, (Int8Linear, NativeW8A16Linear, PackedLinear)) for b in m.buffers())
 
     assert linear_bytes(int8) < 0.27 * linear_bytes(fp32)
     assert int8.dtype == torch.int8 and int8.act_dtype == torch.float32
@@ -108,13 +122,18 @@ def test_int8_holds_int8_weights_and_a_quarter_of_the_bytes(tiny):
 
 def test_bf16_weights_are_bf16_and_activations_fp32(tiny):
     lm = _lm(tiny, torch.bfloat16)
-    assert lm.dtype == torch.bfloat16
-    if bf16_supported():  # the CPU fast path: bf16 weights prepacked, fp32 residual stream and KV cache
-        packed = [m for m in lm.modules() if isinstance(m, PackedLinear)]
-        assert packed and all(m.weight.dtype == torch.bfloat16 for m in packed)
-        assert lm.act_dtype == torch.float32
-    else:  # no native bf16 matmul here: plain bf16 throughout
-        assert lm.act_dtype == torch.bfloat16
+    assert lm.dtype == torch.bfloat16 and lm.act_dtype == torch.float32  # fp32 residual stream and KV cache
+    packed = [m for m in lm.modules() if isinstance(m, PackedLinear)]
+    assert len(packed) == 7 * tiny[0].n_layers + 1
+    if bf16_supported():  # the CPU fast path: bf16 weights prepacked
+        assert all(m.weight.dtype == torch.bfloat16 for m in packed)
+    else:  # no native bf16 matmul here (oneDNN refuses bf16 weights): the bf16-rounded weights in fp32
+        w = torch.randn(96, 64)
+        got = PackedLinear(w, torch.bfloat16)
+        assert got.weight.dtype == torch.float32
+        assert torch.allclose(got(torch.eye(64)).t(), w.bfloat16().float(), atol=1e-6)
+        # Negative control: the unrounded weights are further from it than that
+        assert not torch.allclose(got(torch.eye(64)).t(), w, atol=1e-6)
 
 
 def test_quantize_rows_round_trips_within_half_a_step():
@@ -177,7 +196,7 @@ def test_int4_linear_equals_a_dequantized_reference_matmul():
 @needs_int4
 def test_int4_model_holds_int4_weights_and_int8_heads(tiny):
     fp32, int4 = _lm(tiny, torch.float32), _lm(tiny, torch.int4)
-    assert isinstance(int4.heads, type(int8_head(torch.zeros(64, 64))))
+    assert isinstance(int4.heads, type(int8_linear(torch.zeros(64, 64))))
     kind = NativeInt4Linear if native.supports("int4_linear") else Int4Linear
     int4s = [m for m in int4.modules() if isinstance(m, kind)]
     assert len(int4s) == 7 * tiny[0].n_layers  # per layer: wqkv, wo, cross wq/wkv/wo, fc1, fc2
@@ -199,7 +218,7 @@ def _int4_reference(lin: NativeInt4Linear, x: torch.Tensor) -> torch.Tensor:
     return (qx @ lin.dequantized().double().t() * (top.double() / 127)).float()
 
 
-@needs_native
+@needs_native_int4
 def test_native_int4_packs_and_unpacks_its_codes_and_scales():
     w = torch.randn(130, 96) * torch.linspace(0.1, 2, 130)[:, None]  # 130: not whole 64-column blocks
     q, scale, lo = quantize_groups_fp16(w, 32)
@@ -210,8 +229,8 @@ def test_native_int4_packs_and_unpacks_its_codes_and_scales():
     assert (deq - w).abs().max() <= scale.max() / 2 * 1.01  # within half a step (plus the fp16 rounding)
 
 
-@needs_native
-def test_native_int4_linear_equals_an_integer_reference_matmul():
+@needs_native_int4
+def test_native_int4_linear_equals_an_integer_reference_matmul(isa):
     g = torch.Generator().manual_seed(7)
     w = torch.randn(130, 160, generator=g) * torch.linspace(0.1, 2, 130)[:, None]
     x = torch.randn(2, 5, 160, generator=g) * torch.tensor([1.0, 30.0])[:, None, None]  # rows of different ranges
@@ -229,8 +248,8 @@ def test_native_int4_linear_equals_an_integer_reference_matmul():
     assert bool(((broken(x) - expected).abs() > 100 * tol).any())
 
 
-@needs_native
-def test_native_int4_row_does_not_depend_on_its_companions():
+@needs_native_int4
+def test_native_int4_row_does_not_depend_on_its_companions(isa):
     g = torch.Generator().manual_seed(4)
     lin = NativeInt4Linear(torch.randn(64, 96, generator=g) * 0.05, 32)
     row = torch.randn(1, 96, generator=g)
@@ -241,9 +260,8 @@ def test_native_int4_row_does_not_depend_on_its_companions():
     assert bool(out[1:].isnan().all())
 
 
-@needs_native
-@pytest.mark.parametrize("kind", ["w8a8", "int4"])
-def test_native_linears_take_rows_of_any_leading_shape(kind):
+@pytest.mark.parametrize("kind", [pytest.param("w8a8", marks=needs_native), pytest.param("int4", marks=needs_native_int4)])
+def test_native_linears_take_rows_of_any_leading_shape(kind, isa):
     """The ops take [..., K] (a step's [B, 1, D] without reshapes around them): the same rows give the same
     outputs, bit for bit, whatever the shape they arrive in."""
     g = torch.Generator().manual_seed(6)
@@ -258,9 +276,8 @@ def test_native_linears_take_rows_of_any_leading_shape(kind):
         assert lin(x.double()).dtype == torch.float32
 
 
-@needs_native
-@pytest.mark.parametrize("kind", ["w8a8", "int4"])
-def test_native_linears_apply_a_layer_norm_and_gelu_as_the_separate_ops_would(kind):
+@pytest.mark.parametrize("kind", [pytest.param("w8a8", marks=needs_native), pytest.param("int4", marks=needs_native_int4)])
+def test_native_linears_apply_a_layer_norm_and_gelu_as_the_separate_ops_would(kind, isa):
     g = torch.Generator().manual_seed(5)
     w = torch.randn(96, 224, generator=g) * 0.05
     x = torch.randn(5, 224, generator=g) * 3 + 1
@@ -284,8 +301,8 @@ def test_native_linears_apply_a_layer_norm_and_gelu_as_the_separate_ops_would(ki
         plain.absorb_norm(torch.nn.LayerNorm(100))
 
 
-@needs_native
-def test_int4_model_runs_on_the_native_kernel_with_its_norms_and_gelu_inside(tiny, monkeypatch):
+@needs_native_int4
+def test_int4_model_runs_on_the_native_kernel_with_its_norms_and_gelu_inside(tiny, monkeypatch, isa):
     assert native.supports("int4_linear"), native.why_not()
     lm = _lm(tiny, torch.int4)
     assert all(isinstance(getattr(block, name), torch.nn.Identity) for block in lm.layers
@@ -361,8 +378,8 @@ def test_w8a8_row_does_not_depend_on_its_companions(kernel):
     assert not torch.equal(dynamic(row / top, packed, False), together)
 
 
-@needs_native
-def test_w8a16_head_equals_an_integer_reference_and_is_finer_than_bf16_activations():
+@needs_native_w8a16
+def test_w8a16_head_equals_an_integer_reference_and_is_finer_than_bf16_activations(isa):
     """The output heads' kernel: each row rounded to 16 bits on its own scale, times the int8 weights, in exact
     integer sums (carried on in fp32); across the padding of blocks and of 4-input steps."""
     g = torch.Generator().manual_seed(5)
@@ -386,13 +403,15 @@ def test_w8a16_head_equals_an_integer_reference_and_is_finer_than_bf16_activatio
     err16 = (lin(rows).double() - exact).abs().max()
     err_bf16 = (torch.nn.functional.linear(rows.bfloat16().double(), (q.float() * scale[:, None]).double()) - exact).abs().max()
     assert err16 < err_bf16 / 2
-    # Negative control: the same rows rounded to 8 bits (w8a8's kernel) miss the 16-bit bound by far.
-    err8 = (NativeW8A8Linear(w)(rows).double() - exact).abs().max()
+    # Negative control: the same rows rounded to 8 bits (as w8a8's kernel rounds them) miss by far.
+    top8 = rows.double().abs().amax(-1, keepdim=True)
+    rows8 = torch.round(rows.double() * 127 / top8) * top8 / 127
+    err8 = (torch.nn.functional.linear(rows8, (q.float() * scale[:, None]).double()) - exact).abs().max()
     assert err8 > 10 * err16
 
 
-@needs_native
-def test_w8a16_sums_of_the_largest_values_do_not_overflow():
+@needs_native_w8a16
+def test_w8a16_sums_of_the_largest_values_do_not_overflow(isa):
     """Every product at its largest (32767 x 127) with one sign, over 4096 inputs: int32 lanes would wrap within
     one 4-input step's 1,300 steps of sums; the kernel carries them on in fp32 in time."""
     K = 4096
@@ -403,8 +422,8 @@ def test_w8a16_sums_of_the_largest_values_do_not_overflow():
     assert torch.allclose(y, torch.full((1, 64), -0.5 * K), rtol=1e-6)
 
 
-@needs_native
-def test_w8a16_row_does_not_depend_on_its_companions():
+@needs_native_w8a16
+def test_w8a16_row_does_not_depend_on_its_companions(isa):
     """A head's rows (guidance's pair, other streams) never change each other's results; a NaN row stays its own."""
     g = torch.Generator().manual_seed(6)
     lin = NativeW8A16Linear(torch.randn(200, 96, generator=g))
@@ -416,9 +435,22 @@ def test_w8a16_row_does_not_depend_on_its_companions():
     assert bool(out[1].isnan().all())
 
 
+@needs_avx512
+def test_the_avx2_paths_give_what_the_avx512_paths_give():
+    """On an AVX-512 CPU, the int4 and w8a16 kernels' AVX2 paths (what CPUs without AVX-512 run; the tests above
+    run both) sum the same integers and scale them in the same order: the same outputs, bit for bit."""
+    g = torch.Generator().manual_seed(9)
+    w = torch.randn(200, 256, generator=g)
+    x = torch.randn(5, 256, generator=g) * 3
+    for lin in (NativeInt4Linear(w, 32), NativeW8A16Linear(w)):
+        wide = lin(x)
+        with native.avx2_only():
+            assert torch.equal(lin(x), wide)
+
+
 def test_heads_fall_back_to_weight_only_int8_where_the_native_kernel_is_unavailable(monkeypatch):
     monkeypatch.setattr(native, "supports", lambda kernel: False)
-    assert isinstance(int8_head(torch.randn(64, 64)), Int8Linear)
+    assert isinstance(int8_linear(torch.randn(64, 64)), Int8Linear)
 
 
 @needs_native
@@ -439,8 +471,8 @@ def test_a_native_build_that_fails_says_why(monkeypatch, tmp_path):
     broken.write_text("this is not C++\n")
     monkeypatch.setattr(native, "SOURCES", (broken,))
     monkeypatch.setattr(native, "CACHE", tmp_path / "cache")
-    if not torch.cpu._is_vnni_supported():  # it gives up before building: the reason says so
-        assert native._load() == (False, "this CPU lacks AVX-512 VNNI")
+    if not torch.cpu._is_avx2_supported():  # it gives up before building: the reason says so
+        assert native._load() == (False, "this CPU lacks AVX2")
         return
     ok, why = native._load()
     assert not ok and why.startswith(f"building {native.build_dir()} failed")
@@ -449,19 +481,22 @@ def test_a_native_build_that_fails_says_why(monkeypatch, tmp_path):
 @needs_w8a8
 def test_w8a8_model_holds_int8_linears_and_int8_heads(tiny):
     lm = _lm(tiny, resolve_dtype("w8a8"))
-    assert isinstance(lm.heads, type(int8_head(torch.zeros(64, 64))))
+    assert isinstance(lm.heads, type(int8_linear(torch.zeros(64, 64))))
     assert len([m for m in lm.modules() if isinstance(m, W8A8Linear)]) == 7 * tiny[0].n_layers
     assert lm.dtype == torch.qint8 and lm.act_dtype == torch.float32
     assert not [m for m in lm.modules() if isinstance(m, torch.nn.Linear)]
 
 
-@needs_native
-def test_native_gelu_follows_torchs_erf_gelu():
-    # GELU of the kernel's own, against torch's erf GELU, through an identity weight wide enough to read it back.
-    eye = NativeW8A8Linear(torch.eye(64))
+@needs_native_int4
+def test_native_gelu_follows_torchs_erf_gelu(isa):
+    # GELU of the kernel's own, against torch's erf GELU, through an identity weight wide enough to read it back
+    # (int4 codes of 0 and 15 on a scale of ~1/15: the identity within 3e-4).
+    eye = NativeInt4Linear(torch.eye(64), 32)
     eye.absorb_gelu()
     z = torch.linspace(-6, 6, 64)[None]
     assert torch.allclose(eye(z), torch.nn.functional.gelu(z), atol=2 * 6 / 127)
+    # Negative control: without the GELU the same rows miss.
+    assert not torch.allclose(NativeInt4Linear(torch.eye(64), 32)(z), torch.nn.functional.gelu(z), atol=2 * 6 / 127)
 
 
 @needs_native

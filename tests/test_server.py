@@ -10,12 +10,15 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from bridge import protocol
-from engine.devices import CPU_AUTO
 from bridge.presets import load_preset, render_prompt
+from engine.devices import auto_dtype, dtype_name
 from tests.test_server_harness import Bridge, Listener, free_udp_port
+
+AUTO = dtype_name(auto_dtype(torch.device("cpu"))[0])  # what --dtype auto picks on this CPU
 
 SR = 32000
 
@@ -56,9 +59,9 @@ def test_ping_answers_at_once_and_status_goes_ready(bridge):
     state, model, steps, queued, realtime, dtype, underruns = \
         bridge.listener.wait("/status", lambda a: a[0] == "ready" and a[1])[1]
     assert model == "random-tiny" and queued == 0 and steps >= 0 and realtime >= 0 and underruns == 0
-    assert dtype == CPU_AUTO  # serve's default is --dtype auto, and /status names what it chose
+    assert dtype == AUTO  # serve's default is --dtype auto, and /status names what it chose
     log = bridge.log()
-    assert f"--dtype auto: {CPU_AUTO} (CPU:" in log  # the startup log says what auto picked and why
+    assert f"--dtype auto: {AUTO} (CPU:" in log  # the startup log says what auto picked and why
     # the one-time costs (the traced CPU step) were paid before it said ready
     assert "warmed up in" in log and log.index("warmed up in") < log.index("ready after")
 

@@ -91,8 +91,76 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void block_dot(const uint
     }
 }
 
-void block_rows(int64_t R, const uint8_t* w, const int8_t* a, int64_t Kp, int64_t G, const int32_t* asum,
+// block_dot with AVX2 alone (CPUs without AVX-512): the same sums, so the same outputs. Unsigned nibbles times
+// signed activations in byte pairs (vpmaddubsw): a pair is at most 2 x 15 x 127, so 8 k-steps of them stay within
+// int16 and nothing saturates (full-range uint8 weights would); then int16 pairs to int32 (vpmaddwd by ones).
+// Each 32-byte load holds 8 columns' 4 inputs in its low nibbles and 8 more in its high ones. Two rows' 64 columns
+// take all 16 registers, and the compiler keeps some in L1, as in block_dot16_avx2.
+template <int R>
+__attribute__((target("avx2,fma,f16c"))) void block_dot_avx2(const uint8_t* w, const int8_t* a, int64_t Kp, int64_t G,
+                                                        const int32_t* asum, int64_t groups, float* y, int64_t N,
+                                                        int64_t n0, const float* rscale) {
+  constexpr int64_t kChunk = 8;  // k-steps whose pair sums int16 holds
+  const int64_t steps = G / 4, group_bytes = steps * kStepBytes + kScaleBytes;
+  const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  alignas(32) float f[R][kBlock] = {};
+  for (int64_t g = 0; g < groups; ++g) {
+    const uint8_t* p = w + g * group_bytes;
+    alignas(32) int32_t acc[R][kBlock] = {};
+    for (int64_t t0 = 0; t0 < steps; t0 += kChunk) {
+      __m256i part[R][8];  // part[r][c]: columns 8c..8c+7, each in two int16 lanes
+      for (int r = 0; r < R; ++r)
+        for (int c = 0; c < 8; ++c) part[r][c] = _mm256_setzero_si256();
+      for (int64_t t = t0; t < std::min(steps, t0 + kChunk); ++t) {
+        const uint8_t* s = p + t * kStepBytes;
+        _mm_prefetch(reinterpret_cast<const char*>(s) + kPrefetch, _MM_HINT_T1);
+        _mm_prefetch(reinterpret_cast<const char*>(s) + kPrefetch + 64, _MM_HINT_T1);
+        __m256i xv[R];
+        for (int r = 0; r < R; ++r) {
+          int32_t four;
+          std::memcpy(&four, a + r * Kp + g * G + 4 * t, 4);
+          xv[r] = _mm256_set1_epi32(four);
+        }
+        for (int i = 0; i < 4; ++i) {  // bytes 32i..: low nibbles columns 8c.., high nibbles 8(c + 2)..
+          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + 32 * i));
+          const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+          const int c = (i / 2) * 4 + i % 2;
+          for (int r = 0; r < R; ++r) {
+            part[r][c] = _mm256_add_epi16(part[r][c], _mm256_maddubs_epi16(lo, xv[r]));
+            part[r][c + 2] = _mm256_add_epi16(part[r][c + 2], _mm256_maddubs_epi16(hi, xv[r]));
+          }
+        }
+      }
+      for (int r = 0; r < R; ++r)
+        for (int c = 0; c < 8; ++c) {
+          __m256i* sum = reinterpret_cast<__m256i*>(acc[r] + 8 * c);
+          _mm256_store_si256(sum, _mm256_add_epi32(_mm256_load_si256(sum), _mm256_madd_epi16(part[r][c], ones)));
+        }
+    }
+    const uint8_t* sc = p + steps * kStepBytes;
+    for (int c = 0; c < 8; ++c) {
+      const __m256 scale = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + 16 * c)));
+      const __m256 offset = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + 128 + 16 * c)));
+      for (int r = 0; r < R; ++r) {
+        const __m256 q = _mm256_cvtepi32_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(acc[r] + 8 * c)));
+        const __m256 sum = _mm256_set1_ps(static_cast<float>(asum[r * groups + g]));
+        _mm256_store_ps(f[r] + 8 * c, _mm256_fmadd_ps(offset, sum, _mm256_fmadd_ps(q, scale, _mm256_load_ps(f[r] + 8 * c))));
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int64_t c = 0; c < kBlock && n0 + c < N; ++c) y[r * N + n0 + c] = f[r][c] * rscale[r];
+}
+
+void block_rows(bool wide, int64_t R, const uint8_t* w, const int8_t* a, int64_t Kp, int64_t G, const int32_t* asum,
                 int64_t groups, float* y, int64_t N, int64_t n0, const float* rscale) {
+  if (!wide) {  // AVX2: two rows at a time (the registers hold no more)
+    for (int64_t r = 0; r < R; r += 2) {
+      if (R - r >= 2) block_dot_avx2<2>(w, a + r * Kp, Kp, G, asum + r * groups, groups, y + r * N, N, n0, rscale + r);
+      else block_dot_avx2<1>(w, a + r * Kp, Kp, G, asum + r * groups, groups, y + r * N, N, n0, rscale + r);
+    }
+    return;
+  }
   switch (R) {
     case 1: return block_dot<1>(w, a, Kp, G, asum, groups, y, N, n0, rscale);
     case 2: return block_dot<2>(w, a, Kp, G, asum, groups, y, N, n0, rscale);
@@ -118,6 +186,28 @@ __attribute__((target("avx512f,avx512bw"))) void group_sums(const int8_t* a, int
       acc = _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_cvtepi8_epi16(_mm256_loadu_si256(
                                                         reinterpret_cast<const __m256i*>(a + k))), ones));
     out[g] = _mm512_reduce_add_epi32(acc);
+  }
+}
+
+// group_sums with AVX2 alone.
+__attribute__((target("avx2,fma"))) void group_sums_avx2(const int8_t* a, int64_t groups, int64_t G, int32_t* out) {
+  if (G % 16 != 0) {
+    for (int64_t g = 0; g < groups; ++g) {
+      int32_t s = 0;
+      for (int64_t k = g * G; k < (g + 1) * G; ++k) s += a[k];
+      out[g] = s;
+    }
+    return;
+  }
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256i acc = _mm256_setzero_si256();
+    for (int64_t k = g * G; k < (g + 1) * G; k += 16)
+      acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128(
+                                                        reinterpret_cast<const __m128i*>(a + k))), ones));
+    alignas(32) int32_t l[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(l), acc);
+    out[g] = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
   }
 }
 
@@ -153,7 +243,8 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void widen_group(const ui
 at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, int64_t N, int64_t group,
                        const c10::optional<at::Tensor>& norm_weight, const c10::optional<at::Tensor>& norm_bias,
                        double eps, bool gelu) {
-  TORCH_CHECK(vnni512(), "int4_linear needs a CPU with AVX-512 VNNI");
+  const bool wide = musicgen_bridge::use_vnni512();
+  TORCH_CHECK(wide || musicgen_bridge::avx2(), "int4_linear needs a CPU with AVX2, FMA and F16C");
   TORCH_CHECK(x.dim() >= 1 && x.scalar_type() == at::kFloat, "int4_linear takes fp32 [..., K] rows");
   TORCH_CHECK(group > 0 && group % 4 == 0, "int4_linear: groups of a multiple of 4 inputs, got ", group);
   const int64_t K = x.size(-1), M = K ? x.numel() / K : 0, groups = K / group;
@@ -172,8 +263,14 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, int64_t N,
   int8_t* qp = reinterpret_cast<int8_t*>(scratch.rows.data());
   int32_t* sp = scratch.sums.data();
   for (int64_t m = 0; m < M; ++m) {
-    scratch.scales[m] = quantize_row(xp + m * K, K, K, prep, 0, scratch.tmp.data(), scratch.rows.data() + m * K);
-    group_sums(qp + m * K, groups, group, sp + m * groups);
+    if (wide) {
+      scratch.scales[m] = quantize_row(xp + m * K, K, K, prep, 0, scratch.tmp.data(), scratch.rows.data() + m * K);
+      group_sums(qp + m * K, groups, group, sp + m * groups);
+    } else {
+      scratch.scales[m] = musicgen_bridge::quantize_row_avx2(xp + m * K, K, K, prep, 0, scratch.tmp.data(),
+                                                             scratch.rows.data() + m * K);
+      group_sums_avx2(qp + m * K, groups, group, sp + m * groups);
+    }
   }
   at::Tensor y = at::empty(musicgen_bridge::out_shape(x, N), at::kFloat);
   const uint8_t* w = packed.data_ptr<uint8_t>();
@@ -185,7 +282,7 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, int64_t N,
   at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b)
       for (int64_t m = 0; m < M; m += 4)
-        block_rows(std::min<int64_t>(4, M - m), w + b * block_bytes, qp + m * K, K, group, sp + m * groups, groups,
+        block_rows(wide, std::min<int64_t>(4, M - m), w + b * block_bytes, qp + m * K, K, group, sp + m * groups, groups,
                    yp + m * N, N, b * kBlock, rs + m);
   });
   return y;

@@ -8,6 +8,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -22,9 +23,27 @@ constexpr int64_t kMinBytes = 64 * 1024;  // weights per thread at least (see th
 
 // The integer kernels' instructions: AVX-512 with VNNI dot products.
 inline bool vnni512() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vnni");
+  }();
+  return has;
+}
+
+// The AVX-512 paths where the CPU has them, unless the AVX2 ones are asked for (the avx2_only op: tests compare
+// the two on one machine).
+inline std::atomic<bool>& avx2_only() {
+  static std::atomic<bool> on{false};
+  return on;
+}
+
+inline bool use_vnni512() { return vnni512() && !avx2_only().load(std::memory_order_relaxed); }
+
+// What the kernels need on CPUs without AVX-512 (most laptops): AVX2 with FMA and F16C (every AVX2 CPU has both).
+inline bool avx2() {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vnni");
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 }
 
 // The widening ops (a prefill's weights as bf16): AVX-512 with bf16 conversion.
@@ -140,6 +159,120 @@ __attribute__((target("avx512f,avx512bw"))) inline float quantize_row16(const fl
     const __mmask16 m = mask_of(k);
     _mm512_mask_cvtsepi32_storeu_epi16(out + k, m, _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, row + k), inv)));
   }
+  return bad ? NAN : top / 32767.f;
+}
+
+// AVX2 helpers (lambdas would not inherit a function's target): the lanes of k..k+7 below K, those values (0
+// past K), and the sum of 8 lanes.
+__attribute__((target("avx2,fma"), always_inline)) inline __m256i lanes8(int64_t K, int64_t k) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(8, K - k))),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+__attribute__((target("avx2,fma"), always_inline)) inline __m256 load8(const float* x, int64_t K, int64_t k) {
+  return _mm256_maskload_ps(x + k, lanes8(K, k));
+}
+
+__attribute__((target("avx2,fma"), always_inline)) inline float sum8(__m256 v) {
+  alignas(32) float l[8];
+  _mm256_store_ps(l, v);
+  return ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+}
+
+// quantize_row with AVX2 alone: the same preparation and rounding (sums in another order, so a value on a
+// rounding boundary may land one step apart).
+__attribute__((target("avx2,fma"))) inline float quantize_row_avx2(const float* row, int64_t K, int64_t Kp,
+                                                                   const RowPrep& prep, int offset, float* tmp,
+                                                                   uint8_t* out) {
+  const float* y = row;
+  if (prep.norm_weight || prep.gelu) {
+    float mean = 0.f, rstd = 1.f;
+    if (prep.norm_weight) {  // two passes in fp32, as torch's CPU layer_norm
+      __m256 sum = _mm256_setzero_ps();
+      for (int64_t k = 0; k < K; k += 8) sum = _mm256_add_ps(sum, load8(row, K, k));
+      mean = sum8(sum) / static_cast<float>(K);
+      __m256 sq = _mm256_setzero_ps();
+      for (int64_t k = 0; k < K; k += 8) {
+        const __m256 d = _mm256_and_ps(_mm256_sub_ps(load8(row, K, k), _mm256_set1_ps(mean)),
+                                       _mm256_castsi256_ps(lanes8(K, k)));
+        sq = _mm256_fmadd_ps(d, d, sq);
+      }
+      rstd = 1.f / std::sqrt(sum8(sq) / static_cast<float>(K) + prep.eps);
+    }
+    for (int64_t k = 0; k < K; k += 8) {
+      __m256 v = load8(row, K, k);
+      if (prep.norm_weight)
+        v = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_sub_ps(v, _mm256_set1_ps(mean)), _mm256_set1_ps(rstd)),
+                            load8(prep.norm_weight, K, k), load8(prep.norm_bias, K, k));
+      if (prep.gelu) v = gelu8(v);
+      _mm256_maskstore_ps(tmp + k, lanes8(K, k), v);
+    }
+    y = tmp;
+  }
+  const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  __m256 top8 = _mm256_setzero_ps(), bad8 = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; k += 8) {
+    const __m256 a = _mm256_and_ps(load8(y, K, k), magnitude);
+    bad8 = _mm256_or_ps(bad8, _mm256_cmp_ps(a, _mm256_set1_ps(3.4028235e38f), _CMP_NLE_UQ));  // huge, or NaN
+    top8 = _mm256_max_ps(top8, a);
+  }
+  std::memset(out, offset, Kp);
+  if (_mm256_movemask_ps(bad8)) return NAN;
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, top8);
+  const float largest = std::max(*std::max_element(lanes, lanes + 8), 1e-30f);  // all zero: zeros, not NaN
+  const __m256 inv = _mm256_set1_ps(127.f / largest);
+  // each 32-bit lane's low byte to the front of its 128 bits, then the two halves' 4 bytes together
+  const __m256i low_bytes = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                             0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+  const __m256i together = _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1);
+  for (int64_t k = 0; k < K; k += 8) {  // to nearest, ties to even, as torch.round; stored as its low byte
+    const __m256i v = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(load8(y, K, k), inv)), _mm256_set1_epi32(offset));
+    const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(v, low_bytes), together);
+    if (K - k >= 8) {
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(out + k), _mm256_castsi256_si128(bytes));
+    } else {  // the last few: the row's padding (offset) stays
+      alignas(16) uint8_t last[16];
+      _mm_store_si128(reinterpret_cast<__m128i*>(last), _mm256_castsi256_si128(bytes));
+      std::memcpy(out + k, last, K - k);
+    }
+  }
+  return largest / 127.f;
+}
+
+// quantize_row16 with AVX2 alone: the same values (the same rounding, the same saturation to int16).
+__attribute__((target("avx2,fma"))) inline float quantize_row16_avx2(const float* row, int64_t K, int64_t Kp,
+                                                                     int16_t* out) {
+  const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  const __m256 huge = _mm256_set1_ps(3.4028235e38f);
+  __m256 top8 = _mm256_setzero_ps(), bad8 = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    const __m256 a = _mm256_and_ps(_mm256_loadu_ps(row + k), magnitude);
+    bad8 = _mm256_or_ps(bad8, _mm256_cmp_ps(a, huge, _CMP_NLE_UQ));  // above the largest float, or NaN
+    top8 = _mm256_max_ps(top8, a);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, top8);
+  float top = 0.f;
+  for (float v : lanes) top = std::max(top, v);
+  bool bad = _mm256_movemask_ps(bad8) != 0;
+  for (int64_t t = k; t < K; ++t) {
+    const float a = std::fabs(row[t]);
+    bad |= !(a <= 3.4028235e38f);
+    top = std::max(top, a);
+  }
+  const float inv = top > 0.f && !bad ? 32767.f / top : 0.f;
+  std::memset(out, 0, Kp * sizeof(int16_t));
+  const __m256 iv = _mm256_set1_ps(inv);
+  for (k = 0; k + 16 <= K; k += 16) {  // the default rounding (to nearest, ties to even), saturated to int16
+    const __m256i lo = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(row + k), iv));
+    const __m256i hi = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(row + k + 8), iv));
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xD8);  // packs works per 128 bits
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k), packed);
+  }
+  for (; k < K; ++k)
+    out[k] = static_cast<int16_t>(std::clamp(std::nearbyint(row[k] * inv), -32768.f, 32767.f));
   return bad ? NAN : top / 32767.f;
 }
 

@@ -31,6 +31,7 @@ using musicgen_bridge::kBlock;
 using musicgen_bridge::kMinBytes;
 using musicgen_bridge::quantize_row;
 using musicgen_bridge::RowPrep;
+using musicgen_bridge::avx2;
 using musicgen_bridge::vnni512;
 
 // Bytes ahead of the loads, into L2 (T1): far enough to keep more lines in flight than L1 has fill buffers for
@@ -141,6 +142,50 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void block_dot16(const in
     }
 }
 
+// block_dot16 with AVX2 alone (CPUs without AVX-512): the same sums. 16-bit products (vpmaddwd) give each column
+// two lanes a k-step, joined at once (vphaddd) so that 8 columns take one register. Two rows' 64 columns are then
+// all 16 of AVX2's registers and the compiler keeps some in L1: that read the weights faster than two passes over
+// half a block each (benchmarks/RESULTS.md).
+template <int R>
+__attribute__((target("avx2,fma"))) void block_dot16_avx2(const int8_t* w, const int16_t* q, int64_t Kp, float* y,
+                                                          int64_t N, int64_t n0, const float* wscale,
+                                                          const float* rscale) {
+  // acc[r][j] lanes hold columns 0 1 4 5 2 3 6 7 of its 8 (vphaddd's order): back to 0..7
+  const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+  alignas(32) float sum[R][kBlock] = {};
+  const int64_t steps = Kp / 4;
+  for (int64_t k0 = 0; k0 < steps; k0 += kFlush16) {
+    __m256i acc[R][8];
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < 8; ++j) acc[r][j] = _mm256_setzero_si256();
+    for (int64_t k = k0; k < std::min(steps, k0 + kFlush16); ++k) {
+      const char* p = reinterpret_cast<const char*>(w + k * 256);
+      for (int j = 0; j < 4; ++j) _mm_prefetch(p + kPrefetch + 64 * j, _MM_HINT_T1);
+      __m256i xv[R];
+      for (int r = 0; r < R; ++r) {  // the row's 4 inputs of this step, as 2 pairs, in every 64-bit lane
+        int64_t four;
+        std::memcpy(&four, q + r * Kp + 4 * k, 8);
+        xv[r] = _mm256_set1_epi64x(four);
+      }
+      for (int j = 0; j < 8; ++j) {  // columns 8j..8j+7: 4 columns x 4 inputs per 16 bytes
+        const __m256i a = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 32 * j)));
+        const __m256i b = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 32 * j + 16)));
+        for (int r = 0; r < R; ++r)
+          acc[r][j] = _mm256_add_epi32(acc[r][j], _mm256_hadd_epi32(_mm256_madd_epi16(a, xv[r]),
+                                                                    _mm256_madd_epi16(b, xv[r])));
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < 8; ++j) {
+        float* s = sum[r] + 8 * j;
+        const __m256 v = _mm256_cvtepi32_ps(_mm256_permutevar8x32_epi32(acc[r][j], order));
+        _mm256_store_ps(s, _mm256_add_ps(_mm256_load_ps(s), v));
+      }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int64_t c = 0; c < kBlock && n0 + c < N; ++c) y[r * N + n0 + c] = sum[r][c] * wscale[n0 + c] * rscale[r];
+}
+
 // One block of the packed weight into its 64 columns of the [Kp, N] bf16 transpose yt (see w8a8_widen).
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) void widen_block(const int8_t* w, int64_t steps, const float* ws,
                                                                            uint16_t* yt, int64_t N) {
@@ -178,7 +223,6 @@ at::Tensor w8a8_pack(const at::Tensor& weight) {
 // What both int8-weight ops check of their fp32 rows [..., K] and their packed weight for N outputs; returns the
 // packed inputs Kp.
 int64_t check_rows_and_weight(const char* op, const at::Tensor& x, const at::Tensor& packed, int64_t N) {
-  TORCH_CHECK(vnni512(), op, " needs a CPU with AVX-512 VNNI");
   TORCH_CHECK(x.dim() >= 1 && x.scalar_type() == at::kFloat, op, " takes fp32 [..., K] rows");
   TORCH_CHECK(packed.dim() == 4 && packed.scalar_type() == at::kChar && packed.size(2) == kBlock && packed.size(3) == 4,
               op, " takes a weight packed by w8a8_pack");
@@ -193,6 +237,7 @@ int64_t check_rows_and_weight(const char* op, const at::Tensor& x, const at::Ten
 at::Tensor w8a8_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& colsum, const at::Tensor& wscale,
                        int64_t N, const c10::optional<at::Tensor>& norm_weight, const c10::optional<at::Tensor>& norm_bias,
                        double eps, bool gelu) {
+  TORCH_CHECK(vnni512(), "w8a8_linear needs a CPU with AVX-512 VNNI");
   const int64_t Kp = check_rows_and_weight("w8a8_linear", x, packed, N), blocks = packed.size(0), K = x.size(-1);
   const int64_t M = K ? x.numel() / K : 0;
   TORCH_CHECK(colsum.scalar_type() == at::kInt && colsum.numel() == blocks * kBlock && wscale.scalar_type() == at::kFloat &&
@@ -230,6 +275,8 @@ at::Tensor w8a8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
 // y = (round(32767 x / max|x|) . w) * max|x| / 32767 * wscale. For the output heads, where the logits take the
 // rounding undiluted: the rows far finer than w8a8_linear's 8 bits (and than bf16's), the weights read as fast.
 at::Tensor w8a16_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& wscale, int64_t N) {
+  const bool wide = musicgen_bridge::use_vnni512();
+  TORCH_CHECK(wide || avx2(), "w8a16_linear needs a CPU with AVX2, FMA and F16C");
   const int64_t Kp = check_rows_and_weight("w8a16_linear", x, packed, N), blocks = packed.size(0), K = x.size(-1);
   const int64_t M = K ? x.numel() / K : 0;
   TORCH_CHECK(wscale.scalar_type() == at::kFloat && wscale.numel() == blocks * kBlock, "w8a16_linear: wscale (fp32) of ",
@@ -238,7 +285,9 @@ at::Tensor w8a16_linear(const at::Tensor& x, const at::Tensor& packed, const at:
   std::vector<int16_t> q(M * Kp);
   std::vector<float> rs(M);
   const float* xp = rows.data_ptr<float>();
-  for (int64_t m = 0; m < M; ++m) rs[m] = musicgen_bridge::quantize_row16(xp + m * K, K, Kp, q.data() + m * Kp);
+  for (int64_t m = 0; m < M; ++m)
+    rs[m] = wide ? musicgen_bridge::quantize_row16(xp + m * K, K, Kp, q.data() + m * Kp)
+                 : musicgen_bridge::quantize_row16_avx2(xp + m * K, K, Kp, q.data() + m * Kp);
   at::Tensor y = at::empty(musicgen_bridge::out_shape(x, N), at::kFloat);
   const int8_t* w = packed.data_ptr<int8_t>();
   const float* ws = scales.data_ptr<float>();
@@ -248,8 +297,12 @@ at::Tensor w8a16_linear(const at::Tensor& x, const at::Tensor& packed, const at:
     for (int64_t b = b0; b < b1; ++b)
       for (int64_t m = 0; m < M; m += 2) {
         const int8_t* wb = w + b * Kp * kBlock;
-        if (M - m >= 2) block_dot16<2>(wb, q.data() + m * Kp, Kp, yp + m * N, N, b * kBlock, ws, rs.data() + m);
-        else block_dot16<1>(wb, q.data() + m * Kp, Kp, yp + m * N, N, b * kBlock, ws, rs.data() + m);
+        const int16_t* qm = q.data() + m * Kp;
+        const bool two = M - m >= 2;
+        if (wide && two) block_dot16<2>(wb, qm, Kp, yp + m * N, N, b * kBlock, ws, rs.data() + m);
+        else if (wide) block_dot16<1>(wb, qm, Kp, yp + m * N, N, b * kBlock, ws, rs.data() + m);
+        else if (two) block_dot16_avx2<2>(wb, qm, Kp, yp + m * N, N, b * kBlock, ws, rs.data() + m);
+        else block_dot16_avx2<1>(wb, qm, Kp, yp + m * N, N, b * kBlock, ws, rs.data() + m);
       }
   });
   return y;
@@ -276,7 +329,11 @@ at::Tensor w8a8_widen(const at::Tensor& packed, const at::Tensor& wscale) {
   return out;
 }
 
+// Whether the ops that have both take their AVX2 paths even on an AVX-512 CPU (w8a16_linear, int4_linear).
+void avx2_only(bool on) { musicgen_bridge::avx2_only().store(on); }
+
 TORCH_LIBRARY(musicgen_bridge, m) {
+  m.def("avx2_only(bool on) -> ()", &avx2_only);
   m.def("w8a8_pack(Tensor weight) -> Tensor");
   m.def("w8a8_widen(Tensor packed, Tensor wscale) -> Tensor");
   m.def("w8a16_linear(Tensor x, Tensor packed, Tensor wscale, int n) -> Tensor");
