@@ -148,13 +148,12 @@ def build_lm(cfg: LMConfig, state: dict[str, Tensor], device: torch.device, dtyp
 
 def narrow_kv_dtype(weights: str, head_dim: int = 64) -> torch.dtype | None:
     """The KV cache for a CPU model with `weights` linears: int8 (~a quarter of fp32's bytes per position) for
-    integer weights where the native decode kernel reads it (heads of a multiple of 32 up to 256) and the text keys
-    get its bf16 path; bf16 where bf16 attention is fast; else None (the activations' fp32)."""
+    integer weights where the native decode kernel reads it (AVX2; heads of a multiple of 32 up to 256); bf16 where
+    bf16 attention is fast; else None (the activations' fp32)."""
     from engine import native
 
     kernel_fits = head_dim % 32 == 0 and head_dim <= 256
-    if (weights in ("int8", "w8a8", "int4") and kernel_fits and native.supports("decode_attention_int8")
-            and native.supports("decode_attention")):
+    if weights in ("int8", "w8a8", "int4") and kernel_fits and native.supports("decode_attention_int8"):
         return torch.int8
     return torch.bfloat16 if bf16_kv_cache_fast() else None
 

@@ -379,9 +379,12 @@ class MusicGenLM(nn.Module):
 
     @property
     def cross_dtype(self) -> torch.dtype:
-        """The text keys' and values' dtype: a narrow cache makes them bf16 (so one query's cross-attention goes
-        through the same decode kernel, `attend`); else the activations'."""
-        return torch.bfloat16 if self.kv_dtype in (torch.bfloat16, torch.int8) else self.act_dtype
+        """The text keys' and values' dtype: a narrow cache makes them bf16 where the bf16 decode kernel runs (so
+        one query's cross-attention goes through it, `attend`); else the activations'."""
+        from engine import native
+
+        narrow = self.kv_dtype == torch.bfloat16 or (self.kv_dtype == torch.int8 and native.supports("decode_attention"))
+        return torch.bfloat16 if narrow else self.act_dtype
 
     @property
     def device(self) -> torch.device:

@@ -60,3 +60,16 @@ def melody_model(tiny_melody):
     from engine.checkpoint import load_model
 
     return load_model(str(tiny_melody[0]), device="cpu", dtype="float32")
+
+
+@pytest.fixture(params=["widest", "avx2"])
+def isa(request):
+    """The native kernels with two paths (int4, w8a16, the int8 cache's attention): the widest this CPU runs
+    (AVX-512 where it has it) and AVX2, what CPUs without AVX-512 run."""
+    from engine import native
+
+    if request.param == "avx2":
+        with native.avx2_only():
+            yield request.param
+    else:
+        yield request.param

@@ -17,6 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from engine import native
 from engine.assemble import bf16_kv_cache_fast, build_lm, lm_config, lm_state_from_hf
 from engine.batch_cache import BatchCache, kv_bytes_per_row
 from engine.lm import KVCache, attend, pack_int8_rows
@@ -153,12 +154,12 @@ def test_the_logit_bounds_catch_a_broken_cache(tiny, broken, monkeypatch):
     assert not _within(got), got
 
 
-NEEDS_AVX512 = pytest.mark.skipif(not torch.cpu._is_avx512_supported(), reason="the int8 cache's kernels need AVX-512")
+NEEDS_INT8_KERNEL = pytest.mark.skipif(not native.supports("decode_attention_int8"), reason="the int8 cache's kernels need AVX2")
 
 
 @pytest.mark.parametrize("dtype,dim", [(torch.bfloat16, 64),
-                                       pytest.param(torch.int8, 128, marks=NEEDS_AVX512, id="int8-native kernel (head 32)"),
-                                       pytest.param(torch.int8, 64, marks=NEEDS_AVX512, id="int8-unpacked (head 16)")])
+                                       pytest.param(torch.int8, 128, marks=NEEDS_INT8_KERNEL, id="int8-native kernel (head 32)"),
+                                       pytest.param(torch.int8, 64, marks=NEEDS_INT8_KERNEL, id="int8-unpacked (head 16)")])
 def test_traced_step_equals_eager_step_over_a_narrow_cache(dtype, dim):
     cfg, state = _state(dim=dim, seed=2)
     traced, eager = (build_lm(cfg, dict(state), CPU, torch.int8) for _ in range(2))
@@ -186,7 +187,7 @@ def _as_cache(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return pack_int8_rows(x) if dtype == torch.int8 else x.to(dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, pytest.param(torch.int8, marks=NEEDS_AVX512)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, pytest.param(torch.int8, marks=NEEDS_INT8_KERNEL)])
 def test_per_row_positions_write_only_their_columns(dtype):
     """A batch of streams writes one column per row at its own position into a view of a larger batch cache
     (`BatchCache.bind`): exactly those columns change, in this view and nowhere else."""

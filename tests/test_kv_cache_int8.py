@@ -26,7 +26,7 @@ from tests.test_kv_cache import tiny  # noqa: F401 (the same tiny model, a fixtu
 CPU = torch.device("cpu")
 ATTENTION_BOUND = 2.5e-2
 LOGIT_BOUNDS = (0.9995, 1e-3, 0.93)  # mean cosine >=, mean KL <= (nats), top-1 agreement >=
-needs_kernel = pytest.mark.skipif(not torch.cpu._is_avx512_supported(), reason="the int8 cache's kernel needs AVX-512")
+needs_kernel = pytest.mark.skipif(not native.supports("decode_attention_int8"), reason="the int8 cache's kernel needs AVX2")
 pytestmark = needs_kernel
 
 
@@ -53,7 +53,7 @@ def test_rows_pack_within_half_a_step_and_keep_zero_and_nan_rows_apart():
 
 
 @pytest.mark.parametrize("case", ATTENTION_CASES)
-def test_attention_over_an_int8_cache_is_within_rounding(case):
+def test_attention_over_an_int8_cache_is_within_rounding(case, isa):
     q, k, v, mask = attention_case(case)
     want = attend(q, k, v, mask)
     got = attend(q, pack_int8_rows(k), pack_int8_rows(v), mask)
@@ -66,7 +66,7 @@ def test_attention_over_an_int8_cache_is_within_rounding(case):
     assert _relative_error(attend(q, pack_int8_rows(k), pack_int8_rows(v * 1.05), mask), want) > ATTENTION_BOUND
 
 
-def test_masked_keys_weigh_exactly_nothing_in_the_int8_kernel():
+def test_masked_keys_weigh_exactly_nothing_in_the_int8_kernel(isa):
     g = torch.Generator().manual_seed(2)
     q, k, v = torch.randn(3, 4, 1, 64, generator=g), torch.randn(3, 4, 40, 64, generator=g), torch.randn(3, 4, 40, 64, generator=g)
     kp, vp = pack_int8_rows(k), pack_int8_rows(v)
@@ -80,8 +80,8 @@ def test_masked_keys_weigh_exactly_nothing_in_the_int8_kernel():
         assert torch.equal(together[b : b + 1], op(q[b : b + 1], kp[b : b + 1, :, :n], vp[b : b + 1, :, :n], None, 0.125))
 
 
-def test_the_one_pass_softmax_follows_a_maximum_that_rises_block_after_block():
-    # The kernel keeps the softmax online, rescaling what it summed when a later block of 16 keys holds a larger
+def test_the_one_pass_softmax_follows_a_maximum_that_rises_block_after_block(isa):
+    # The kernel keeps the softmax online, rescaling what it summed when a later block of keys (16, 8 on AVX2) holds a larger
     # score: keys whose scores climb through every block, a leading block wholly masked (a left-padded row), and
     # scores far apart (a rescale that underflows what came before) must all give the dequantized cache's answer.
     g = torch.Generator().manual_seed(3)
@@ -124,10 +124,9 @@ def test_integer_weights_get_the_int8_cache_and_its_bytes(tiny):
     cfg, state = tiny[0], tiny[1]
     lm = build_lm(cfg, dict(state), CPU, torch.int8)
     assert narrow_kv_dtype("w8a8") == narrow_kv_dtype("int4") == narrow_kv_dtype("int8")
-    if not native.supports("decode_attention"):  # the text keys' bf16 kernel is missing: no int8 cache
-        assert lm.cache_dtype != torch.int8
-        return
-    assert lm.cache_dtype == torch.int8 and lm.cross_dtype == torch.bfloat16
+    # the text keys in bf16 where the bf16 kernel reads them (AVX512_BF16), else in fp32 (CPUs with AVX2 alone)
+    cross = torch.bfloat16 if native.supports("decode_attention") else torch.float32
+    assert lm.cache_dtype == torch.int8 and lm.cross_dtype == cross
     assert narrow_kv_dtype("bfloat16") != torch.int8  # bf16 weights keep a bf16 (or fp32) cache
     lm.setup_caches(2, 16)
     assert lm.layers[0].attn.kv_cache.kv.shape == (2, 2, cfg.n_heads, 16, cfg.head_dim + 4)
@@ -135,7 +134,7 @@ def test_integer_weights_get_the_int8_cache_and_its_bytes(tiny):
     assert kv_bytes_per_row(lm, 10) == 2 * cfg.n_layers * cfg.n_heads * (cfg.head_dim + 4) * 10
     cache = BatchCache(lm)
     cache.ensure(rows=2, length=16, cross_len=5, used=0)
-    assert cache.kvs[0].shape[-1] == cfg.head_dim + 4 and cache.cross_k[0].dtype == torch.bfloat16
+    assert cache.kvs[0].shape[-1] == cfg.head_dim + 4 and cache.cross_k[0].dtype == cross
 
 
 @pytest.mark.parametrize("dtype", [torch.int8, torch.bfloat16])

@@ -48,16 +48,6 @@ W8A8_KERNELS = [pytest.param(NativeW8A8Linear, marks=needs_native, id="native"),
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(params=["widest", "avx2"])
-def isa(request):
-    """The int4 and w8a16 kernels' two paths: the widest this CPU runs (AVX-512 where it has it) and AVX2."""
-    if request.param == "avx2":
-        with native.avx2_only():
-            yield request.param
-    else:
-        yield request.param
-
-
 @pytest.fixture(scope="module")
 def tiny():
     """Decoder state (our names) and config of a tiny model wide enough for rounding to matter (dim 128)."""

@@ -315,6 +315,67 @@ __attribute__((target("avx512f,avx512bw"))) void attend_head_i8(const HeadI8& h,
   for (int64_t c = 0; c < parts; ++c) _mm512_storeu_ps(h.out + 16 * c, _mm512_mul_ps(_mm512_add_ps(out0[c], out1[c]), nv));
 }
 
+// 8 int8 values as fp32 (AVX2).
+__attribute__((target("avx2,fma"), always_inline)) inline __m256 widen8(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+
+// attend_head_i8 with AVX2 alone (CPUs without AVX-512): the same one pass over keys and values, in blocks of 8
+// keys, the same online softmax (the same exp), the scores' sums in another order. A masked key adds exactly
+// nothing; a NaN score, or nothing to attend to, makes the row NaN.
+__attribute__((target("avx2,fma"))) void attend_head_i8_avx2(const HeadI8& h, int64_t L, int64_t d, float scale) {
+  const int64_t parts = d / 8;  // even: d is a multiple of 32
+  __m256 out[kMaxHeadDim / 8];
+  for (int64_t c = 0; c < parts; ++c) out[c] = _mm256_setzero_ps();
+  float top = -INFINITY, total = 0.f;
+  bool nan = false;
+  for (int64_t l = 0; l < L && !nan; l += 8) {
+    const int64_t n = std::min<int64_t>(8, L - l);
+    alignas(32) float sc[8];
+    bool any = false;
+    for (int i = 0; i < 8; ++i) {
+      sc[i] = -INFINITY;
+      if (i >= n || masked_out(h.mask, h.mask_step, l + i)) continue;
+      any = true;
+      const int8_t* key = h.k + (l + i) * h.step;
+      _mm_prefetch(reinterpret_cast<const char*>(key) + kPrefetch, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(h.v + (l + i) * h.step) + kPrefetch, _MM_HINT_T0);
+      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();  // two chains, not one FMA after another
+      for (int64_t c = 0; c < parts; c += 2) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(h.q + 8 * c), widen8(key + 8 * c), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(h.q + 8 * c + 8), widen8(key + 8 * c + 8), a1);
+      }
+      sc[i] = musicgen_bridge::sum8(_mm256_add_ps(a0, a1)) * (row_scale(key, d) * scale) +
+              (h.mask ? h.mask[(l + i) * h.mask_step] : 0.f);
+    }
+    if (!any) continue;
+    float block_top = -INFINITY;
+    for (int i = 0; i < n; ++i) {
+      nan |= std::isnan(sc[i]);
+      block_top = std::max(block_top, sc[i]);
+    }
+    if (nan || block_top == -INFINITY) continue;
+    if (block_top > top) {
+      const float shrink = top == -INFINITY ? 0.f : std::exp(top - block_top);
+      const __m256 sv = _mm256_set1_ps(shrink);
+      total *= shrink;
+      for (int64_t c = 0; c < parts; ++c) out[c] = _mm256_mul_ps(out[c], sv);
+      top = block_top;
+    }
+    alignas(32) float w[8];
+    _mm256_store_ps(w, musicgen_bridge::exp_nonpositive8(_mm256_sub_ps(_mm256_load_ps(sc), _mm256_set1_ps(top))));
+    for (int i = 0; i < n; ++i) {
+      if (w[i] == 0.f) continue;  // masked (exp of -inf), or too small to count
+      total += w[i];
+      const int8_t* value = h.v + (l + i) * h.step;
+      const __m256 wv = _mm256_set1_ps(w[i] * row_scale(value, d));
+      for (int64_t c = 0; c < parts; ++c) out[c] = _mm256_fmadd_ps(wv, widen8(value + 8 * c), out[c]);
+    }
+  }
+  const float inv = nan || top == -INFINITY ? NAN : 1.f / total;
+  for (int64_t c = 0; c < parts; ++c) _mm256_storeu_ps(h.out + 8 * c, _mm256_mul_ps(out[c], _mm256_set1_ps(inv)));
+}
+
 inline void pack_row(const float* x, int64_t stride, int64_t d, int8_t* y) {
   static const bool avx512 = int8_dot();
   if (stride == 1 && avx512) {  // the integer kernels' row rounding (quantize_row.h), its scale after the row
@@ -473,7 +534,9 @@ at::Tensor decode_attention(const at::Tensor& q_, const at::Tensor& k, const at:
   TORCH_CHECK(k.dim() == 4 && (int8 || k.scalar_type() == at::kBFloat16) && v.scalar_type() == k.scalar_type() &&
               k.sizes() == v.sizes() && k.strides() == v.strides(),
               "decode_attention: k and v are bf16 (or packed int8) [B, H, L, d] views with the same strides");
-  TORCH_CHECK(int8 ? int8_dot() : bf16_dot(), "decode_attention needs a CPU with AVX-512 (and AVX512_BF16 for a bf16 cache)");
+  const bool wide = int8_dot() && !musicgen_bridge::avx2_only().load(std::memory_order_relaxed);
+  TORCH_CHECK(int8 ? wide || musicgen_bridge::avx2() : bf16_dot(),
+              "decode_attention needs a CPU with AVX2 (the int8 cache) or AVX512_BF16 (a bf16 cache)");
   const int64_t B = q_.size(0), H = q_.size(1), d = q_.size(3), L = k.size(2);
   TORCH_CHECK(k.size(0) == B && k.size(1) == H && k.size(3) == d + (int8 ? 4 : 0) && k.stride(3) == 1,
               "decode_attention: k does not fit q");
@@ -512,7 +575,8 @@ at::Tensor decode_attention(const at::Tensor& q_, const at::Tensor& k, const at:
       if (int8) {
         HeadI8 head{qp + i * d, reinterpret_cast<const int8_t*>(kp + kv), reinterpret_cast<const int8_t*>(vp + kv),
                     k.stride(2), m, m_step, op + i * d};
-        if (d == 64) attend_head_i8<4>(head, L, d, static_cast<float>(scale));  // MusicGen's heads
+        if (!wide) attend_head_i8_avx2(head, L, d, static_cast<float>(scale));
+        else if (d == 64) attend_head_i8<4>(head, L, d, static_cast<float>(scale));  // MusicGen's heads
         else attend_head_i8<0>(head, L, d, static_cast<float>(scale));
       } else {
         Head head{qp + i * d, reinterpret_cast<const uint16_t*>(kp + kv), reinterpret_cast<const uint16_t*>(vp + kv),
