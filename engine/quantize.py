@@ -357,7 +357,7 @@ class NativeW8A16Linear(NativeLinear):
     `torch.ops.musicgen_bridge.w8a16_linear`; fp32 out. Every linear of the int8 model and the output heads of the
     w8a8 and int4 models (`int8_linear`): the rows are far finer than `Int8Linear`'s bf16 while the weights stream
     2-3x faster than `_weight_int8pack_mm` does (benchmarks/RESULTS.md). The kernel runs on AVX2, so CPUs without
-    AVX-512 have it too. An absorbed norm or GELU runs as torch ops in front of the kernel."""
+    AVX-512 have it too; norms and GELU as `NativeLinear` says."""
 
     def __init__(self, weight: Tensor):
         super().__init__("w8a16_linear")
@@ -370,11 +370,8 @@ class NativeW8A16Linear(NativeLinear):
         x = as_float(x)
         if goes_wide(x.numel() // x.shape[-1]):
             return self.wide_forward(x)
-        if self.norm_weight is not None:
-            x = F.layer_norm(x, (self.in_features,), self.norm_weight, self.norm_bias, self.eps)
-        if self.gelu:
-            x = F.gelu(x)
-        return torch.ops.musicgen_bridge.w8a16_linear(x, self.packed, self.wscale, self.out_features)
+        return torch.ops.musicgen_bridge.w8a16_linear(x, self.packed, self.wscale, self.out_features, self.norm_weight,
+                                                      self.norm_bias, self.eps, self.gelu)
 
     def widened(self) -> Tensor:
         return torch.ops.musicgen_bridge.w8a8_widen(self.packed, self.wscale)[: self.in_features, : self.out_features]
@@ -671,7 +668,7 @@ def _swap_linears(module: nn.Module, make) -> int:
 def prepare_for_cpu(lm: nn.Module, weights: str) -> nn.Module:
     """Swap the LM's linears for prepacked ones in `weights` format ("float32", "bfloat16", "int8", "w8a8" or
     "int4"), in place. w8a8 and int4 keep the output heads in int8 weights (`int8_linear`; and int4 any matrix the
-    kernel's shape rules refuse in weight-only int8). On the native kernels (w8a8, int4) the norms and GELU move into the linears
+    kernel's shape rules refuse in weight-only int8). On the native kernels (w8a8, int8, int4) the norms and GELU move into the linears
     (`fuse_into_native_linears`); the integer weights go into one buffer on 2 MB pages (`gather_weights`).
 
     The activations keep the LM's dtype (`lm.dtype`). Without oneDNN the fp32/bf16 linears stay plain `nn.Linear`s.
@@ -687,6 +684,7 @@ def prepare_for_cpu(lm: nn.Module, weights: str) -> nn.Module:
         gather_weights(lm)
     elif weights == "int8":
         n = _swap_linears(lm, int8_linear)
+        log.debug("moved %d norms and GELUs into the native linears", fuse_into_native_linears(lm))
         gather_weights(lm)
     elif not onednn_available():
         log.info("oneDNN prepacking is unavailable in this torch build: plain linears")

@@ -55,7 +55,8 @@ def test_step_bytes_counts_the_weights_a_step_reads_and_the_filled_cache(tiny_mo
         return n * (-(-k // 4) * 4) + 8 * n
 
     per_layer = sum(matrix(n, k) for n, k in [(3 * D, D), (D, D), (D, D), (D, D), (F, D), (D, F)])
-    if kernel == {"native"}:  # the three LayerNorms moved into wqkv, cross wq and fc1: weight and bias, fp32
+    # the three LayerNorms moved into wqkv, cross wq and fc1 on the native kernels: weight and bias, fp32
+    if kernel == {"native"} or (dtype == "int8" and w16):
         per_layer += 3 * 2 * D * 4
     heads = cfg.n_codebooks * cfg.card
     if w16:  # the native head kernel: blocks as above, a scale per row

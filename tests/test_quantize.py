@@ -47,6 +47,13 @@ W8A8_KERNELS = [pytest.param(NativeW8A8Linear, marks=needs_native, id="native"),
                 pytest.param(FbgemmW8A8Linear, marks=needs_w8a8, id="fbgemm")]
 CPU = torch.device("cpu")
 
+NATIVE_KINDS = [pytest.param("w8a8", marks=needs_native), pytest.param("w8a16", marks=needs_native_w8a16),
+                pytest.param("int4", marks=needs_native_int4)]
+
+
+def _native(kind: str, w: torch.Tensor):
+    return {"w8a8": NativeW8A8Linear, "w8a16": NativeW8A16Linear, "int4": lambda w: NativeInt4Linear(w, 32)}[kind](w)
+
 
 @pytest.fixture(scope="module")
 def tiny():
@@ -250,13 +257,13 @@ def test_native_int4_row_does_not_depend_on_its_companions(isa):
     assert bool(out[1:].isnan().all())
 
 
-@pytest.mark.parametrize("kind", [pytest.param("w8a8", marks=needs_native), pytest.param("int4", marks=needs_native_int4)])
+@pytest.mark.parametrize("kind", NATIVE_KINDS)
 def test_native_linears_take_rows_of_any_leading_shape(kind, isa):
     """The ops take [..., K] (a step's [B, 1, D] without reshapes around them): the same rows give the same
     outputs, bit for bit, whatever the shape they arrive in."""
     g = torch.Generator().manual_seed(6)
     w = torch.randn(80, 96, generator=g) * 0.05
-    lin = NativeW8A8Linear(w) if kind == "w8a8" else NativeInt4Linear(w, 32)
+    lin = _native(kind, w)
     x = torch.randn(2, 3, 96, generator=g)
     with torch.no_grad():
         flat = lin(x.reshape(6, 96))
@@ -266,7 +273,7 @@ def test_native_linears_take_rows_of_any_leading_shape(kind, isa):
         assert lin(x.double()).dtype == torch.float32
 
 
-@pytest.mark.parametrize("kind", [pytest.param("w8a8", marks=needs_native), pytest.param("int4", marks=needs_native_int4)])
+@pytest.mark.parametrize("kind", NATIVE_KINDS)
 def test_native_linears_apply_a_layer_norm_and_gelu_as_the_separate_ops_would(kind, isa):
     g = torch.Generator().manual_seed(5)
     w = torch.randn(96, 224, generator=g) * 0.05
@@ -275,8 +282,7 @@ def test_native_linears_apply_a_layer_norm_and_gelu_as_the_separate_ops_would(ki
     with torch.no_grad():
         norm.weight.uniform_(0.5, 1.5, generator=g)
         norm.bias.uniform_(-0.2, 0.2, generator=g)
-    make = NativeW8A8Linear if kind == "w8a8" else (lambda w: NativeInt4Linear(w, 32))
-    plain, normed, gelued = make(w), make(w), make(w)
+    plain, normed, gelued = _native(kind, w), _native(kind, w), _native(kind, w)
     normed.absorb_norm(norm)
     gelued.absorb_gelu()
     with torch.no_grad():
@@ -489,16 +495,16 @@ def test_native_gelu_follows_torchs_erf_gelu(isa):
     assert not torch.allclose(NativeInt4Linear(torch.eye(64), 32)(z), torch.nn.functional.gelu(z), atol=2 * 6 / 127)
 
 
-@needs_native
-def test_w8a8_model_moves_its_norms_and_gelu_into_the_native_linears(tiny, monkeypatch):
-    lm = _lm(tiny, resolve_dtype("w8a8"))
+@pytest.mark.parametrize("dtype", [pytest.param("w8a8", marks=needs_native), pytest.param("int8", marks=needs_native_w8a16)])
+def test_integer_models_move_their_norms_and_gelu_into_the_native_linears(tiny, monkeypatch, dtype):
+    lm = _lm(tiny, resolve_dtype(dtype))
     for block in lm.layers:
         assert all(isinstance(getattr(block, name), torch.nn.Identity) for name in ("norm1", "norm_cross", "norm2", "act"))
         assert block.attn.wqkv.norm_weight is not None and block.cross.wq.norm_weight is not None
         assert block.fc1.norm_weight is not None and block.fc2.gelu
     # The fused model follows the unfused one (the same int8 weights, the norms and GELU as separate ops).
     monkeypatch.setattr("engine.quantize.fuse_into_native_linears", lambda lm: 0)
-    unfused = _lm(tiny, resolve_dtype("w8a8"))
+    unfused = _lm(tiny, resolve_dtype(dtype))
     assert isinstance(unfused.layers[0].norm1, torch.nn.LayerNorm) and not unfused.layers[0].fc2.gelu
     agree = logit_agreement(unfused, lm, tiny[2][:, :, :20], tiny[3])
     assert agree["cosine"] > 0.9999 and agree["top1"] > 0.97

@@ -616,7 +616,8 @@ at::Tensor cross_attention_folded(const at::Tensor& x_, const at::Tensor& p, con
   std::vector<int16_t> x16(B * D);
   std::vector<float> sx(B, 0.f);
   for (int64_t b = 0; b < B; ++b)
-    if (lp[b]) sx[b] = musicgen_bridge::quantize_row16(x.data_ptr<float>() + b * D, D, D, x16.data() + b * D);
+    if (lp[b]) sx[b] = musicgen_bridge::quantize_row16(x.data_ptr<float>() + b * D, D, D, musicgen_bridge::RowPrep{}, nullptr,
+                                                         x16.data() + b * D);
   const float* mp = mask.defined() ? mask.data_ptr<float>() : nullptr;
   const int8_t* pp = p.data_ptr<int8_t>();
   const int8_t* up = u.data_ptr<int8_t>();

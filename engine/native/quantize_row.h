@@ -82,9 +82,9 @@ struct RowPrep {
 // One row as round(127 y / max|y|) + offset into out ([Kp] bytes, padding = offset), y the prepared row; returns
 // the row's scale max|y| / 127, NaN for a row with a NaN or infinity (its outputs are NaN, the other rows
 // untouched). offset 128 gives uint8 (the w8a8 kernel's unsigned operand), 0 gives int8. tmp: K floats of scratch.
-__attribute__((target("avx512f,avx512bw"))) inline float quantize_row(const float* row, int64_t K, int64_t Kp,
-                                                                      const RowPrep& prep, int offset, float* tmp,
-                                                                      uint8_t* out) {
+// The row as `prep` prepares it: `row` itself when there is nothing to do, else tmp (K floats) holding it.
+__attribute__((target("avx512f,avx512bw"))) inline const float* prepare_row(const float* row, int64_t K,
+                                                                            const RowPrep& prep, float* tmp) {
   const auto mask_of = [&](int64_t k) {
     return K - k >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (K - k)) - 1);
   };
@@ -115,6 +115,16 @@ __attribute__((target("avx512f,avx512bw"))) inline float quantize_row(const floa
     }
     y = tmp;
   }
+  return y;
+}
+
+__attribute__((target("avx512f,avx512bw"))) inline float quantize_row(const float* row, int64_t K, int64_t Kp,
+                                                                      const RowPrep& prep, int offset, float* tmp,
+                                                                      uint8_t* out) {
+  const auto mask_of = [&](int64_t k) {
+    return K - k >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (K - k)) - 1);
+  };
+  const float* y = prepare_row(row, K, prep, tmp);
   __m512 top = _mm512_setzero_ps();
   __mmask16 bad = 0;
   const __m512 huge = _mm512_set1_ps(3.4028235e38f);
@@ -137,14 +147,16 @@ __attribute__((target("avx512f,avx512bw"))) inline float quantize_row(const floa
   return largest / 127.f;
 }
 
-// One row as 16-bit integers, round(32767 x / max|x|) (ties to even) into out ([Kp], padding 0); returns the row's
-// scale max|x| / 32767: 0 for an all-zero row (its values 0), NaN for a row with a NaN or infinity. Far finer than
-// the 8 bits of quantize_row, for where the rounding is least diluted (the output heads, folded cross-attention).
-__attribute__((target("avx512f,avx512bw"))) inline float quantize_row16(const float* row, int64_t K, int64_t Kp,
-                                                                        int16_t* out) {
+// One row, prepared as `prep` says (tmp: K floats of scratch, unused without a norm or GELU), as 16-bit integers,
+// round(32767 x / max|x|) (ties to even) into out ([Kp], padding 0); returns the row's scale max|x| / 32767: 0 for
+// an all-zero row (its values 0), NaN for a row with a NaN or infinity. Far finer than the 8 bits of quantize_row,
+// for where the rounding is least diluted (the int8 format, the output heads, folded cross-attention).
+__attribute__((target("avx512f,avx512bw"))) inline float quantize_row16(const float* x, int64_t K, int64_t Kp,
+                                                                        const RowPrep& prep, float* tmp, int16_t* out) {
   const auto mask_of = [&](int64_t k) {
     return K - k >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (K - k)) - 1);
   };
+  const float* row = prepare_row(x, K, prep, tmp);
   __m512 top16 = _mm512_setzero_ps();
   __mmask16 bad = 0;
   for (int64_t k = 0; k < K; k += 16) {
@@ -181,9 +193,9 @@ __attribute__((target("avx2,fma"), always_inline)) inline float sum8(__m256 v) {
 
 // quantize_row with AVX2 alone: the same preparation and rounding (sums in another order, so a value on a
 // rounding boundary may land one step apart).
-__attribute__((target("avx2,fma"))) inline float quantize_row_avx2(const float* row, int64_t K, int64_t Kp,
-                                                                   const RowPrep& prep, int offset, float* tmp,
-                                                                   uint8_t* out) {
+// prepare_row with AVX2 alone.
+__attribute__((target("avx2,fma"))) inline const float* prepare_row_avx2(const float* row, int64_t K,
+                                                                        const RowPrep& prep, float* tmp) {
   const float* y = row;
   if (prep.norm_weight || prep.gelu) {
     float mean = 0.f, rstd = 1.f;
@@ -209,6 +221,13 @@ __attribute__((target("avx2,fma"))) inline float quantize_row_avx2(const float* 
     }
     y = tmp;
   }
+  return y;
+}
+
+__attribute__((target("avx2,fma"))) inline float quantize_row_avx2(const float* row, int64_t K, int64_t Kp,
+                                                                   const RowPrep& prep, int offset, float* tmp,
+                                                                   uint8_t* out) {
+  const float* y = prepare_row_avx2(row, K, prep, tmp);
   const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
   __m256 top8 = _mm256_setzero_ps(), bad8 = _mm256_setzero_ps();
   for (int64_t k = 0; k < K; k += 8) {
@@ -241,8 +260,9 @@ __attribute__((target("avx2,fma"))) inline float quantize_row_avx2(const float* 
 }
 
 // quantize_row16 with AVX2 alone: the same values (the same rounding, the same saturation to int16).
-__attribute__((target("avx2,fma"))) inline float quantize_row16_avx2(const float* row, int64_t K, int64_t Kp,
-                                                                     int16_t* out) {
+__attribute__((target("avx2,fma"))) inline float quantize_row16_avx2(const float* x, int64_t K, int64_t Kp,
+                                                                     const RowPrep& prep, float* tmp, int16_t* out) {
+  const float* row = prepare_row_avx2(x, K, prep, tmp);
   const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
   const __m256 huge = _mm256_set1_ps(3.4028235e38f);
   __m256 top8 = _mm256_setzero_ps(), bad8 = _mm256_setzero_ps();

@@ -272,22 +272,30 @@ at::Tensor w8a8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
 
 
 // x [..., K] fp32 times the packed weight's transpose, the rows in 16 bits: [..., N] fp32,
-// y = (round(32767 x / max|x|) . w) * max|x| / 32767 * wscale. For the output heads, where the logits take the
-// rounding undiluted: the rows far finer than w8a8_linear's 8 bits (and than bf16's), the weights read as fast.
-at::Tensor w8a16_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& wscale, int64_t N) {
+// y = (round(32767 x / max|x|) . w) * max|x| / 32767 * wscale; with norm_weight and norm_bias the rows layer-normed
+// first (eps), with gelu GELU'd first, as w8a8_linear. For the int8 format and the output heads (where the logits
+// take the rounding undiluted): the rows far finer than w8a8_linear's 8 bits (and than bf16's), the weights read
+// as fast.
+at::Tensor w8a16_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& wscale, int64_t N,
+                        const c10::optional<at::Tensor>& norm_weight, const c10::optional<at::Tensor>& norm_bias,
+                        double eps, bool gelu) {
   const bool wide = musicgen_bridge::use_vnni512();
   TORCH_CHECK(wide || avx2(), "w8a16_linear needs a CPU with AVX2, FMA and F16C");
   const int64_t Kp = check_rows_and_weight("w8a16_linear", x, packed, N), blocks = packed.size(0), K = x.size(-1);
   const int64_t M = K ? x.numel() / K : 0;
   TORCH_CHECK(wscale.scalar_type() == at::kFloat && wscale.numel() == blocks * kBlock, "w8a16_linear: wscale (fp32) of ",
               blocks * kBlock);
+  at::Tensor nw, nb;
+  const RowPrep prep = musicgen_bridge::row_prep(norm_weight, norm_bias, eps, gelu, K, "w8a16_linear", nw, nb);
   const at::Tensor rows = x.contiguous(), scales = wscale.contiguous();
-  std::vector<int16_t> q(M * Kp);
-  std::vector<float> rs(M);
+  // the rounded rows in the thread's reused scratch: 2 bytes a value
+  musicgen_bridge::RowScratch& scratch = musicgen_bridge::row_scratch(M, 2 * Kp, K, 0);
+  int16_t* q = reinterpret_cast<int16_t*>(scratch.rows.data());
+  float* rs = scratch.scales.data();
   const float* xp = rows.data_ptr<float>();
   for (int64_t m = 0; m < M; ++m)
-    rs[m] = wide ? musicgen_bridge::quantize_row16(xp + m * K, K, Kp, q.data() + m * Kp)
-                 : musicgen_bridge::quantize_row16_avx2(xp + m * K, K, Kp, q.data() + m * Kp);
+    rs[m] = wide ? musicgen_bridge::quantize_row16(xp + m * K, K, Kp, prep, scratch.tmp.data(), q + m * Kp)
+                 : musicgen_bridge::quantize_row16_avx2(xp + m * K, K, Kp, prep, scratch.tmp.data(), q + m * Kp);
   at::Tensor y = at::empty(musicgen_bridge::out_shape(x, N), at::kFloat);
   const int8_t* w = packed.data_ptr<int8_t>();
   const float* ws = scales.data_ptr<float>();
@@ -297,12 +305,12 @@ at::Tensor w8a16_linear(const at::Tensor& x, const at::Tensor& packed, const at:
     for (int64_t b = b0; b < b1; ++b)
       for (int64_t m = 0; m < M; m += 2) {
         const int8_t* wb = w + b * Kp * kBlock;
-        const int16_t* qm = q.data() + m * Kp;
+        const int16_t* qm = q + m * Kp;
         const bool two = M - m >= 2;
-        if (wide && two) block_dot16<2>(wb, qm, Kp, yp + m * N, N, b * kBlock, ws, rs.data() + m);
-        else if (wide) block_dot16<1>(wb, qm, Kp, yp + m * N, N, b * kBlock, ws, rs.data() + m);
-        else if (two) block_dot16_avx2<2>(wb, qm, Kp, yp + m * N, N, b * kBlock, ws, rs.data() + m);
-        else block_dot16_avx2<1>(wb, qm, Kp, yp + m * N, N, b * kBlock, ws, rs.data() + m);
+        if (wide && two) block_dot16<2>(wb, qm, Kp, yp + m * N, N, b * kBlock, ws, rs + m);
+        else if (wide) block_dot16<1>(wb, qm, Kp, yp + m * N, N, b * kBlock, ws, rs + m);
+        else if (two) block_dot16_avx2<2>(wb, qm, Kp, yp + m * N, N, b * kBlock, ws, rs + m);
+        else block_dot16_avx2<1>(wb, qm, Kp, yp + m * N, N, b * kBlock, ws, rs + m);
       }
   });
   return y;
@@ -336,7 +344,8 @@ TORCH_LIBRARY(musicgen_bridge, m) {
   m.def("avx2_only(bool on) -> ()", &avx2_only);
   m.def("w8a8_pack(Tensor weight) -> Tensor");
   m.def("w8a8_widen(Tensor packed, Tensor wscale) -> Tensor");
-  m.def("w8a16_linear(Tensor x, Tensor packed, Tensor wscale, int n) -> Tensor");
+  m.def("w8a16_linear(Tensor x, Tensor packed, Tensor wscale, int n, Tensor? norm_weight=None, Tensor? norm_bias=None, "
+        "float eps=1e-5, bool gelu=False) -> Tensor");
   m.def("w8a8_linear(Tensor x, Tensor packed, Tensor colsum, Tensor wscale, int n, Tensor? norm_weight=None, "
         "Tensor? norm_bias=None, float eps=1e-5, bool gelu=False) -> Tensor");
 }
