@@ -169,16 +169,18 @@ void block_rows(bool wide, int64_t R, const uint8_t* w, const int8_t* a, int64_t
   }
 }
 
-// The sums of a row's int8 values over each group of G (the offsets' term, lo * sum a).
-__attribute__((target("avx512f,avx512bw"))) void group_sums(const int8_t* a, int64_t groups, int64_t G, int32_t* out) {
-  if (G % 32 != 0) {
-    for (int64_t g = 0; g < groups; ++g) {
-      int32_t s = 0;
-      for (int64_t k = g * G; k < (g + 1) * G; ++k) s += a[k];
-      out[g] = s;
-    }
-    return;
+// The sums of a row's int8 values over each group of G (the offsets' term, lo * sum a): one value at a time, for
+// groups the vector loops below do not tile.
+void group_sums_plain(const int8_t* a, int64_t groups, int64_t G, int32_t* out) {
+  for (int64_t g = 0; g < groups; ++g) {
+    int32_t s = 0;
+    for (int64_t k = g * G; k < (g + 1) * G; ++k) s += a[k];
+    out[g] = s;
   }
+}
+
+__attribute__((target("avx512f,avx512bw"))) void group_sums(const int8_t* a, int64_t groups, int64_t G, int32_t* out) {
+  if (G % 32 != 0) return group_sums_plain(a, groups, G, out);
   const __m512i ones = _mm512_set1_epi16(1);
   for (int64_t g = 0; g < groups; ++g) {
     __m512i acc = _mm512_setzero_si512();
@@ -191,14 +193,7 @@ __attribute__((target("avx512f,avx512bw"))) void group_sums(const int8_t* a, int
 
 // group_sums with AVX2 alone.
 __attribute__((target("avx2,fma"))) void group_sums_avx2(const int8_t* a, int64_t groups, int64_t G, int32_t* out) {
-  if (G % 16 != 0) {
-    for (int64_t g = 0; g < groups; ++g) {
-      int32_t s = 0;
-      for (int64_t k = g * G; k < (g + 1) * G; ++k) s += a[k];
-      out[g] = s;
-    }
-    return;
-  }
+  if (G % 16 != 0) return group_sums_plain(a, groups, G, out);
   const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t g = 0; g < groups; ++g) {
     __m256i acc = _mm256_setzero_si256();
