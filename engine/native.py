@@ -92,7 +92,7 @@ def _load() -> tuple[bool, str]:
         return False, f"the kernels are for x86-64 CPUs, this is {platform.machine()}"
     if not sys.platform.startswith("linux"):
         return False, f"the kernels are built on Linux only, this is {sys.platform}"
-    if not torch.cpu._is_avx2_supported():  # every kernel needs it at least (w8a16_linear no more)
+    if not torch.cpu._is_avx2_supported():  # every kernel needs at least AVX2: nothing here would run
         return False, "this CPU lacks AVX2"
     _find_ninja()
     from torch.utils import cpp_extension

@@ -74,7 +74,7 @@ def plan_precision(device: torch.device, dtype: torch.dtype) -> Precision:
         if device.type != "cpu":
             raise UserError(f"--dtype {name} is for CPUs: on a GPU use bfloat16 or float16 (or --dtype auto)", code="bad_args")
         if dtype == torch.int4 and not int4_supported():
-            raise UserError("--dtype int4 needs the project's int4 kernel (an x86 CPU with AVX-512 VNNI and a C++ "
+            raise UserError("--dtype int4 needs the project's int4 kernel (an x86 CPU with AVX2 and a C++ "
                             "compiler) or torch's CPU int4 kernel, and neither runs here: use --dtype int8 or auto",
                             code="bad_args")
         if dtype == torch.qint8 and not w8a8_supported():
@@ -95,7 +95,7 @@ def onednn_available() -> bool:
 
 
 def int4_supported() -> bool:
-    """`--dtype int4` runs here: on the project's int4 kernel (AVX-512 VNNI, built with the C++ compiler) or on
+    """`--dtype int4` runs here: on the project's int4 kernel (AVX2 or AVX-512, built with the C++ compiler) or on
     torch's weight-only one."""
     if torch_int4_supported():
         return True
@@ -246,7 +246,7 @@ class NativeLinear(nn.Module):
         from engine import native
 
         if not native.supports(kernel):
-            raise RuntimeError(f"the native {kernel} kernel does not run here: {native.why_not() or 'this CPU lacks AVX-512 VNNI'}")
+            raise RuntimeError(f"the native {kernel} kernel does not run here: {native.why_not() or 'this CPU lacks its instructions'}")
         self.register_buffer("norm_weight", None, persistent=False)  # set by absorb_norm
         self.register_buffer("norm_bias", None, persistent=False)
         self.eps = 1e-5
@@ -380,7 +380,8 @@ class NativeW8A16Linear(NativeLinear):
         return unpack_rows(self.packed, self.wscale, self.out_features, self.in_features)
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, int8 weights, 16-bit activations (per row), native"
+        shape = f"in={self.in_features}, out={self.out_features}"
+        return f"{shape}, int8 weights, 16-bit activations (per row), native{self.fused_repr()}"
 
 
 def int8_linear(weight: Tensor) -> nn.Module:
@@ -642,7 +643,7 @@ def module_bytes(module: nn.Module, recurse: bool = True) -> int:
 
 def int4_linear(weight: Tensor) -> nn.Module:
     """The fastest int4 linear this machine runs for `weight`: the native kernel (int8 activations) when it builds,
-    the CPU has AVX-512 VNNI and the weight fits its layout; else torch's weight-only kernel; else (a shape neither
+    the CPU has AVX2 and the weight fits its layout; else torch's weight-only kernel; else (a shape neither
     takes) weight-only int8."""
     from engine import native
 
