@@ -42,8 +42,11 @@ inline bool use_vnni512() { return vnni512() && !avx2_only().load(std::memory_or
 
 // What the kernels need on CPUs without AVX-512 (most laptops): AVX2 with FMA and F16C (every AVX2 CPU has both).
 inline bool avx2() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  }();
+  return has;
 }
 
 // The widening ops (a prefill's weights as bf16): AVX-512 with bf16 conversion.
@@ -79,9 +82,6 @@ struct RowPrep {
   bool gelu = false;
 };
 
-// One row as round(127 y / max|y|) + offset into out ([Kp] bytes, padding = offset), y the prepared row; returns
-// the row's scale max|y| / 127, NaN for a row with a NaN or infinity (its outputs are NaN, the other rows
-// untouched). offset 128 gives uint8 (the w8a8 kernel's unsigned operand), 0 gives int8. tmp: K floats of scratch.
 // The row as `prep` prepares it: `row` itself when there is nothing to do, else tmp (K floats) holding it.
 __attribute__((target("avx512f,avx512bw"))) inline const float* prepare_row(const float* row, int64_t K,
                                                                             const RowPrep& prep, float* tmp) {
@@ -118,6 +118,9 @@ __attribute__((target("avx512f,avx512bw"))) inline const float* prepare_row(cons
   return y;
 }
 
+// One row as round(127 y / max|y|) + offset into out ([Kp] bytes, padding = offset), y the prepared row; returns
+// the row's scale max|y| / 127, NaN for a row with a NaN or infinity (its outputs are NaN, the other rows
+// untouched). offset 128 gives uint8 (the w8a8 kernel's unsigned operand), 0 gives int8. tmp: K floats of scratch.
 __attribute__((target("avx512f,avx512bw"))) inline float quantize_row(const float* row, int64_t K, int64_t Kp,
                                                                       const RowPrep& prep, int offset, float* tmp,
                                                                       uint8_t* out) {
@@ -191,9 +194,8 @@ __attribute__((target("avx2,fma"), always_inline)) inline float sum8(__m256 v) {
   return ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
 }
 
-// quantize_row with AVX2 alone: the same preparation and rounding (sums in another order, so a value on a
-// rounding boundary may land one step apart).
-// prepare_row with AVX2 alone.
+// prepare_row with AVX2 alone (the norm's sums in another order, so a value on a rounding boundary may land one
+// step apart once rounded).
 __attribute__((target("avx2,fma"))) inline const float* prepare_row_avx2(const float* row, int64_t K,
                                                                         const RowPrep& prep, float* tmp) {
   const float* y = row;
@@ -224,6 +226,7 @@ __attribute__((target("avx2,fma"))) inline const float* prepare_row_avx2(const f
   return y;
 }
 
+// quantize_row with AVX2 alone: the same rounding.
 __attribute__((target("avx2,fma"))) inline float quantize_row_avx2(const float* row, int64_t K, int64_t Kp,
                                                                    const RowPrep& prep, int offset, float* tmp,
                                                                    uint8_t* out) {
