@@ -29,7 +29,6 @@ using musicgen_bridge::kBlock;
 using musicgen_bridge::kMinBytes;
 using musicgen_bridge::quantize_row;
 using musicgen_bridge::RowPrep;
-using musicgen_bridge::vnni512;
 
 constexpr int64_t kStepBytes = 128;  // one k-step of a block: 64 columns x 4 inputs x 4 bits
 constexpr int64_t kScaleBytes = 256;  // a group's 64 fp16 scales and 64 fp16 offsets
