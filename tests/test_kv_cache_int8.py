@@ -102,6 +102,21 @@ def test_the_one_pass_softmax_follows_a_maximum_that_rises_block_after_block(isa
     assert _relative_error(flat, want) > 1e-2
 
 
+@pytest.mark.parametrize("d", [32, 64, 96, 128, 256])
+def test_every_head_size_the_kernel_takes_attends_as_the_dequantized_cache(d, isa):
+    # MusicGen's heads (64) have their own compiled path; other multiples of 32 take the general one. 77 keys: a
+    # last block part-filled on both paths (blocks of 16, 8 on AVX2).
+    g = torch.Generator().manual_seed(d)
+    q, k, v = torch.randn(2, 3, 1, d, generator=g), torch.randn(2, 3, 77, d, generator=g), torch.randn(2, 3, 77, d, generator=g)
+    kp, vp = pack_int8_rows(k), pack_int8_rows(v)
+    got = torch.ops.musicgen_bridge.decode_attention(q, kp, vp, None, d**-0.5)
+    want = attend(q, unpack_int8_rows(kp), unpack_int8_rows(vp), None)
+    assert _relative_error(got, want) < 1e-5
+    # Negative control: a last value row dropped (the part-filled block ignored) is told apart.
+    short = attend(q, unpack_int8_rows(kp[:, :, :76]), unpack_int8_rows(vp[:, :, :76]), None)
+    assert _relative_error(short, want) > 1e-4
+
+
 def _within(got):
     cos, kl, top1 = LOGIT_BOUNDS
     return got["cosine"] >= cos and got["kl"] <= kl and got["top1"] >= top1

@@ -320,40 +320,60 @@ __attribute__((target("avx2,fma"), always_inline)) inline __m256 widen8(const in
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 }
 
+// The dot products of the query (fp32, `parts` x 8) with 8 int8 keys, each times its scale: one sum per key,
+// then the eight reduced together (hadd), not one horizontal sum per key.
+__attribute__((target("avx2,fma"), always_inline)) inline __m256 key_dots8(const float* q, int64_t parts,
+                                                                           const int8_t* const* key, const float* ks) {
+  __m256 a[8];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) a[i] = _mm256_setzero_ps();
+  for (int64_t c = 0; c < parts; ++c) {
+    const __m256 qc = _mm256_loadu_ps(q + 8 * c);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) a[i] = _mm256_fmadd_ps(qc, widen8(key[i] + 8 * c), a[i]);
+  }
+  // Each 128-bit lane of h0123 holds keys 0-3's partial sums, of h4567 keys 4-7's; the two lanes then add.
+  const __m256 h0123 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+  const __m256 h4567 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+  const __m256 s = _mm256_add_ps(_mm256_permute2f128_ps(h0123, h4567, 0x20), _mm256_permute2f128_ps(h0123, h4567, 0x31));
+  return _mm256_mul_ps(s, _mm256_load_ps(ks));
+}
+
 // attend_head_i8 with AVX2 alone (CPUs without AVX-512): the same one pass over keys and values, in blocks of 8
-// keys, the same online softmax (the same exp), the scores' sums in another order. A masked key adds exactly
-// nothing; a NaN score, or nothing to attend to, makes the row NaN.
+// keys (their scores together, then their values), the same online softmax (the same exp), the sums in another
+// order. kParts: the head's width / 8 when known at compile time (the output's sums then stay in registers), else
+// 0. A masked key adds exactly nothing; a NaN score, or nothing to attend to, makes the row NaN.
+template <int kParts>
 __attribute__((target("avx2,fma"))) void attend_head_i8_avx2(const HeadI8& h, int64_t L, int64_t d, float scale) {
-  const int64_t parts = d / 8;  // even: d is a multiple of 32
-  __m256 out[kMaxHeadDim / 8];
+  const int64_t parts = kParts ? kParts : d / 8;
+  __m256 out[kParts ? kParts : kMaxHeadDim / 8];
   for (int64_t c = 0; c < parts; ++c) out[c] = _mm256_setzero_ps();
   float top = -INFINITY, total = 0.f;
   bool nan = false;
   for (int64_t l = 0; l < L && !nan; l += 8) {
     const int64_t n = std::min<int64_t>(8, L - l);
-    alignas(32) float sc[8];
+    const int8_t* key[8];
+    alignas(32) float ks[8], m[8];
     bool any = false;
     for (int i = 0; i < 8; ++i) {
-      sc[i] = -INFINITY;
-      if (i >= n || masked_out(h.mask, h.mask_step, l + i)) continue;
-      any = true;
-      const int8_t* key = h.k + (l + i) * h.step;
-      _mm_prefetch(reinterpret_cast<const char*>(key) + kPrefetch, _MM_HINT_T0);
+      const bool live = i < n && !masked_out(h.mask, h.mask_step, l + i);
+      any |= live;
+      key[i] = h.k + (l + (i < n ? i : 0)) * h.step;  // past the cache's end: key l again, its score dropped
+      ks[i] = row_scale(key[i], d) * scale;
+      m[i] = !live ? -INFINITY : h.mask ? h.mask[(l + i) * h.mask_step] : 0.f;
+      _mm_prefetch(reinterpret_cast<const char*>(key[i]) + kPrefetch, _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(h.v + (l + i) * h.step) + kPrefetch, _MM_HINT_T0);
-      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();  // two chains, not one FMA after another
-      for (int64_t c = 0; c < parts; c += 2) {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(h.q + 8 * c), widen8(key + 8 * c), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(h.q + 8 * c + 8), widen8(key + 8 * c + 8), a1);
-      }
-      sc[i] = musicgen_bridge::sum8(_mm256_add_ps(a0, a1)) * (row_scale(key, d) * scale) +
-              (h.mask ? h.mask[(l + i) * h.mask_step] : 0.f);
     }
     if (!any) continue;
+    // A key that is not live scores -inf whatever its row holds (a NaN in a masked row must not leak).
+    const __m256 mv = _mm256_load_ps(m);
+    __m256 sc = _mm256_add_ps(key_dots8(h.q, parts, key, ks), mv);
+    sc = _mm256_blendv_ps(sc, mv, _mm256_cmp_ps(mv, _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ));
+    nan = _mm256_movemask_ps(_mm256_cmp_ps(sc, sc, _CMP_UNORD_Q)) != 0;
+    alignas(32) float s[8];
+    _mm256_store_ps(s, sc);
     float block_top = -INFINITY;
-    for (int i = 0; i < n; ++i) {
-      nan |= std::isnan(sc[i]);
-      block_top = std::max(block_top, sc[i]);
-    }
+    for (int i = 0; i < 8; ++i) block_top = std::max(block_top, s[i]);
     if (nan || block_top == -INFINITY) continue;
     if (block_top > top) {
       const float shrink = top == -INFINITY ? 0.f : std::exp(top - block_top);
@@ -362,13 +382,15 @@ __attribute__((target("avx2,fma"))) void attend_head_i8_avx2(const HeadI8& h, in
       for (int64_t c = 0; c < parts; ++c) out[c] = _mm256_mul_ps(out[c], sv);
       top = block_top;
     }
+    const __m256 e = musicgen_bridge::exp_nonpositive8(_mm256_sub_ps(sc, _mm256_set1_ps(top)));
+    total += musicgen_bridge::sum8(e);
     alignas(32) float w[8];
-    _mm256_store_ps(w, musicgen_bridge::exp_nonpositive8(_mm256_sub_ps(_mm256_load_ps(sc), _mm256_set1_ps(top))));
+    _mm256_store_ps(w, e);
     for (int i = 0; i < n; ++i) {
       if (w[i] == 0.f) continue;  // masked (exp of -inf), or too small to count
-      total += w[i];
       const int8_t* value = h.v + (l + i) * h.step;
       const __m256 wv = _mm256_set1_ps(w[i] * row_scale(value, d));
+#pragma GCC unroll 8
       for (int64_t c = 0; c < parts; ++c) out[c] = _mm256_fmadd_ps(wv, widen8(value + 8 * c), out[c]);
     }
   }
@@ -575,7 +597,8 @@ at::Tensor decode_attention(const at::Tensor& q_, const at::Tensor& k, const at:
       if (int8) {
         HeadI8 head{qp + i * d, reinterpret_cast<const int8_t*>(kp + kv), reinterpret_cast<const int8_t*>(vp + kv),
                     k.stride(2), m, m_step, op + i * d};
-        if (!wide) attend_head_i8_avx2(head, L, d, static_cast<float>(scale));
+        if (!wide && d == 64) attend_head_i8_avx2<8>(head, L, d, static_cast<float>(scale));  // MusicGen's heads
+        else if (!wide) attend_head_i8_avx2<0>(head, L, d, static_cast<float>(scale));
         else if (d == 64) attend_head_i8<4>(head, L, d, static_cast<float>(scale));  // MusicGen's heads
         else attend_head_i8<0>(head, L, d, static_cast<float>(scale));
       } else {
