@@ -1,6 +1,6 @@
 """What one streamed codec push costs on the full-size 32 kHz decoder (random weights): torch's modules, then
 with the polyphase transposed convs (engine/polyphase.py), then also the unrolled LSTM (engine/unrolled_lstm.py),
-as the engine runs it; alternating rounds on one thread (the codec worker's budget), with the LSTM's share.
+then its recurrent weights in fp16 (as the engine runs it on a CPU with AVX2); alternating rounds on one thread (the codec worker's budget), with the LSTM's share.
 
     python benchmarks/codec_push.py [--frames 22] [--pushes 20] [--rounds 3] [--threads 1]
 
@@ -71,12 +71,14 @@ def main() -> None:
     swap_modules(polyphase.decoder, polyphase_fits, PolyphaseConvTranspose1d)
     unrolled = copy.deepcopy(polyphase)
     swap_modules(unrolled.decoder, unrolled_fits, UnrolledLSTM)
+    half = copy.deepcopy(polyphase)
+    swap_modules(half.decoder, unrolled_fits, lambda lstm: UnrolledLSTM(lstm, half_recurrent=True))
     codes = torch.randint(0, 2048, (4, (a.pushes + 3) * a.frames), generator=torch.Generator().manual_seed(1))
     print(f"{a.frames}-frame pushes, {a.pushes} per round, {a.threads} thread(s)")
     print("| round | variant | ms per push | LSTM share | codec s per s of audio |\n|---:|---|---:|---:|---:|")
     for r in range(a.rounds):
         for name, codec in (("torch", torch_convs), ("+ polyphase convs", polyphase),
-                             ("+ unrolled LSTM (engine)", unrolled)):
+                             ("+ unrolled LSTM", unrolled), ("+ fp16 recurrent weights (engine)", half)):
             ms, lstm = push_ms(codec, codes, a.frames, a.pushes)
             print(f"| {r + 1} | {name} | {ms:.1f} | {lstm:.0%} | {ms / 1000 / (a.frames / FRAME_RATE):.3f} |")
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from engine.polyphase import PolyphaseConvTranspose1d, polyphase_fits
-from engine.unrolled_lstm import UnrolledLSTM, unrolled_fits
+from engine.unrolled_lstm import UnrolledLSTM, half_recurrent_supported, unrolled_fits
 
 # facebook/encodec_32khz as transformers.EncodecConfig arguments: the codec inside every published MusicGen, and
 # the one description of it here (the bench checkpoint, the tiny test checkpoints and the Meta exports that name
@@ -83,11 +83,18 @@ def swap_modules(root: torch.nn.Module, fits: Callable[[torch.nn.Module], bool],
 
 
 class Codec:
-    def __init__(self, encodec, channels: int, n_codebooks: int):
+    """`half_recurrent`: the decoder LSTM's recurrent weights in fp16 (engine/unrolled_lstm.py), which halves what
+    each frame reads and moves the audio by their rounding (its size: benchmarks/RESULTS.md); None = on a CPU
+    where the native kernel runs. False keeps the decode exact up to fp32 rounding."""
+
+    def __init__(self, encodec, channels: int, n_codebooks: int, half_recurrent: bool | None = None):
         self.model = encodec.eval()
         fold_weight_norm(self.model)
         swap_modules(self.model.decoder, polyphase_fits, PolyphaseConvTranspose1d)
-        swap_modules(self.model.decoder, unrolled_fits, UnrolledLSTM)
+        if half_recurrent is None:
+            half_recurrent = self.device.type == "cpu" and half_recurrent_supported()
+        self.half_recurrent = half_recurrent
+        swap_modules(self.model.decoder, unrolled_fits, lambda lstm: UnrolledLSTM(lstm, half_recurrent))
         self.channels = channels
         self.n_codebooks = n_codebooks  # over all channels
         self.sample_rate = int(encodec.config.sampling_rate)

@@ -15,18 +15,25 @@ from torch import Tensor, nn
 
 class UnrolledLSTM(nn.Module):
     """Drop-in for a unidirectional, time-major `nn.LSTM` with biases and no projection: (x [T, B, C],
-    state (h, c) [layers, B, H] or None) -> (y [T, B, H], (h, c))."""
+    state (h, c) [layers, B, H] or None) -> (y [T, B, H], (h, c)).
 
-    def __init__(self, lstm: nn.LSTM):
+    `half_recurrent`: the recurrent weights stored in fp16 and multiplied by the native `f16_addmm` (CPUs with
+    AVX2), half the bytes each frame reads; the arithmetic stays fp32, the weights move by their fp16 rounding."""
+
+    def __init__(self, lstm: nn.LSTM, half_recurrent: bool = False):
         super().__init__()
         if not unrolled_fits(lstm):
             raise ValueError(f"not a unidirectional time-major LSTM with biases and no projection: {lstm}")
+        if half_recurrent and not half_recurrent_supported():
+            raise RuntimeError("fp16 recurrent weights need the native f16_addmm kernel (a CPU with AVX2): "
+                               "build the codec's LSTM with half_recurrent=False")
         self.num_layers, self.hidden_size = lstm.num_layers, lstm.hidden_size
         for layer in range(lstm.num_layers):
             w_ih, w_hh = getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"weight_hh_l{layer}")
             bias = getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")
             self.register_buffer(f"w_ih{layer}", w_ih.detach().clone())
-            self.register_buffer(f"w_hh{layer}", w_hh.detach().clone())
+            w_hh = w_hh.detach().clone()
+            self.register_buffer(f"w_hh{layer}", w_hh.half() if half_recurrent else w_hh)
             self.register_buffer(f"bias{layer}", bias.detach().clone())
 
     def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
@@ -41,7 +48,7 @@ class UnrolledLSTM(nn.Module):
             h, c = state[0][layer], state[1][layer]
             out = x.new_empty(frames, batch, self.hidden_size)
             for t in range(frames):
-                h, c = self._cell(torch.addmm(gates_in[t], h, w_hh.t()), c)
+                h, c = self._cell(self._recurrent(gates_in[t], h, w_hh), c)
                 out[t] = h
             hs.append(h)
             cs.append(c)
@@ -49,10 +56,23 @@ class UnrolledLSTM(nn.Module):
         return x, (torch.stack(hs), torch.stack(cs))
 
     @staticmethod
+    def _recurrent(gates_in: Tensor, h: Tensor, w_hh: Tensor) -> Tensor:
+        if w_hh.dtype == torch.float16 and w_hh.device.type == "cpu":
+            return torch.ops.musicgen_bridge.f16_addmm(gates_in, h, w_hh)
+        return torch.addmm(gates_in, h, w_hh.t().to(h.dtype))  # fp16 weights moved off the CPU: widened
+
+    @staticmethod
     def _cell(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         i, f, g, o = gates.chunk(4, dim=-1)  # torch's gate order
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def half_recurrent_supported() -> bool:
+    """The native fp16 recurrent matmul runs here (loading the native library if it has not been)."""
+    from engine import native
+
+    return native.supports("f16_addmm")
 
 
 def unrolled_fits(lstm: nn.Module) -> bool:
