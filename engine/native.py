@@ -62,8 +62,8 @@ def load() -> bool:
 
 def supports(kernel: str) -> bool:
     """`kernel` (one of `KERNELS`) runs here: the library is loaded and the CPU has the instructions it needs
-    (AVX-512 VNNI for the w8a8 linear and the folded cross-attention, AVX2 for the w8a16 and int4 linears and the
-    int8 cache's attention, AVX512_BF16 for the bf16 cache's)."""
+    (AVX-512 VNNI for the w8a8 linear and the folded cross-attention, AVX2 for the w8a16 and int4 linears, the
+    int8 cache's attention and the codec's fp16 recurrent matmul, AVX512_BF16 for the bf16 cache's)."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}: one of {', '.join(KERNELS)}")
     return load() and bool(KERNELS[kernel]())
