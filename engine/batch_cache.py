@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from engine.hugepages import huge_zeros
-from engine.lm import CROSS_STATE, MusicGenLM, cache_row_width, prompt_rows
+from engine.lm import CROSS_STATE, MusicGenLM, cache_row_width, pack_int8_rows, prompt_rows
 
 
 def kv_bytes_per_row(lm: MusicGenLM, length: int) -> int:
@@ -69,7 +69,8 @@ class BatchCache:
         self.kvs = kvs
         if self.has_cross:
             # Text keys in the dtype `MusicGenLM.set_condition` stores them in for one stream.
-            ks = [torch.zeros(R, cfg.n_heads, S, cfg.head_dim, dtype=lm.cross_dtype, device=dev) for _ in range(cfg.n_layers)]
+            width = cache_row_width(cfg.head_dim, lm.cross_dtype)
+            ks = [torch.zeros(R, cfg.n_heads, S, width, dtype=lm.cross_dtype, device=dev) for _ in range(cfg.n_layers)]
             vs = [torch.zeros_like(k) for k in ks]
             mask = torch.full((R, 1, 1, S), float("-inf"), dtype=dt, device=dev)
             for new, old in zip(ks + vs, self.cross_k + self.cross_v):
@@ -109,8 +110,9 @@ class BatchCache:
         folds = bool(self.cross_p) and (self.lm.folds_cross(int(live.sum()), S) if fold is None else fold)
         for i, layer in enumerate(self.lm.layers):
             k, v = layer.cross.keys_values(cross)
-            _write_rows(self.cross_k[i], row, k)
-            _write_rows(self.cross_v[i], row, v)
+            packed = self.cross_k[i].dtype == torch.int8
+            _write_rows(self.cross_k[i], row, pack_int8_rows(k) if packed else k)
+            _write_rows(self.cross_v[i], row, pack_int8_rows(v) if packed else v)
             if folds:
                 p, u = layer.cross.folded(k, v)
                 _write_rows(self.cross_p[i], row, p)

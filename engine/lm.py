@@ -132,7 +132,7 @@ _NO_BIAS = torch.zeros(1, 1, 1)  # baddbmm's added term, ignored with beta=0
 def _native_decode(q: Tensor, k: Tensor, mask: Tensor | None) -> bool:
     """`decode_attention` (engine/native) takes this call: one fp32 query per row on CPU, a bf16 cache (a CPU with
     AVX512_BF16: the same numbers as SDPA's bf16 path, without SDPA's casts around it) or the packed int8 one
-    (AVX-512), heads of a multiple of 32 up to 256, an additive mask or none."""
+    (AVX2), heads of a multiple of 32 up to 256, an additive mask or none."""
     if not (q.shape[-2] == 1 and q.device.type == "cpu" and q.dtype == torch.float32
             and k.dtype in (torch.bfloat16, torch.int8) and q.shape[-1] % 32 == 0 and q.shape[-1] <= 256
             and k.stride(-1) == 1 and (mask is None or mask.is_floating_point())):
@@ -265,12 +265,14 @@ class CrossAttention(nn.Module):
         return k, v
 
     def set_condition(self, cond: Tensor, dtype: torch.dtype | None = None, live: Tensor | None = None) -> None:
-        """Keys and values from projected text states [B, S, D], stored in `dtype` (default: the states'); folded
-        too (`folded`) for the rows `live` ([B] bool) when it is given."""
+        """Keys and values from projected text states [B, S, D], stored in `dtype` (default: the states'; int8: packed
+        rows, `pack_int8_rows`); folded too (`folded`) for the rows `live` ([B] bool) when it is given."""
         k, v = self.keys_values(cond)
         self.p, self.u, self.live = (*self.folded(k, v), live) if live is not None else (None, None, None)
         self.std_rows = None
-        if dtype is not None:
+        if dtype == torch.int8:
+            k, v = pack_int8_rows(k), pack_int8_rows(v)
+        elif dtype is not None:
             k, v = k.to(dtype), v.to(dtype)
         if self.k is not None and self.k.shape == k.shape and self.k.dtype == k.dtype and self.k.device == k.device:
             # Same shape: write in place, so a captured CUDA graph that reads these buffers stays valid.
@@ -379,12 +381,16 @@ class MusicGenLM(nn.Module):
 
     @property
     def cross_dtype(self) -> torch.dtype:
-        """The text keys' and values' dtype: a narrow cache makes them bf16 where the bf16 decode kernel runs (so
-        one query's cross-attention goes through it, `attend`); else the activations'."""
+        """The text keys' and values' dtype: a narrow cache makes them bf16 where the bf16 decode kernel runs, packed
+        int8 rows (as the int8 cache's) where only the int8 one does (CPUs with AVX2 alone), so one query's
+        cross-attention is one native op (`attend`); else the activations'."""
         from engine import native
 
-        narrow = self.kv_dtype == torch.bfloat16 or (self.kv_dtype == torch.int8 and native.supports("decode_attention"))
-        return torch.bfloat16 if narrow else self.act_dtype
+        if self.kv_dtype == torch.bfloat16 or (self.kv_dtype == torch.int8 and native.supports("decode_attention")):
+            return torch.bfloat16
+        if self.kv_dtype == torch.int8 and native.supports("decode_attention_int8"):
+            return torch.int8
+        return self.act_dtype
 
     @property
     def device(self) -> torch.device:

@@ -18,7 +18,7 @@ import torch
 from engine import native
 from engine.assemble import build_lm, narrow_kv_dtype
 from engine.batch_cache import BatchCache, kv_bytes_per_row
-from engine.lm import KVCache, attend, pack_int8_rows, unpack_int8_rows
+from engine.lm import CrossAttention, KVCache, attend, pack_int8_rows, unpack_int8_rows
 from engine.quantize import logit_agreement
 from tests.test_kv_cache import ATTENTION_CASES, _relative_error, attention_case, cache_agreement
 from tests.test_kv_cache import tiny  # noqa: F401 (the same tiny model, a fixture)
@@ -135,12 +135,34 @@ def test_logits_with_an_int8_cache_stay_within_bounds_and_coarser_rows_do_not(ti
     assert not _within(logit_agreement(reference, candidate, tiny[2], tiny[3]))
 
 
+def test_text_keys_pack_to_int8_where_only_the_int8_kernel_runs_and_stay_within_bounds(tiny, monkeypatch):
+    # A CPU with AVX2 alone (no bf16 kernel): the text keys and values are packed int8 rows, read by the same kernel
+    # as the cache. Logits within the cache's bounds; text keys rounded to 5 bits miss them.
+    supports = native.supports
+    monkeypatch.setattr(native, "supports", lambda kernel: kernel != "decode_attention" and supports(kernel))
+    got, reference, candidate = cache_agreement(tiny, torch.int8)
+    assert candidate.cross_dtype == torch.int8
+    cross = candidate.layers[0].cross
+    assert cross.k.dtype == torch.int8 and cross.k.shape[-1] == tiny[0].head_dim + 4
+    assert _within(got), got
+    set_condition = CrossAttention.set_condition
+
+    def coarse_text(self, cond, dtype=None, live=None):
+        set_condition(self, cond, dtype, live)
+        if self.k.dtype == torch.int8:  # the candidate's (negative control)
+            self.k = pack_int8_rows(_coarse(unpack_int8_rows(self.k), 15))
+            self.v = pack_int8_rows(_coarse(unpack_int8_rows(self.v), 15))
+
+    monkeypatch.setattr(CrossAttention, "set_condition", coarse_text)
+    assert not _within(logit_agreement(reference, candidate, tiny[2], tiny[3]))
+
+
 def test_integer_weights_get_the_int8_cache_and_its_bytes(tiny):
     cfg, state = tiny[0], tiny[1]
     lm = build_lm(cfg, dict(state), CPU, torch.int8)
     assert narrow_kv_dtype("w8a8") == narrow_kv_dtype("int4") == narrow_kv_dtype("int8")
-    # the text keys in bf16 where the bf16 kernel reads them (AVX512_BF16), else in fp32 (CPUs with AVX2 alone)
-    cross = torch.bfloat16 if native.supports("decode_attention") else torch.float32
+    # the text keys in bf16 where the bf16 kernel reads them (AVX512_BF16), else packed int8 (CPUs with AVX2 alone)
+    cross = torch.bfloat16 if native.supports("decode_attention") else torch.int8
     assert lm.cache_dtype == torch.int8 and lm.cross_dtype == cross
     assert narrow_kv_dtype("bfloat16") != torch.int8  # bf16 weights keep a bf16 (or fp32) cache
     lm.setup_caches(2, 16)
@@ -150,6 +172,7 @@ def test_integer_weights_get_the_int8_cache_and_its_bytes(tiny):
     cache = BatchCache(lm)
     cache.ensure(rows=2, length=16, cross_len=5, used=0)
     assert cache.kvs[0].shape[-1] == cfg.head_dim + 4 and cache.cross_k[0].dtype == cross
+    assert cache.cross_k[0].shape[-1] == cfg.head_dim + (4 if cross == torch.int8 else 0)
 
 
 @pytest.mark.parametrize("dtype", [torch.int8, torch.bfloat16])
