@@ -141,7 +141,17 @@ def kernels(contexts: list[int], max_len: int, rounds: int, layers: int = 24) ->
             F.scaled_dot_product_attention(q.bfloat16(), x[0], x[1])
 
     candidates = {"fp32 bmm (today)": (bmm, caches), "fp32 SDPA": (sdpa, caches), "bf16 bmm": (bmm, narrow[torch.bfloat16]),
-                  "bf16 SDPA (shipped)": (sdpa, narrow[torch.bfloat16]), "int8 + scales, widened, SDPA": (int8_dequantized, narrow[torch.int8])}
+                  "bf16 SDPA (shipped on CPUs with AMX)": (sdpa, narrow[torch.bfloat16]), "int8 + scales, widened, SDPA": (int8_dequantized, narrow[torch.int8])}
+    from engine import native
+
+    if native.supports("decode_attention_int8"):  # the packed int8 cache on the native kernel (what ships)
+        packed = [pack_int8_rows(c) for c in caches]
+
+        def native_int8(kvs, L):
+            for kv in kvs:
+                torch.ops.musicgen_bridge.decode_attention(q, kv[0, :, :, :L], kv[1, :, :, :L], None, d**-0.5)
+
+        candidates["int8 packed, native kernel (shipped for integer weights)"] = (native_int8, packed)
     print(f"attention alone, {torch.get_num_threads()} threads, us per layer (best / median of {rounds} rounds)")
     print("| candidate | " + " | ".join(f"L = {L}" for L in contexts) + " |")
     print("|---|" + "---:|" * len(contexts))
