@@ -24,14 +24,14 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).with_name("native") / name for name in ("w8a8_linear.cpp", "int4_linear.cpp", "decode_attention.cpp", "f16_addmm.cpp"))
+SOURCES = tuple(Path(__file__).with_name("native") / name for name in ("w8a8_linear.cpp", "int4_linear.cpp", "decode_attention.cpp", "lstm_addmm.cpp"))
 # Each kernel's CPU check. torch's own checks, not ops of the library: `supports` may be asked while the decode step
 # is being traced, and the tracer refuses an op that returns a bool.
 KERNELS = {"w8a8_linear": torch.cpu._is_vnni_supported, "w8a16_linear": torch.cpu._is_avx2_supported,
            "int4_linear": torch.cpu._is_avx2_supported,
            "decode_attention_int8": torch.cpu._is_avx2_supported, "widen": torch.cpu._is_avx512_bf16_supported,
            "cross_attention_folded": torch.cpu._is_vnni_supported,
-           "decode_attention": torch.cpu._is_avx512_bf16_supported, "f16_addmm": torch.cpu._is_avx2_supported}
+           "decode_attention": torch.cpu._is_avx512_bf16_supported, "lstm_addmm": torch.cpu._is_avx2_supported}
 CACHE = Path(os.environ.get("MUSICGEN_BRIDGE_CACHE", Path.home() / ".cache" / "musicgen-bridge")) / "native"
 
 _lock = threading.Lock()
@@ -63,7 +63,7 @@ def load() -> bool:
 def supports(kernel: str) -> bool:
     """`kernel` (one of `KERNELS`) runs here: the library is loaded and the CPU has the instructions it needs
     (AVX-512 VNNI for the w8a8 linear and the folded cross-attention, AVX2 for the w8a16 and int4 linears, the
-    int8 cache's attention and the codec's fp16 recurrent matmul, AVX512_BF16 for the bf16 cache's)."""
+    int8 cache's attention and the codec LSTM's matmuls, AVX512_BF16 for the bf16 cache's)."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}: one of {', '.join(KERNELS)}")
     return load() and bool(KERNELS[kernel]())

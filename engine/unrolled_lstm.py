@@ -17,17 +17,21 @@ class UnrolledLSTM(nn.Module):
     """Drop-in for a unidirectional, time-major `nn.LSTM` with biases and no projection: (x [T, B, C],
     state (h, c) [layers, B, H] or None) -> (y [T, B, H], (h, c)).
 
-    `half_recurrent`: the recurrent weights stored in fp16 and multiplied by the native `f16_addmm` (CPUs with
-    AVX2), half the bytes each frame reads; the arithmetic stays fp32, the weights move by their fp16 rounding."""
+    `half_recurrent`: the recurrent weights stored in fp16, and both matmuls on the native `lstm_addmm` (CPUs with
+    AVX2): half the bytes each frame reads; the arithmetic stays fp32, the weights move by their fp16 rounding. The
+    input projection goes there too because MKL's matmul of a push's few rows rounded differently in two processes
+    fed the same rows (its state differed), so a seed's audio did not come again; the native op's sums have one
+    order."""
 
     def __init__(self, lstm: nn.LSTM, half_recurrent: bool = False):
         super().__init__()
         if not unrolled_fits(lstm):
             raise ValueError(f"not a unidirectional time-major LSTM with biases and no projection: {lstm}")
         if half_recurrent and not half_recurrent_supported():
-            raise RuntimeError("fp16 recurrent weights need the native f16_addmm kernel (a CPU with AVX2): "
+            raise RuntimeError("fp16 recurrent weights need the native lstm_addmm kernel (a CPU with AVX2): "
                                "build the codec's LSTM with half_recurrent=False")
         self.num_layers, self.hidden_size = lstm.num_layers, lstm.hidden_size
+        self.native = half_recurrent
         for layer in range(lstm.num_layers):
             w_ih, w_hh = getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"weight_hh_l{layer}")
             bias = getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")
@@ -44,7 +48,7 @@ class UnrolledLSTM(nn.Module):
         hs, cs = [], []
         for layer in range(self.num_layers):
             w_ih, w_hh, bias = (getattr(self, f"{n}{layer}") for n in ("w_ih", "w_hh", "bias"))
-            gates_in = torch.addmm(bias, x.reshape(frames * batch, -1), w_ih.t()).view(frames, batch, -1)
+            gates_in = self._project(bias, x.reshape(frames * batch, -1), w_ih).view(frames, batch, -1)
             h, c = state[0][layer], state[1][layer]
             out = x.new_empty(frames, batch, self.hidden_size)
             for t in range(frames):
@@ -55,10 +59,14 @@ class UnrolledLSTM(nn.Module):
             x = out
         return x, (torch.stack(hs), torch.stack(cs))
 
-    @staticmethod
-    def _recurrent(gates_in: Tensor, h: Tensor, w_hh: Tensor) -> Tensor:
-        if w_hh.dtype == torch.float16 and w_hh.device.type == "cpu":
-            return torch.ops.musicgen_bridge.f16_addmm(gates_in, h, w_hh)
+    def _project(self, bias: Tensor, x: Tensor, w_ih: Tensor) -> Tensor:
+        if self.native and w_ih.device.type == "cpu":
+            return torch.ops.musicgen_bridge.lstm_addmm(bias.expand(x.shape[0], -1), x, w_ih)
+        return torch.addmm(bias, x, w_ih.t())
+
+    def _recurrent(self, gates_in: Tensor, h: Tensor, w_hh: Tensor) -> Tensor:
+        if self.native and w_hh.device.type == "cpu":
+            return torch.ops.musicgen_bridge.lstm_addmm(gates_in, h, w_hh)
         return torch.addmm(gates_in, h, w_hh.t().to(h.dtype))  # fp16 weights moved off the CPU: widened
 
     @staticmethod
@@ -69,10 +77,10 @@ class UnrolledLSTM(nn.Module):
 
 
 def half_recurrent_supported() -> bool:
-    """The native fp16 recurrent matmul runs here (loading the native library if it has not been)."""
+    """The native LSTM matmul (fp16 recurrent weights) runs here (loading the native library if it has not been)."""
     from engine import native
 
-    return native.supports("f16_addmm")
+    return native.supports("lstm_addmm")
 
 
 def unrolled_fits(lstm: nn.Module) -> bool:

@@ -83,16 +83,33 @@ def _rounded(lstm: nn.LSTM, dtype: torch.dtype) -> UnrolledLSTM:
 
 
 @needs_f16
+@pytest.mark.parametrize("wdtype", [torch.float16, torch.float32])
 @pytest.mark.parametrize("batch, k, n", [(1, 1024, 4096), (3, 20, 6), (2, 64, 257)])
-def test_f16_addmm_is_the_fp32_product_of_the_widened_weights(batch, k, n):
+def test_lstm_addmm_is_the_fp32_product_of_the_widened_weights(batch, k, n, wdtype):
     g = torch.Generator().manual_seed(k + n)
-    x, bias, w = torch.randn(batch, k, generator=g), torch.randn(batch, n, generator=g), torch.randn(n, k, generator=g).half()
-    got = torch.ops.musicgen_bridge.f16_addmm(bias, x, w)
+    x, bias, w = torch.randn(batch, k, generator=g), torch.randn(batch, n, generator=g), torch.randn(n, k, generator=g).to(wdtype)
+    got = torch.ops.musicgen_bridge.lstm_addmm(bias, x, w)
     want = torch.addmm(bias, x, w.float().t())
     assert got.dtype == torch.float32 and got.shape == (batch, n)
     assert float((got - want).abs().max()) < 1e-5 * float(want.abs().max())  # fp32 sums in another order
     # Negative control: a tail the kernel skipped (k not a multiple of 8, n not of 4) would show.
     assert float((torch.addmm(bias, x[:, :-1], w[:, :-1].float().t()) - want).abs().max()) > 1e-4
+
+
+@needs_f16
+def test_lstm_addmm_gives_the_same_bits_on_any_thread_count():
+    # Why the input projection runs on it too: a seed's audio must come again in another process.
+    g = torch.Generator().manual_seed(0)
+    x, bias, w = torch.randn(22, 1024, generator=g), torch.randn(22, 4096, generator=g), torch.randn(4096, 1024, generator=g)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs.append(torch.ops.musicgen_bridge.lstm_addmm(bias, x, w))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outs[0], outs[1])
 
 
 @needs_f16
