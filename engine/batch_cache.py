@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from engine.hugepages import huge_zeros
-from engine.lm import CROSS_STATE, MusicGenLM, cache_row_width, pack_int8_rows, prompt_rows
+from engine.lm import CROSS_STATE, MusicGenLM, cache_row_width, prompt_rows, to_cache_rows
 
 
 def kv_bytes_per_row(lm: MusicGenLM, length: int) -> int:
@@ -110,9 +110,8 @@ class BatchCache:
         folds = bool(self.cross_p) and (self.lm.folds_cross(int(live.sum()), S) if fold is None else fold)
         for i, layer in enumerate(self.lm.layers):
             k, v = layer.cross.keys_values(cross)
-            packed = self.cross_k[i].dtype == torch.int8
-            _write_rows(self.cross_k[i], row, pack_int8_rows(k) if packed else k)
-            _write_rows(self.cross_v[i], row, pack_int8_rows(v) if packed else v)
+            _write_rows(self.cross_k[i], row, to_cache_rows(k, self.cross_k[i].dtype))
+            _write_rows(self.cross_v[i], row, to_cache_rows(v, self.cross_v[i].dtype))
             if folds:
                 p, u = layer.cross.folded(k, v)
                 _write_rows(self.cross_p[i], row, p)

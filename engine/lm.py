@@ -170,6 +170,11 @@ def pack_int8_rows(x: Tensor) -> Tensor:
     return torch.ops.musicgen_bridge.kv_pack_int8(x.float())
 
 
+def to_cache_rows(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """Keys or values [..., d] as a cache of `dtype` stores them: packed int8 rows (`pack_int8_rows`), else cast."""
+    return pack_int8_rows(x) if dtype == torch.int8 else x.to(dtype)
+
+
 def unpack_int8_rows(p: Tensor) -> Tensor:
     """`pack_int8_rows` undone: [..., d + 4] int8 -> [..., d] fp32."""
     return torch.ops.musicgen_bridge.kv_unpack_int8(p)
@@ -199,7 +204,7 @@ class KVCache(nn.Module):
         streams), rounded to the cache's dtype; returns the whole cache."""
         if _native_write(self.kv, kv):  # rounding and writing in one op
             return torch.ops.musicgen_bridge.kv_write(self.kv, input_pos, kv)
-        kv = pack_int8_rows(kv) if self.kv.dtype == torch.int8 else kv.to(self.kv.dtype)
+        kv = to_cache_rows(kv, self.kv.dtype)
         if input_pos.dim() == 1:
             return self.kv.index_copy_(3, input_pos, kv)
         # Per-row positions by index_put_: it writes only the B*T columns. scatter_ along the position axis copies
@@ -270,10 +275,8 @@ class CrossAttention(nn.Module):
         k, v = self.keys_values(cond)
         self.p, self.u, self.live = (*self.folded(k, v), live) if live is not None else (None, None, None)
         self.std_rows = None
-        if dtype == torch.int8:
-            k, v = pack_int8_rows(k), pack_int8_rows(v)
-        elif dtype is not None:
-            k, v = k.to(dtype), v.to(dtype)
+        if dtype is not None:
+            k, v = to_cache_rows(k, dtype), to_cache_rows(v, dtype)
         if self.k is not None and self.k.shape == k.shape and self.k.dtype == k.dtype and self.k.device == k.device:
             # Same shape: write in place, so a captured CUDA graph that reads these buffers stays valid.
             self.k.copy_(k)
