@@ -136,14 +136,17 @@ def test_logits_with_an_int8_cache_stay_within_bounds_and_coarser_rows_do_not(ti
 
 
 def test_text_keys_pack_to_int8_where_only_the_int8_kernel_runs_and_stay_within_bounds(tiny, monkeypatch):
-    # A CPU with AVX2 alone (no bf16 kernel): the text keys and values are packed int8 rows, read by the same kernel
-    # as the cache. Logits within the cache's bounds; text keys rounded to 5 bits miss them.
+    # A CPU with AVX2 alone (no bf16 kernel, and no VNNI: the cross-attention is not folded into the text, so the
+    # text keys are what it reads): the text keys and values are packed int8 rows, read by the same kernel as the
+    # cache. Logits within the cache's bounds; text keys rounded to 5 bits miss them.
     supports = native.supports
-    monkeypatch.setattr(native, "supports", lambda kernel: kernel != "decode_attention" and supports(kernel))
+    avx2_alone = lambda kernel: native.KERNELS[kernel] is torch.cpu._is_avx2_supported and supports(kernel)  # noqa: E731
+    monkeypatch.setattr(native, "supports", avx2_alone)
     got, reference, candidate = cache_agreement(tiny, torch.int8)
     assert candidate.cross_dtype == torch.int8
     cross = candidate.layers[0].cross
     assert cross.k.dtype == torch.int8 and cross.k.shape[-1] == tiny[0].head_dim + 4
+    assert cross.p is None  # not folded: the decode steps read these keys
     assert _within(got), got
     set_condition = CrossAttention.set_condition
 
