@@ -444,6 +444,23 @@ def test_the_avx2_paths_give_what_the_avx512_paths_give():
             assert torch.equal(lin(x), wide)
 
 
+@needs_avx512
+def test_the_avx2_switch_runs_other_code():
+    """The negative control of the test above: equal outputs there mean something only if `native.avx2_only` runs
+    other code. The int8 cache's attention sums its keys in blocks of 8 on AVX2 and of 16 on AVX-512, in another
+    order: under the switch its bits differ, and agree within float rounding."""
+    from engine.lm import attend, pack_int8_rows
+
+    g = torch.Generator().manual_seed(9)
+    q = torch.randn(2, 4, 1, 64, generator=g)
+    k, v = pack_int8_rows(torch.randn(2, 4, 100, 64, generator=g)), pack_int8_rows(torch.randn(2, 4, 100, 64, generator=g))
+    wide = attend(q, k, v, None)
+    with native.avx2_only():
+        narrow = attend(q, k, v, None)
+    assert not torch.equal(narrow, wide)
+    torch.testing.assert_close(narrow, wide, rtol=1e-5, atol=1e-6)
+
+
 def test_heads_fall_back_to_weight_only_int8_where_the_native_kernel_is_unavailable(monkeypatch):
     monkeypatch.setattr(native, "supports", lambda kernel: False)
     assert isinstance(int8_linear(torch.randn(64, 64)), Int8Linear)
