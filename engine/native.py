@@ -38,7 +38,7 @@ _lock = threading.Lock()
 _state: dict[str, object] = {}
 
 
-HEADERS = tuple(Path(__file__).with_name("native") / name for name in ("vec_math.h", "quantize_row.h"))
+HEADERS = tuple(Path(__file__).with_name("native") / name for name in ("vec_math.h", "quantize_row.h", "parallel.h"))
 
 
 def build_dir() -> Path:

@@ -236,6 +236,12 @@ class StreamSession:
             self._pending = 0
 
     def __iter__(self) -> Iterator[Chunk]:
+        try:
+            yield from self._chunks()
+        finally:
+            self.stream.release()  # however the iteration ended (an error, a cancellation), the tokens are done with
+
+    def _chunks(self) -> Iterator[Chunk]:
         emitted, j = 0, 0  # samples of new audio handed out; chunk index
         while True:
             end = self._end(j)

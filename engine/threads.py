@@ -171,6 +171,7 @@ class LMThreads:
         self.now: int | None = None  # unknown until the first step sets it
         self._began = 0.0  # when the step now running began
         self._timed: int | None = None  # its count, when its duration goes to the tuner
+        self._thread: int | None = None  # the thread that steps (a count can only be set from the thread it is for)
 
     @classmethod
     def for_device(cls, device: torch.device) -> "LMThreads":
@@ -190,14 +191,19 @@ class LMThreads:
             want = min(self.budget, self.tuner.threads())
         n = self.share.lm_threads(want)
         self._timed = n if n == self.now else None
+        self._thread = threading.get_ident()
         self._use(n)
 
     def idle(self) -> None:
+        """The LM stops stepping (its stream ended, failed or was dropped): side work need not wait for room, and
+        the stepping thread gets its whole budget back (when called from another thread, its count is left to
+        its next `step()`)."""
         self.share.lm_idle()
         if self.tuner is not None:
             self.tuner.pause()
             self._timed = None
-        self._use(self.budget)
+        if self._thread in (None, threading.get_ident()):
+            self._use(self.budget)
 
     def _use(self, n: int) -> None:
         if n != self.now:

@@ -250,6 +250,11 @@ class TokenStream(StreamCursor):
             self.threads.idle()
         return frames
 
+    def release(self) -> None:
+        """The consumer is done with this stream, whether or not it ran to its end (an error, a cancellation):
+        the thread that stepped it gets its thread budget back."""
+        self.threads.idle()
+
     def run(self, on_frames: Callable[[int], None] | None = None) -> Tensor:
         """Step to the end (requires total_frames); returns the new codes [K, total]."""
         assert self.end is not None, "an endless stream has no end to run to"

@@ -96,3 +96,42 @@ def test_codec_error_reaches_the_session(mono_model):
             list(session)
     finally:
         worker.close()
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs an intra-op budget of 2 or more")
+def test_a_failed_session_gives_its_thread_its_whole_budget_back(mono_model):
+    """The LM's thread steps on a thread fewer while side work runs (engine/threads.py); a session that fails
+    mid-stream (here its codec) must still hand that thread its whole budget back, as one that ends does. Side
+    work is held for the whole session, so every step runs on the reduced count."""
+    from engine.threads import side_work
+
+    before = torch.get_num_threads()
+    holding, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with side_work():
+            holding.set()
+            done.wait(30)
+
+    side = threading.Thread(target=hold)
+    side.start()
+    holding.wait(10)
+    worker = CodecWorker()
+    try:
+        session = StreamSession(mono_model, PROMPT, SamplingSettings(seed=3), seconds=1.0, chunk_seconds=0.5, codec=worker)
+        counts = []
+        real_step = session.stream.step
+        session.stream.step = lambda: (counts.append(torch.get_num_threads()), real_step())[1]
+
+        def broken(codes):
+            raise RuntimeError("codec broke")
+
+        session.decoder.push = broken
+        with pytest.raises(RuntimeError, match="codec broke"):
+            list(session)
+    finally:
+        done.set()
+        side.join()
+        worker.close()
+    assert counts and counts[-1] == before - 1  # it did step on a thread fewer
+    assert torch.get_num_threads() == before

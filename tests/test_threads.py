@@ -316,3 +316,78 @@ def test_the_bridge_limits_blas_before_its_side_work(tmp_path):
     finally:
         server.stop()
         _set_blas(max(before))
+
+
+def _native_ops():
+    """Each native kernel that splits its work over threads, as a call big enough to split."""
+    from engine import native
+    from engine.lm import attend, pack_int8_rows
+    from engine.quantize import NativeInt4Linear, NativeW8A16Linear
+
+    g = torch.Generator().manual_seed(4)
+    ops = {}
+    if native.supports("lstm_addmm"):
+        w = torch.randn(2048, 512, generator=g).half()
+        ops["lstm_addmm"] = lambda: torch.ops.musicgen_bridge.lstm_addmm(torch.zeros(1, 2048), torch.randn(1, 512), w)
+    if native.supports("decode_attention_int8"):
+        q, k = torch.randn(2, 16, 1, 64, generator=g), pack_int8_rows(torch.randn(2, 16, 400, 64, generator=g))
+        ops["decode_attention"] = lambda: attend(q, k, k, None)
+    for name, make in (("int4_linear", lambda w: NativeInt4Linear(w, 32)), ("w8a16_linear", NativeW8A16Linear)):
+        if native.supports(name):
+            lin = make(torch.randn(2048, 1024, generator=g))
+            ops[name] = lambda lin=lin: lin(torch.randn(2, 1024))
+    return ops
+
+
+@needs_two
+@pytest.mark.parametrize("op", list(_native_ops()))
+def test_a_native_kernel_keeps_the_count_its_thread_was_given(op):
+    """A thread given one intra-op thread (the codec worker, a side thread) still has one after its first native
+    op. at::parallel_for's lazy per-thread init, compiled into the native library with its own once-per-thread
+    flag, used to set the thread's count to the process default there: the codec worker decoded on two threads
+    after its first push, a second OpenMP team beside the LM's (engine/native/parallel.h)."""
+    run = _native_ops()[op]
+    counts = {}
+
+    def on_one_thread() -> None:
+        set_thread_budget(1)
+        counts["before"] = torch.get_num_threads()
+        run()
+        counts["after"] = torch.get_num_threads()
+
+    t = threading.Thread(target=on_one_thread)
+    t.start()
+    t.join()
+    assert counts == {"before": 1, "after": 1}
+
+
+@needs_two
+def test_idle_called_from_another_thread_leaves_that_threads_count():
+    """A stream released from a thread other than the one that stepped it (a generator closed elsewhere) tells
+    the share that the LM is idle, and sets no count on the releasing thread, which has its own budget."""
+    share = CoreShare()
+    threads = LMThreads(budget=2, share=share)
+    share.side = 1  # a side worker runs: the step takes a thread fewer, and idle() gives it back
+    stepped, released = threading.Event(), threading.Event()
+
+    def step_and_stay() -> None:  # alive meanwhile: a thread's id may be reused once it has ended
+        threads.step()
+        stepped.set()
+        released.wait(10)
+
+    lm_thread = threading.Thread(target=step_and_stay)
+    lm_thread.start()
+    stepped.wait(10)
+    share.side = 0
+    assert threads.now == 1
+    counts = {}
+
+    def release_here() -> None:
+        set_thread_budget(1)
+        threads.idle()
+        counts["after"] = torch.get_num_threads()
+
+    in_own_thread(release_here)
+    released.set()
+    lm_thread.join()
+    assert counts == {"after": 1} and not share.stepping

@@ -23,6 +23,7 @@
 #include <cstring>
 #include <vector>
 
+#include "parallel.h"
 #include "quantize_row.h"
 #include "vec_math.h"
 
@@ -580,7 +581,7 @@ at::Tensor decode_attention(const at::Tensor& q_, const at::Tensor& k, const at:
   // A thread takes at least kMinBytes of keys and values: a short cache runs on the calling thread (as in the
   // linear kernel, a second thread would cost more than it saves).
   const int64_t grain = std::max<int64_t>(1, kMinBytes / (2 * L * k.size(3) * bytes));
-  at::parallel_for(0, B * H, grain, [&](int64_t i0, int64_t i1) {
+  musicgen_bridge::parallel_for(0, B * H, grain, [&](int64_t i0, int64_t i1) {
     std::vector<float> scores(L + 16);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / H, h = i % H;
@@ -652,7 +653,7 @@ at::Tensor cross_attention_folded(const at::Tensor& x_, const at::Tensor& p, con
   const int64_t grain = std::max<int64_t>(1, kMinBytes / std::max<int64_t>(1, 2 * S * (D + 4)));
   const int64_t row_stride = p.stride(0), head_stride = p.stride(1), key_stride = p.stride(2);
   const int64_t mask_row = mp ? mask.stride(0) : 0, mask_key = mp ? mask.stride(3) : 0;
-  at::parallel_for(0, static_cast<int64_t>(work.size()), grain, [&](int64_t w0, int64_t w1) {
+  musicgen_bridge::parallel_for(0, static_cast<int64_t>(work.size()), grain, [&](int64_t w0, int64_t w1) {
     std::vector<float> scores(S + 16);
     std::vector<int16_t> w16(S + 2);
     for (int64_t w = w0; w < w1; ++w) {
@@ -685,7 +686,7 @@ at::Tensor kv_pack_int8(const at::Tensor& kv_) {
   at::Tensor out = at::empty(shape, at::kChar);
   const float* src = kv.data_ptr<float>();
   int8_t* dst = out.data_ptr<int8_t>();
-  at::parallel_for(0, rows, 256, [&](int64_t r0, int64_t r1) {
+  musicgen_bridge::parallel_for(0, rows, 256, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) pack_row(src + r * d, 1, d, dst + r * (d + 4));
   });
   return out;
@@ -723,7 +724,7 @@ at::Tensor kv_write(at::Tensor& cache, const at::Tensor& pos, const at::Tensor& 
       __builtin_prefetch(row + cache.size(4) * bytes - 1, 1, 3);
     }
   // Rows split across the threads only for a prefill's thousands (a step writes 4 B H rows, on this thread).
-  at::parallel_for(0, 2 * B * H * T, 2048, [&](int64_t r0, int64_t r1) {
+  musicgen_bridge::parallel_for(0, 2 * B * H * T, 2048, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t t = r % T, h = (r / T) % H, b = (r / (T * H)) % B, i = r / (T * H * B);
       const int64_t at = p.dim() == 1 ? pp[t] : pp[b * T + t];
@@ -754,7 +755,7 @@ at::Tensor kv_unpack_int8(const at::Tensor& packed_) {
   at::Tensor out = at::empty(shape, at::kFloat);
   const int8_t* src = packed.data_ptr<int8_t>();
   float* dst = out.data_ptr<float>();
-  at::parallel_for(0, rows, 256, [&](int64_t r0, int64_t r1) {
+  musicgen_bridge::parallel_for(0, rows, 256, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float s = row_scale(src + r * w, d);
       for (int64_t i = 0; i < d; ++i) dst[r * d + i] = static_cast<float>(src[r * w + i]) * s;

@@ -21,6 +21,7 @@
 #include <cstring>
 #include <vector>
 
+#include "parallel.h"
 #include "quantize_row.h"
 
 namespace {
@@ -273,7 +274,7 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, int64_t N,
   const int64_t block_bytes = groups * group_bytes;
   // As the w8a8 kernel: blocks split across the threads, at least kMinBytes of weights each.
   const int64_t grain = std::max<int64_t>(1, kMinBytes / block_bytes);
-  at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+  musicgen_bridge::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b)
       for (int64_t m = 0; m < M; m += 4)
         block_rows(wide, std::min<int64_t>(4, M - m), w + b * block_bytes, qp + m * K, K, group, sp + m * groups, groups,
@@ -294,7 +295,7 @@ at::Tensor int4_widen(const at::Tensor& packed, int64_t group) {
   at::Tensor out = at::empty({K, N}, at::kBFloat16);
   const uint8_t* src = packed.data_ptr<uint8_t>();
   auto* yt = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+  musicgen_bridge::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b)
       for (int64_t g = 0; g < groups; ++g)
         widen_group(src + (b * groups + g) * group_bytes, steps, yt + b * kBlock, N, g * group);

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 
+#include "parallel.h"
 #include "quantize_row.h"
 
 namespace {
@@ -60,7 +61,7 @@ void all_rows(const float* ip, const float* xp, const W* wp, float* op, int64_t 
   // Groups of kRows weight rows; a thread takes at least kMinBytes of weights (fewer would cost more than they save).
   const int64_t groups = (N + kRows - 1) / kRows;
   const int64_t grain = std::max<int64_t>(1, musicgen_bridge::kMinBytes / std::max<int64_t>(1, kRows * K * int64_t(sizeof(W))));
-  at::parallel_for(0, groups, grain, [&](int64_t g0, int64_t g1) {
+  musicgen_bridge::parallel_for(0, groups, grain, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
       const int64_t n0 = g * kRows;
       if (n0 + kRows <= N) {

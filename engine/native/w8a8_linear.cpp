@@ -23,6 +23,7 @@
 #include <cstring>
 #include <vector>
 
+#include "parallel.h"
 #include "quantize_row.h"
 
 namespace {
@@ -261,7 +262,7 @@ at::Tensor w8a8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
   // on the calling thread, where waking a second one would cost more than it saves (and, on a busy host, wait for
   // a thread that lost its core).
   const int64_t grain = std::max<int64_t>(1, kMinBytes / (Kp * kBlock));
-  at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+  musicgen_bridge::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b)
       for (int64_t m = 0; m < M; m += 4)
         block_rows(std::min<int64_t>(4, M - m), w + b * Kp * kBlock, qp + m * Kp, Kp, yp + m * N, N, b * kBlock, cs, ws,
@@ -301,7 +302,7 @@ at::Tensor w8a16_linear(const at::Tensor& x, const at::Tensor& packed, const at:
   const float* ws = scales.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   const int64_t grain = std::max<int64_t>(1, kMinBytes / (Kp * kBlock));  // as w8a8_linear
-  at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+  musicgen_bridge::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b)
       for (int64_t m = 0; m < M; m += 2) {
         const int8_t* wb = w + b * Kp * kBlock;
@@ -331,7 +332,7 @@ at::Tensor w8a8_widen(const at::Tensor& packed, const at::Tensor& wscale) {
   const int8_t* w = packed.data_ptr<int8_t>();
   const float* ws = scales.data_ptr<float>();
   auto* yt = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+  musicgen_bridge::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) widen_block(w + b * steps * kBlock * 4, steps, ws + b * kBlock, yt + b * kBlock, N);
   });
   return out;
