@@ -5,6 +5,8 @@ also taken by the jam, the engine's Python between decoder calls, tempo lock and
 threads holds it and the machine is saturated, the thread can sit descheduled for longer than an audio period, and
 the callback, realtime or not, waits: the device repeats a stale buffer (heard as a glitch) or runs dry. In a child
 process whose only other thread copies arriving audio into the ring, the lock is free when the callback wants it.
+Where the OS allows it, the child also runs at a raised priority (`raise_priority`), so that on a saturated machine
+its threads are scheduled ahead of the generating process's.
 
 `LiveOutputProcess` has `LiveOutput`'s producer interface (begin_take, push, finish, stop, underruns,
 report_error, close) and forwards it over a pipe: JSON headers, audio as raw float32 bytes (nothing is unpickled).
@@ -19,6 +21,7 @@ import itertools
 import json
 import logging
 import multiprocessing
+import os
 import queue
 import threading
 import time
@@ -33,6 +36,9 @@ from .audio_out import RING_SECONDS, LiveOutput
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 60.0  # spawning imports numpy and PortAudio: seconds on a loaded machine
+# The child's threads ahead of the generating process's on a saturated machine, where the OS lets a process raise
+# its priority (root, CAP_SYS_NICE, or an RLIMIT_NICE allowance on Linux); otherwise it runs as it was.
+NICE = -10
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
@@ -59,6 +65,7 @@ class LiveOutputProcess:
         self._dead: str | None = None
         self._dead_reported = False
         self.device_name, self.rate, self.channels = device, sample_rate, channels
+        self.priority = ""  # what the child got (`raise_priority`), once open
 
     def open(self) -> "LiveOutputProcess":
         self._proc.start()
@@ -76,6 +83,8 @@ class LiveOutputProcess:
             self._proc.join(5)
             raise UserError(reply["message"], code=reply["code"])
         self.device_name, self.rate, self.channels = reply["name"], reply["rate"], reply["channels"]
+        self.priority = reply["priority"]
+        log.info("live output process: %s", self.priority)
         return self
 
     # --- producer side, as LiveOutput ---
@@ -164,15 +173,32 @@ class LiveOutputProcess:
 
 # --- the child ---
 
+def raise_priority(nice: int = NICE) -> str:
+    """Raise this process's priority to `nice` where the OS allows it, before it starts the threads that play
+    (they inherit it). Never raises; says what it got."""
+    if not hasattr(os, "setpriority"):
+        return "normal priority (this OS has no setpriority)"
+    # Linux: a nice value is per thread; the threads started by imports (OpenBLAS's pool) are raised too.
+    threads = [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else [0]
+    try:
+        for thread in threads:
+            os.setpriority(os.PRIO_PROCESS, thread, nice)
+    except OSError as exc:
+        return (f"normal priority (raising it to nice {nice} was refused: {exc.strerror}; it needs root, "
+                "CAP_SYS_NICE or an RLIMIT_NICE allowance)")
+    return f"nice {os.getpriority(os.PRIO_PROCESS, 0)}"
+
+
 def _child_main(conn, device: str, sample_rate: int, channels: int, ring_seconds: float, level: int) -> None:
     logging.basicConfig(level=level, format=LOG_FORMAT)
+    priority = raise_priority()  # first: PortAudio's callback thread and the feeder inherit it
     try:
         live = LiveOutput(device, sample_rate, channels, ring_seconds=ring_seconds).open()
     except UserError as exc:
         conn.send_bytes(json.dumps({"ok": False, "code": exc.code, "message": str(exc)}).encode())
         return
     conn.send_bytes(json.dumps({"ok": True, "name": live.device_name, "rate": live.rate,
-                                "channels": live.channels}).encode())
+                                "channels": live.channels, "priority": priority}).encode())
     try:
         _ChildOutput(live, conn).run()
     finally:

@@ -8,9 +8,11 @@ machine. An audio callback in this process cannot run meanwhile; one in the chil
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -127,3 +129,48 @@ def test_an_unknown_device_is_a_user_error_from_the_child(jack_server):  # noqa:
 
     with pytest.raises(UserError, match="no output audio device matches"):
         LiveOutputProcess("no such device", SR, 1).open()
+
+
+def _thread_nices(pid: int) -> dict[str, int]:
+    """Each thread of process `pid`: its nice value (field 19 of /proc/PID/task/TID/stat)."""
+    nices = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            nices[tid] = int(f.read().rsplit(")", 1)[1].split()[16])
+    return nices
+
+
+def _may_raise_priority() -> bool:
+    """Whether a process of this user may lower its nice value (root, CAP_SYS_NICE, RLIMIT_NICE), asked of a child
+    so this process's priority stays as it is."""
+    probe = "import os; os.setpriority(os.PRIO_PROCESS, 0, -1)"
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
+
+
+def test_every_thread_of_the_output_process_runs_ahead_where_the_os_allows(jack_server):  # noqa: F811
+    """The child raises its priority before it starts a thread, so PortAudio's callback thread and the feeder run
+    at it too (a saturated machine schedules them ahead of the generating process); where that is refused, it
+    plays at normal priority and says why."""
+    from bridge.audio_process import NICE
+
+    out = LiveOutputProcess("system", SR, 1).open()
+    try:
+        nices = _thread_nices(out._proc.pid)
+    finally:
+        out.close()
+    assert len(nices) >= 3  # the child's main thread, the feeder, PortAudio's (and JACK's) threads
+    if _may_raise_priority():
+        assert out.priority == f"nice {NICE}" and set(nices.values()) == {NICE}, (out.priority, nices)
+    else:
+        assert out.priority.startswith("normal priority") and NICE not in nices.values(), (out.priority, nices)
+
+
+def test_a_refused_priority_is_said_and_not_raised(monkeypatch):
+    from bridge import audio_process
+
+    def refuse(which, who, value):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(audio_process.os, "setpriority", refuse)
+    got = audio_process.raise_priority()
+    assert got.startswith("normal priority") and "Operation not permitted" in got and "CAP_SYS_NICE" in got
