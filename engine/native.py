@@ -100,8 +100,8 @@ def _load() -> tuple[bool, str]:
     folder = build_dir()
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        # -fopenmp: at::parallel_for runs on OpenMP; the library it links (libgomp.so.1) resolves to the copy torch
-        # already loaded, so the kernels share torch's one team of threads.
+        # -fopenmp: the kernels split work on OpenMP (native/parallel.h); the library it links (libgomp.so.1)
+        # resolves to the copy torch already loaded, so the kernels share torch's one team of threads.
         cpp_extension.load(name="musicgen_bridge_native", sources=[str(p) for p in SOURCES], build_directory=str(folder),
                            extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], is_python_module=False,
                            verbose=False)
