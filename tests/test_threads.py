@@ -318,35 +318,36 @@ def test_the_bridge_limits_blas_before_its_side_work(tmp_path):
         _set_blas(max(before))
 
 
-def _native_ops():
-    """Each native kernel that splits its work over threads, as a call big enough to split."""
-    from engine import native
+def _native_op(kernel: str):
+    """A call of `kernel` (one of engine.native.KERNELS that splits its work over threads), big enough to split."""
     from engine.lm import attend, pack_int8_rows
-    from engine.quantize import NativeInt4Linear, NativeW8A16Linear
+    from engine.quantize import NativeInt4Linear, NativeW8A8Linear, NativeW8A16Linear
 
     g = torch.Generator().manual_seed(4)
-    ops = {}
-    if native.supports("lstm_addmm"):
+    if kernel == "lstm_addmm":
         w = torch.randn(2048, 512, generator=g).half()
-        ops["lstm_addmm"] = lambda: torch.ops.musicgen_bridge.lstm_addmm(torch.zeros(1, 2048), torch.randn(1, 512), w)
-    if native.supports("decode_attention_int8"):
+        return lambda: torch.ops.musicgen_bridge.lstm_addmm(torch.zeros(1, 2048), torch.randn(1, 512), w)
+    if kernel == "decode_attention_int8":
         q, k = torch.randn(2, 16, 1, 64, generator=g), pack_int8_rows(torch.randn(2, 16, 400, 64, generator=g))
-        ops["decode_attention"] = lambda: attend(q, k, k, None)
-    for name, make in (("int4_linear", lambda w: NativeInt4Linear(w, 32)), ("w8a16_linear", NativeW8A16Linear)):
-        if native.supports(name):
-            lin = make(torch.randn(2048, 1024, generator=g))
-            ops[name] = lambda lin=lin: lin(torch.randn(2, 1024))
-    return ops
+        return lambda: attend(q, k, k, None)
+    w = torch.randn(2048, 1024, generator=g)
+    lin = {"int4_linear": lambda: NativeInt4Linear(w, 32), "w8a16_linear": lambda: NativeW8A16Linear(w),
+           "w8a8_linear": lambda: NativeW8A8Linear(w)}[kernel]()
+    return lambda: lin(torch.randn(2, 1024))
 
 
 @needs_two
-@pytest.mark.parametrize("op", list(_native_ops()))
+@pytest.mark.parametrize("op", ["lstm_addmm", "decode_attention_int8", "int4_linear", "w8a16_linear", "w8a8_linear"])
 def test_a_native_kernel_keeps_the_count_its_thread_was_given(op):
     """A thread given one intra-op thread (the codec worker, a side thread) still has one after its first native
     op. at::parallel_for's lazy per-thread init, compiled into the native library with its own once-per-thread
     flag, used to set the thread's count to the process default there: the codec worker decoded on two threads
     after its first push, a second OpenMP team beside the LM's (engine/native/parallel.h)."""
-    run = _native_ops()[op]
+    from engine import native
+
+    if not native.supports(op):
+        pytest.skip(f"this CPU does not run the native {op} ({native.why_not() or 'it needs AVX2'})")
+    run = _native_op(op)
     counts = {}
 
     def on_one_thread() -> None:
