@@ -346,7 +346,7 @@ def test_a_native_kernel_keeps_the_count_its_thread_was_given(op):
     from engine import native
 
     if not native.supports(op):
-        pytest.skip(f"this CPU does not run the native {op} ({native.why_not() or 'it needs AVX2'})")
+        pytest.skip(f"the native {op} does not run here ({native.why_not() or 'the CPU lacks its instructions'})")
     run = _native_op(op)
     counts = {}
 
